@@ -1,0 +1,7 @@
+"""ksir: k-bit scaling-law experiments for language models.
+
+Data flows one way: config (conf/, Hydra) -> job (`ksir.run.execute`) -> result record
+(`ksir.records`) -> analysis (`analysis`).
+"""
+
+__version__ = "0.1.0"
