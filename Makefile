@@ -1,0 +1,36 @@
+# `make demo` and `make test` set everything up (a venv in .venv) and run; see README.md.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# A CPU build of torch (this pin is served from local disk on ksir's CI machines). On a GPU
+# machine: make setup TORCH=torch  (or any CUDA build you prefer).
+TORCH  ?= torch==2.13.0
+
+.PHONY: setup demo test test-all lint bench clean
+setup: $(VENV)/.ksir-installed
+
+$(VENV)/.ksir-installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+demo: setup
+	PATH="$(abspath $(BIN)):$$PATH" bash experiments/demo.sh
+
+test: setup
+	$(BIN)/python -m pytest -m "not slow and not gpu" --timeout 900
+
+test-all: setup
+	$(BIN)/python -m pytest --timeout 1800
+
+lint: setup
+	$(BIN)/ruff check .
+
+bench: setup
+	$(BIN)/python benchmarks/bench_quant.py
+	$(BIN)/python benchmarks/bench_fit.py
+
+clean:
+	rm -rf outputs

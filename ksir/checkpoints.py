@@ -1,0 +1,75 @@
+"""Where checkpoints live and how they are loaded / saved (Hugging Face `save_pretrained` format).
+
+An own-family checkpoint's folder name carries the identity of the train job that made it,
+so a quantize job finds exactly the model its config describes (same data, trainer, seed).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from transformers import AutoModelForCausalLM, PreTrainedModel
+
+from ksir.config import run_key
+from ksir.families import get_family
+
+META_FILE = "ksir_train.json"
+
+
+def own_checkpoint_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.checkpoints).expanduser().absolute() / f"{cfg.model.family}-{cfg.model.size}-{run_key(cfg, 'train')}"
+
+
+def resolve_checkpoint(cfg: DictConfig) -> str:
+    """An explicit model.checkpoint, else the own-family folder, else the family's hub id."""
+    if cfg.model.checkpoint:
+        p = Path(str(cfg.model.checkpoint)).expanduser()
+        return str(p.absolute()) if p.exists() else str(cfg.model.checkpoint)
+    family = get_family(cfg.model.family)
+    if family.kind == "own":
+        return str(own_checkpoint_dir(cfg))
+    return family.size(cfg.model.size).hub_id
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Inter-process lock, so parallel jobs needing the same base model train it once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def save_checkpoint(model: PreTrainedModel, tokenizer: Any, path: Path, meta: dict[str, Any]) -> None:
+    """Write to a temp folder, then rename: a killed job never leaves a half checkpoint."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+
+
+def read_meta(checkpoint: str | Path) -> dict[str, Any]:
+    p = Path(checkpoint) / META_FILE
+    return json.loads(p.read_text()) if p.exists() else {}
+
+
+def load_model(checkpoint: str, device: torch.device) -> PreTrainedModel:
+    """fp32 weights: quantization is simulated in fp32, so 16-bit means 'unquantized'."""
+    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
+    return model.to(device).eval()

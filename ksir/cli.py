@@ -1,0 +1,33 @@
+"""`ksir-run`: the Hydra app. One job, or a sweep with `-m` (any config key, any launcher)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+
+from ksir.config import CONF_DIR
+
+
+@hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
+def _app(cfg: DictConfig) -> Any:
+    from ksir.run import execute  # heavy imports after Hydra parsed the command line (fast --help)
+
+    rec = execute(cfg)
+    return rec.get("metrics", {}).get("val_loss")
+
+
+def main() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # ksir prints its own progress lines
+    _app()
+
+
+if __name__ == "__main__":
+    main()

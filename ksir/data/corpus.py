@@ -1,0 +1,129 @@
+"""Document sources. Every source yields a `datasets.DatasetDict` with `train` and `validation`
+splits of documents (one `text` column), so that everything downstream is one code path.
+
+- `embedded`: the source text that ships with the Python interpreter (the standard library's
+  modules, docstrings and comments included). It is real English-and-code text, exists on every
+  machine that has Python, and needs no network; we build it deterministically from sorted paths.
+- `hub`: any Hugging Face hub dataset (`datasets.load_dataset(path, name)`), e.g. WikiText-103.
+- `files`: local text / JSON(L) / Parquet / CSV files through `datasets`' packaged builders.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import sysconfig
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+from ksir.errors import ConfigError
+
+SOURCES = ("embedded", "hub", "files")
+FILE_BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+def _stable_fraction(key: str) -> float:
+    """A document's position in [0, 1) from a hash of its name: the split never depends on order."""
+    return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 2**32
+
+
+def embedded_files(exclude_dirs: tuple[str, ...] = ("test", "tests", "idlelib", "site-packages")) -> tuple[Path, list[Path]]:
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(p for p in root.rglob("*.py") if not set(p.relative_to(root).parts) & set(exclude_dirs))
+    return root, files
+
+
+def embedded_fingerprint(cfg: Mapping[str, Any]) -> str:
+    root, files = embedded_files()
+    h = hashlib.sha256(f"{sys.version_info[:3]}|{cfg.get('max_documents')}|{cfg.get('validation_fraction')}".encode())
+    for f in files:
+        h.update(f"{f.relative_to(root)}:{f.stat().st_size}".encode())
+    return h.hexdigest()[:16]
+
+
+def _split_by_document(names: list[str], texts: list[str], validation_fraction: float) -> datasets.DatasetDict:
+    is_val = [_stable_fraction(n) < validation_fraction for n in names]
+
+    def pick(flag: bool) -> datasets.Dataset:
+        rows = [(n, t) for n, t, v in zip(names, texts, is_val, strict=True) if v == flag]
+        return datasets.Dataset.from_dict({"name": [n for n, _ in rows], "text": [t for _, t in rows]})
+
+    return datasets.DatasetDict({"train": pick(False), "validation": pick(True)})
+
+
+def _load_embedded(cfg: Mapping[str, Any], cache_dir: Path) -> datasets.DatasetDict:
+    path = cache_dir / f"embedded-{embedded_fingerprint(cfg)}"
+    if (path / "dataset_dict.json").exists():
+        return datasets.load_from_disk(str(path))
+    root, files = embedded_files()
+    if cfg.get("max_documents"):
+        files = files[: int(cfg["max_documents"])]
+    names = [str(f.relative_to(root)) for f in files]
+    texts = [f.read_text(encoding="utf-8", errors="replace") for f in files]
+    dd = _split_by_document(names, texts, float(cfg["validation_fraction"]))
+    dd.save_to_disk(str(path))  # datasets writes to a temp dir and renames: safe for parallel jobs
+    return datasets.load_from_disk(str(path))
+
+
+def _ensure_validation(dd: datasets.DatasetDict, cfg: Mapping[str, Any]) -> datasets.DatasetDict:
+    text_col = cfg.get("text_column") or "text"
+    if text_col != "text":
+        dd = dd.rename_column(text_col, "text")
+    if "validation" not in dd:
+        if "train" not in dd:
+            raise ConfigError("data", list(dd), why="dataset has neither 'train' nor 'validation' split")
+        # Split by document, deterministically, as for the embedded corpus.
+        train = dd["train"]
+        names = [str(i) for i in range(len(train))]
+        return _split_by_document(names, list(train["text"]), float(cfg["validation_fraction"]))
+    return datasets.DatasetDict({"train": dd["train"], "validation": dd["validation"]})
+
+
+def load_documents(cfg: Mapping[str, Any], cache_dir: str | Path) -> datasets.DatasetDict:
+    """Documents of the configured source, split into train/validation by document."""
+    source = cfg.get("source")
+    cache_dir = Path(cache_dir)
+    if source == "embedded":
+        return _load_embedded(cfg, cache_dir)
+    if source == "hub":
+        dd = datasets.load_dataset(cfg["path"], cfg.get("name"), cache_dir=str(cache_dir / "hub"))
+        return _ensure_validation(dd, cfg)
+    if source == "files":
+        files = cfg.get("files") or {}
+        first = next(iter(files.values()), None)
+        first = first[0] if isinstance(first, list | tuple) else first
+        builder = cfg.get("format") or FILE_BUILDERS.get(Path(str(first)).suffix)
+        dd = datasets.load_dataset(builder, data_files={k: list(v) if isinstance(v, list | tuple) else v
+                                                        for k, v in files.items()},
+                                   cache_dir=str(cache_dir / "files"))
+        return _ensure_validation(dd, cfg)
+    raise ConfigError("data.source", source, SOURCES)
+
+
+def validate_data_config(cfg: Mapping[str, Any]) -> None:
+    """Checks that need no data read: unknown source, missing local files, bad fractions."""
+    source = cfg.get("source")
+    if source not in SOURCES:
+        raise ConfigError("data.source", source, SOURCES)
+    vf = cfg.get("validation_fraction")
+    if vf is None or not 0 < float(vf) < 1:
+        raise ConfigError("data.validation_fraction", vf, "a number in (0, 1)")
+    if int(cfg.get("seq_len", 0)) < 2:
+        raise ConfigError("data.seq_len", cfg.get("seq_len"), ">= 2")
+    if source == "files":
+        files = cfg.get("files") or {}
+        if "train" not in files:
+            raise ConfigError("data.files", dict(files), why="needs at least a 'train' entry (and optionally 'validation')")
+        for split, paths in files.items():
+            for p in paths if isinstance(paths, list | tuple) else [paths]:
+                if not Path(str(p)).exists():
+                    raise ConfigError(f"data.files.{split}", str(p), why="file not found")
+        suffix = Path(str(next(iter(files.values())) if not isinstance(next(iter(files.values())), list | tuple)
+                          else next(iter(files.values()))[0])).suffix
+        if not cfg.get("format") and suffix not in FILE_BUILDERS:
+            raise ConfigError("data.format", None, sorted(set(FILE_BUILDERS.values())), why=f"cannot infer from {suffix!r}")
+    if source == "hub" and not cfg.get("path"):
+        raise ConfigError("data.path", None, why="hub datasets need a dataset path, e.g. wikitext")

@@ -1,0 +1,56 @@
+"""Tokenizers: the checkpoint's own (hub / local models), or a byte-level BPE that ksir trains
+with the `tokenizers` library for its own family and saves next to the checkpoint.
+
+With `vocab_size: 257` the BPE has no merges: every byte is a token (plus end-of-text), which
+keeps the embedding of tiny models small so that most parameters sit in the quantized blocks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from ksir.errors import ConfigError
+
+EOS = "<|endoftext|>"
+N_BYTES = 256
+
+
+def train_byte_bpe(texts: Iterable[str], vocab_size: int = N_BYTES + 1) -> PreTrainedTokenizerFast:
+    if vocab_size < N_BYTES + 1:
+        raise ConfigError("data.tokenizer.vocab_size", vocab_size, f">= {N_BYTES + 1} (256 bytes + end-of-text)")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, unk_token=None,
+                                   pad_token=EOS, model_max_length=10**9)
+
+
+def load_pretrained_tokenizer(path_or_id: str | Path) -> PreTrainedTokenizerBase:
+    tok = AutoTokenizer.from_pretrained(str(path_or_id))
+    if tok.eos_token is None:
+        raise ConfigError("model.checkpoint", str(path_or_id), why="its tokenizer has no end-of-text token")
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def build_tokenizer(tokenizer_cfg: dict, texts: Iterable[str] | None = None,
+                    checkpoint: str | Path | None = None) -> PreTrainedTokenizerBase:
+    """`kind: bytes` trains ksir's byte-level BPE on `texts`; `kind: pretrained` loads the checkpoint's."""
+    kind = tokenizer_cfg.get("kind", "bytes")
+    if kind == "pretrained":
+        if checkpoint is None:
+            raise ConfigError("data.tokenizer.kind", kind, why="needs a checkpoint to load the tokenizer from")
+        return load_pretrained_tokenizer(checkpoint)
+    if kind == "bytes":
+        if texts is None:
+            raise ConfigError("data.tokenizer.kind", kind, why="needs training text")
+        return train_byte_bpe(texts, int(tokenizer_cfg.get("vocab_size", N_BYTES + 1)))
+    raise ConfigError("data.tokenizer.kind", kind, ["bytes", "pretrained"])

@@ -1,0 +1,186 @@
+"""One job, start to end: validate -> (train | load + quantize) -> evaluate -> record + W&B.
+
+The result record is written last and atomically: a job killed at any point leaves either no
+record or a complete one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import subprocess
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ksir import checkpoints, config, records, tracking
+from ksir.data import build_tokenizer, load_documents, load_token_data
+from ksir.data.tokenizer import load_pretrained_tokenizer
+from ksir.evaluate import evaluate_lm
+from ksir.families import count_params, get_family, own_config
+
+log = logging.getLogger("ksir")
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def eval_device(cfg: DictConfig) -> torch.device:
+    if cfg.eval.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.eval.device)
+
+
+def _base_record(cfg: DictConfig, key: str, job: str) -> dict[str, Any]:
+    return {"run_key": key, "job": job, "family": cfg.model.family, "size": cfg.model.size,
+            "git_commit": git_commit(), "config": OmegaConf.to_container(cfg, resolve=True)}
+
+
+def _metrics_ok(metrics: dict[str, float]) -> None:
+    bad = {k: v for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)}
+    if bad:
+        raise FloatingPointError(f"non-finite metrics: {bad}")
+
+
+def run_train(cfg: DictConfig) -> dict[str, Any]:
+    """Train one own-family size, save it (HF format + tokenizer), evaluate it at full precision."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    from ksir.train import train_model
+
+    key = config.run_key(cfg, "train")
+    family = get_family(cfg.model.family)
+    cache = Path(cfg.paths.cache).expanduser()
+    docs = load_documents(cfg.data, cache)
+    tok = build_tokenizer(OmegaConf.to_container(cfg.data.tokenizer), docs["train"]["text"])
+    data = load_token_data(docs, tok, int(cfg.data.seq_len), cache)
+    torch.manual_seed(int(cfg.seed))
+    model = _new_model(cfg, family, tok)
+    n_total, n_nonemb = count_params(model)
+    n_budget = n_total if cfg.trainer.param_count == "total" else n_nonemb
+    rec = _base_record(cfg, key, "train")
+    run = tracking.start_run(cfg.logger, key, "train", f"{cfg.model.family}/train", rec["config"], cfg.paths.wandb)
+    try:
+        loggers = [WandbLogger(experiment=run)] if run is not None else []
+        device = eval_device(cfg)
+        print(f"[train] {cfg.model.family}-{cfg.model.size}: N={n_total:,} ({n_nonemb:,} non-embedding)", flush=True)
+        info = train_model(model, data.train, cfg.trainer, n_budget, loggers, int(cfg.seed))
+        model = model.to(device)
+        metrics = evaluate_lm(model, data.eval_blocks(int(cfg.eval.sequences)), int(cfg.eval.batch_size), device)
+        _metrics_ok(metrics)
+        path = checkpoints.own_checkpoint_dir(cfg)
+        meta = {"run_key": key, "family": cfg.model.family, "size": cfg.model.size, "train_tokens": info["train_tokens"],
+                "data_fingerprint": data.fingerprint}
+        checkpoints.save_checkpoint(model.cpu(), tok, path, meta)
+        rec.update(checkpoint=str(path), n_params=n_total, n_params_nonembedding=n_nonemb, n_quantized_params=0,
+                   method="none", bits=16.0, dtype="none", blocksize=None, total_bits=16.0 * n_total,
+                   bits_per_param=16.0, train_tokens=info["train_tokens"], metrics={**metrics, **info})
+        tracking.finish_run(run, {**metrics, **info, "total_bits": rec["total_bits"]})
+        run = None
+        return rec
+    finally:
+        tracking.finish_run(run, {}, exit_code=1)
+
+
+def _new_model(cfg: DictConfig, family: Any, tok: Any) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    hf_cfg = own_config(family, cfg.model.size, vocab_size=len(tok), bos_token_id=tok.eos_token_id,
+                        eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id)
+    return AutoModelForCausalLM.from_config(hf_cfg)
+
+
+def ensure_own_checkpoint(cfg: DictConfig) -> None:
+    """Train the base model a quantize job needs, once, even with parallel jobs."""
+    path = checkpoints.own_checkpoint_dir(cfg)
+    with checkpoints.file_lock(path.with_name(path.name + ".lock")):
+        if (path / "config.json").exists():
+            return
+        print(f"[quantize] base checkpoint missing, training it first: {path.name}", flush=True)
+        train_cfg = cfg.copy()
+        OmegaConf.update(train_cfg, "job", "train")
+        execute(train_cfg)
+
+
+def run_quantize(cfg: DictConfig) -> dict[str, Any]:
+    from ksir.quant import QuantConfig, quantize_model
+    from ksir.quant import _needs_calib as needs_calibration
+
+    key = config.run_key(cfg, "quantize")
+    family = get_family(cfg.model.family)
+    if family.kind == "own" and not cfg.model.checkpoint:
+        ensure_own_checkpoint(cfg)
+    ckpt = checkpoints.resolve_checkpoint(cfg)
+    qcfg = QuantConfig.from_mapping(OmegaConf.to_container(cfg.quant, resolve=True))
+    device = eval_device(cfg)
+    model = checkpoints.load_model(ckpt, device)
+    tok = load_pretrained_tokenizer(ckpt)
+    cache = Path(cfg.paths.cache).expanduser()
+    data = load_token_data(load_documents(cfg.data, cache), tok, int(cfg.data.seq_len), cache)
+    n_total, n_nonemb = count_params(model)
+    rec = _base_record(cfg, key, "quantize")
+    run = tracking.start_run(cfg.logger, key, "quantize", f"{cfg.model.family}/quantize", rec["config"], cfg.paths.wandb)
+    try:
+        calib = data.calibration_blocks(int(qcfg.calib_sequences), int(cfg.seed)).to(device) if needs_calibration(qcfg) else None
+        t0 = time.time()
+        summary = quantize_model(model, qcfg, calib)
+        quant_time = time.time() - t0
+        metrics = evaluate_lm(model, data.eval_blocks(int(cfg.eval.sequences)), int(cfg.eval.batch_size), device)
+        _metrics_ok(metrics)
+        meta = checkpoints.read_meta(ckpt)
+        rec.update(checkpoint=ckpt, n_params=n_total, n_params_nonembedding=n_nonemb,
+                   n_quantized_params=summary.n_quantized, method=qcfg.method, bits=float(qcfg.bits),
+                   dtype=qcfg.dtype, blocksize=qcfg.blocksize if qcfg.granularity == "block" else None,
+                   granularity=qcfg.granularity, total_bits=summary.total_bits, bits_per_param=summary.bits_per_param,
+                   train_tokens=meta.get("train_tokens") or family.train_tokens,
+                   quant=summary.as_dict(), metrics={**metrics, "quant_time_s": quant_time})
+        tracking.finish_run(run, {**metrics, "total_bits": summary.total_bits, "bits_per_param": summary.bits_per_param})
+        run = None
+        return rec
+    finally:
+        tracking.finish_run(run, {}, exit_code=1)
+
+
+JOB_FUNCTIONS = {"train": run_train, "quantize": run_quantize}
+
+
+def execute(cfg: DictConfig) -> dict[str, Any]:
+    """Run one job unless its done record exists (then return it); record failures too."""
+    config.validate(cfg)
+    key = config.run_key(cfg)
+    path = records.record_path(Path(cfg.paths.results), key)
+    if path.exists() and not cfg.force:
+        try:
+            rec = records.read_record(path)
+            if rec.get("status") == "done":
+                print(f"[{cfg.job}] {key} done already, skipped ({path})", flush=True)
+                return rec
+        except ValueError as e:
+            log.warning("%s; rerunning", e)
+    t0 = time.time()
+    try:
+        rec = JOB_FUNCTIONS[cfg.job](cfg)
+        rec.update(status="done", error=None)
+    except Exception as e:
+        rec = {**_base_record(cfg, key, cfg.job), "status": "failed",
+               "error": f"{type(e).__name__}: {e}\n{traceback.format_exc()}"}
+        rec.update(wall_time_s=time.time() - t0, created=datetime.now(timezone.utc).isoformat())
+        records.write_record(cfg.paths.results, rec)
+        raise
+    rec.update(wall_time_s=time.time() - t0, created=datetime.now(timezone.utc).isoformat())
+    records.write_record(cfg.paths.results, rec)
+    m = rec.get("metrics", {})
+    print(f"[{cfg.job}] {rec['family']}-{rec['size']} bits={rec.get('bits')} val_loss={m.get('val_loss', float('nan')):.4f} "
+          f"total_bits={rec.get('total_bits', 0):.3e} ({time.time() - t0:.1f}s) -> {path}", flush=True)
+    return rec

@@ -1,0 +1,86 @@
+"""The real `ksir-run` / `ksir-fit` command lines, run as a user would, with tiny settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from ksir.records import iter_record_files, read_record
+
+BIN = Path(sys.executable).parent
+
+
+def run_cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([str(BIN / args[0]), *args[1:]], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["model.family=nope"], "model.family='nope'"),
+    (["model.size=huge"], "model.size='huge'"),
+    (["job=quantize", "quant.bits=17"], "quant.bits"),
+    (["job=quantize", "quant.bits=4", "quant.blocksize=48"], "quant.blocksize"),
+    (["job=quantize", "model.checkpoint=/no/such/model"], "model.checkpoint"),
+    (["job=quantize", "model=pythia", "model.checkpoint=./missing-pythia"], "model.checkpoint"),
+    (["job=train", "model=opt"], "hub family"),
+])
+def test_invalid_values_fail_at_once_with_one_line(tmp_path, args, needle):
+    r = run_cli("ksir-run", *args, f"out_dir={tmp_path}", cwd=tmp_path, timeout=120)
+    assert r.returncode != 0
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, r.stderr
+    assert needle in lines[0] and "allowed" in lines[0] or "not" in lines[0] or "no " in lines[0]
+    assert not (tmp_path / "results").exists(), "nothing was computed or written"
+
+
+def test_invalid_value_in_a_sweep_fails_before_the_first_job(tmp_path):
+    r = run_cli("ksir-run", "-m", "job=quantize", "quant.bits=4,99", f"out_dir={tmp_path}", cwd=tmp_path, timeout=120)
+    assert r.returncode != 0
+    assert "quant.bits" in r.stderr and "99" in r.stderr
+    assert not (tmp_path / "results").exists() and not (tmp_path / "checkpoints").exists()
+
+
+def test_end_to_end_sweep_then_fit(tmp_path, cache_dir):
+    out = tmp_path / "sweep"
+    r = run_cli("ksir-run", "-m", "experiment=tiny", f"out_dir={out}", f"paths.cache={cache_dir}", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    recs = [read_record(p) for p in iter_record_files(out / "results")]
+    quant = [x for x in recs if x["job"] == "quantize"]
+    train = [x for x in recs if x["job"] == "train"]
+    assert len(quant) == 2 * 3 and len(train) == 2  # sizes xs,s x bits 3,4,16; each size trained once
+    for x in quant:
+        assert x["status"] == "done" and x["method"] == "rtn" and x["dtype"] == "int" and x["blocksize"] == 64
+        for field in ("n_params", "n_params_nonembedding", "total_bits", "wall_time_s", "git_commit", "config"):
+            assert field in x
+        assert x["metrics"]["val_loss"] > 0 and 0 <= x["metrics"]["val_acc"] <= 1
+        if x["bits"] == 16:
+            assert x["total_bits"] == 16 * x["n_params"]
+        else:
+            assert x["total_bits"] < 16 * x["n_params"]
+    # Lower k never helps: for each size the 3-bit model is worse than the 16-bit one.
+    by = {(x["size"], x["bits"]): x["metrics"]["val_loss"] for x in quant}
+    for size in ("xs", "s"):
+        assert by[(size, 3.0)] > by[(size, 16.0)]
+    # Every job has its W&B offline run, named by its run key.
+    wandb_runs = list((out / "wandb").glob("offline-run-*"))
+    assert {p.name.rsplit("-", 2)[-2] + "-" + p.name.rsplit("-", 2)[-1] for p in wandb_runs} >= {x["run_key"] for x in recs}
+
+    fit_dir = tmp_path / "fit"
+    r = run_cli("ksir-fit", str(out / "results"), "--out", str(fit_dir), cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    runs = pd.read_csv(fit_dir / "runs.csv")
+    assert len(runs) == 6 and set(runs["bits"]) == {3, 4, 16}
+    fit = json.loads((fit_dir / "fit.json").read_text())
+    assert "optimal" in json.dumps(fit)
+    assert (fit_dir / "bit_scaling.png").stat().st_size > 10_000
+
+    # Relaunching the same sweep skips every finished job.
+    r = run_cli("ksir-run", "-m", "experiment=tiny", f"out_dir={out}", f"paths.cache={cache_dir}", cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.count("skipped") == 6

@@ -1,0 +1,66 @@
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from ksir.data import build_tokenizer, load_documents, load_token_data
+from ksir.data.corpus import validate_data_config
+from ksir.errors import ConfigError
+
+EMB = {"source": "embedded", "max_documents": 80, "validation_fraction": 0.1, "seq_len": 32}
+
+
+def test_embedded_corpus_is_real_deterministic_and_split_by_document(cache_dir):
+    a = load_documents(EMB, cache_dir)
+    b = load_documents(EMB, cache_dir)
+    assert a["train"]["name"] == b["train"]["name"]
+    assert len(a["train"]) + len(a["validation"]) == 80
+    assert not set(a["train"]["name"]) & set(a["validation"]["name"])
+    assert len(a["validation"]) > 0
+    assert any("def " in t for t in a["train"]["text"])  # real Python source text
+
+
+def test_byte_tokenizer_roundtrips_and_blocks_are_fixed(cache_dir):
+    docs = load_documents(EMB, cache_dir)
+    tok = build_tokenizer({"kind": "bytes", "vocab_size": 257}, docs["train"]["text"])
+    assert len(tok) == 257
+    text = "héllo wörld\n\tdef f(): return 1"
+    assert tok.decode(tok(text)["input_ids"]) == text
+    d1 = load_token_data(docs, tok, 32, cache_dir)
+    d2 = load_token_data(docs, tok, 32, cache_dir)
+    assert d1.validation.shape[1] == 32 and d1.train.dtype == torch.long
+    assert torch.equal(d1.eval_blocks(8), d2.eval_blocks(8))
+    assert not torch.equal(d1.calibration_blocks(4, seed=0), d1.calibration_blocks(4, seed=1))
+    with pytest.raises(ConfigError, match="eval.sequences"):
+        d1.eval_blocks(10**7)
+
+
+@pytest.mark.parametrize("fmt", ["txt", "jsonl", "parquet"])
+def test_local_files_go_through_the_same_datasets_path(tmp_path, cache_dir, fmt):
+    docs = [f"document number {i} " + "lorem ipsum " * 30 for i in range(40)]
+    path = tmp_path / f"corpus.{fmt}"
+    if fmt == "txt":
+        path.write_text("\n".join(docs))
+    elif fmt == "jsonl":
+        path.write_text("\n".join(json.dumps({"body": d}) for d in docs))
+    else:
+        pd.DataFrame({"body": docs}).to_parquet(path)
+    cfg = {"source": "files", "files": {"train": str(path)}, "format": None, "seq_len": 16,
+           "text_column": "text" if fmt == "txt" else "body", "validation_fraction": 0.2}
+    validate_data_config(cfg)
+    dd = load_documents(cfg, cache_dir)
+    assert len(dd["train"]) + len(dd["validation"]) == 40 and len(dd["validation"]) > 0
+    tok = build_tokenizer({"kind": "bytes"}, dd["train"]["text"])
+    data = load_token_data(dd, tok, 16, cache_dir)
+    assert tok.decode(data.train[0]).startswith("document number")
+
+
+def test_bad_data_configs_fail_before_reading(tmp_path):
+    with pytest.raises(ConfigError, match="data.source"):
+        validate_data_config({"source": "ftp", "validation_fraction": 0.1, "seq_len": 8})
+    with pytest.raises(ConfigError, match="data.files.train.*file not found"):
+        validate_data_config({"source": "files", "files": {"train": str(tmp_path / "missing.txt")},
+                              "validation_fraction": 0.1, "seq_len": 8})
+    with pytest.raises(ConfigError, match="validation_fraction"):
+        validate_data_config({"source": "embedded", "validation_fraction": 1.5, "seq_len": 8})
