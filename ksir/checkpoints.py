@@ -29,6 +29,11 @@ def own_checkpoint_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.checkpoints).expanduser().absolute() / f"{cfg.model.family}-{cfg.model.size}-{run_key(cfg, 'train')}"
 
 
+def partial_dir(cfg: DictConfig) -> Path:
+    """Lightning checkpoints of an unfinished train job, keyed by its identity (for resume)."""
+    return Path(cfg.paths.checkpoints).expanduser().absolute() / ".partial" / run_key(cfg, "train")
+
+
 def resolve_checkpoint(cfg: DictConfig) -> str:
     """An explicit model.checkpoint, else the own-family folder, else the family's hub id."""
     if cfg.model.checkpoint:

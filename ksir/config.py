@@ -25,7 +25,7 @@ KEY_SECTIONS = {"train": ("model", "data", "trainer", "eval", "seed"),
                 "quantize": ("model", "data", "quant", "eval", "seed")}
 # Keys inside those sections that do not change the result.
 NON_RESULT_KEYS = {"model": ("train_if_missing",), "eval": ("batch_size", "device"),
-                   "trainer": ("lightning",)}
+                   "trainer": ("lightning", "checkpoint_every_n_steps")}
 
 
 def compose_config(overrides: list[str] | None = None) -> DictConfig:

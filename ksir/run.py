@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import subprocess
 import time
 import traceback
@@ -75,7 +76,8 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
         loggers = [WandbLogger(experiment=run)] if run is not None else []
         device = eval_device(cfg)
         print(f"[train] {cfg.model.family}-{cfg.model.size}: N={n_total:,} ({n_nonemb:,} non-embedding)", flush=True)
-        info = train_model(model, data.train, cfg.trainer, n_budget, loggers, int(cfg.seed))
+        resume_dir = checkpoints.partial_dir(cfg)
+        info = train_model(model, data.train, cfg.trainer, n_budget, loggers, int(cfg.seed), resume_dir)
         model = model.to(device)
         metrics = evaluate_lm(model, data.eval_blocks(int(cfg.eval.sequences)), int(cfg.eval.batch_size), device)
         _metrics_ok(metrics)
@@ -83,6 +85,7 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
         meta = {"run_key": key, "family": cfg.model.family, "size": cfg.model.size, "train_tokens": info["train_tokens"],
                 "data_fingerprint": data.fingerprint}
         checkpoints.save_checkpoint(model.cpu(), tok, path, meta)
+        shutil.rmtree(resume_dir, ignore_errors=True)  # finished: the resume state is no longer needed
         rec.update(checkpoint=str(path), n_params=n_total, n_params_nonembedding=n_nonemb, n_quantized_params=0,
                    method="none", bits=16.0, dtype="none", blocksize=None, total_bits=16.0 * n_total,
                    bits_per_param=16.0, train_tokens=info["train_tokens"], metrics={**metrics, **info})

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 from transformers import get_cosine_schedule_with_warmup
 
@@ -69,9 +71,18 @@ def plan_steps(n_params: int, cfg: Any, seq_len: int) -> tuple[int, int]:
     return steps, steps * tokens_per_step
 
 
+def last_checkpoint(resume_dir: Path | None) -> Path | None:
+    p = resume_dir / "last.ckpt" if resume_dir else None
+    return p if p is not None and p.exists() else None
+
+
 def train_model(model: torch.nn.Module, train_blocks: torch.Tensor, cfg: Any, n_params: int,
-                loggers: list[Any], seed: int) -> dict[str, Any]:
-    """Train in place; returns what the result record needs about training."""
+                loggers: list[Any], seed: int, resume_dir: Path | None = None) -> dict[str, Any]:
+    """Train in place; returns what the result record needs about training.
+
+    With `resume_dir`, a Lightning checkpoint is written there every `checkpoint_every_n_steps`
+    steps, and an interrupted job relaunched with the same identity resumes from it (optimizer,
+    scheduler and step restored; the data order restarts, which only reshuffles the remaining batches)."""
     seq_len = train_blocks.shape[1]
     steps, tokens = plan_steps(n_params, cfg, seq_len)
     pl.seed_everything(seed, workers=True, verbose=False)
@@ -81,12 +92,20 @@ def train_model(model: torch.nn.Module, train_blocks: torch.Tensor, cfg: Any, n_
                             generator=torch.Generator().manual_seed(seed))
     loader = DataLoader(TensorDataset(train_blocks), batch_size=int(cfg.batch_size), sampler=sampler,
                         num_workers=0, drop_last=True)
-    trainer = pl.Trainer(max_steps=steps, logger=loggers or False, enable_checkpointing=False,
-                         enable_model_summary=False, enable_progress_bar=False,
-                         callbacks=[ProgressPrinter(steps, int(cfg.batch_size) * seq_len)],
+    callbacks: list[pl.Callback] = [ProgressPrinter(steps, int(cfg.batch_size) * seq_len)]
+    every = int(cfg.get("checkpoint_every_n_steps") or 0)
+    if resume_dir is not None and every > 0:
+        callbacks.append(ModelCheckpoint(dirpath=resume_dir, filename="step{step}", every_n_train_steps=every,
+                                         save_top_k=1, save_last=True))
+    trainer = pl.Trainer(max_steps=steps, logger=loggers or False, enable_checkpointing=len(callbacks) > 1,
+                         enable_model_summary=False, enable_progress_bar=False, callbacks=callbacks,
                          **dict(cfg.lightning))
+    ckpt = last_checkpoint(resume_dir)
+    if ckpt is not None:
+        print(f"  resuming from {ckpt} (step {torch.load(ckpt, map_location='cpu', weights_only=False)['global_step']})",
+              flush=True)
     t0 = time.time()
-    trainer.fit(module, loader)
+    trainer.fit(module, loader, ckpt_path=str(ckpt) if ckpt else None)
     wall = time.time() - t0
     return {"train_tokens": tokens, "train_steps": steps, "train_time_s": wall,
             "train_tokens_per_s": tokens / max(wall, 1e-9),
