@@ -78,3 +78,28 @@ def load_model(checkpoint: str, device: torch.device) -> PreTrainedModel:
     """fp32 weights: quantization is simulated in fp32, so 16-bit means 'unquantized'."""
     model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
     return model.to(device).eval()
+
+
+# PTQ sweeps run many jobs (k, data type, block size) over one checkpoint in one process: keep
+# the last base model and a CPU copy of its full-precision weights, and restore them between
+# jobs instead of reading and building the model again. One entry only, to bound memory.
+_BASE: dict[tuple[str, str, float], tuple[PreTrainedModel, dict[str, torch.Tensor]]] = {}
+
+
+def _stamp(checkpoint: str) -> float:
+    cfg = Path(checkpoint) / "config.json"
+    return cfg.stat().st_mtime if cfg.exists() else 0.0  # a retrained local checkpoint invalidates
+
+
+def load_base_model(checkpoint: str, device: torch.device, cache: bool = True) -> PreTrainedModel:
+    """The full-precision model of `checkpoint`, loaded once per process and restored afterwards."""
+    key = (str(checkpoint), str(device), _stamp(checkpoint))
+    if cache and key in _BASE:
+        model, state = _BASE[key]
+        model.load_state_dict(state, strict=True)
+        return model.eval()
+    _BASE.clear()
+    model = load_model(checkpoint, device)
+    if cache:
+        _BASE[key] = (model, {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})
+    return model

@@ -16,7 +16,9 @@ def _app(cfg: DictConfig) -> Any:
     from ksir.run import execute  # heavy imports after Hydra parsed the command line (fast --help)
 
     rec = execute(cfg)
-    return rec.get("metrics", {}).get("val_loss")
+    # A small summary for the sweeper's end-of-sweep table (must pickle across launchers).
+    return {"status": rec["status"], "skipped": rec.get("skipped", False), "run_key": rec["run_key"],
+            "val_loss": rec.get("metrics", {}).get("val_loss")}
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ JOBS = ("train", "quantize")
 KEY_SECTIONS = {"train": ("model", "data", "trainer", "eval", "seed"),
                 "quantize": ("model", "data", "quant", "eval", "seed")}
 # Keys inside those sections that do not change the result.
-NON_RESULT_KEYS = {"model": ("train_if_missing",), "eval": ("batch_size", "device"),
+NON_RESULT_KEYS = {"model": ("train_if_missing", "cache_base"), "eval": ("batch_size", "device"),
                    "trainer": ("lightning", "checkpoint_every_n_steps")}
 
 

@@ -127,7 +127,7 @@ def run_quantize(cfg: DictConfig) -> dict[str, Any]:
     ckpt = checkpoints.resolve_checkpoint(cfg)
     qcfg = QuantConfig.from_mapping(OmegaConf.to_container(cfg.quant, resolve=True))
     device = eval_device(cfg)
-    model = checkpoints.load_model(ckpt, device)
+    model = checkpoints.load_base_model(ckpt, device, cache=bool(cfg.model.get("cache_base", True)))
     tok = load_pretrained_tokenizer(ckpt)
     cache = Path(cfg.paths.cache).expanduser()
     data = load_token_data(load_documents(cfg.data, cache), tok, int(cfg.data.seq_len), cache)
@@ -168,7 +168,7 @@ def execute(cfg: DictConfig) -> dict[str, Any]:
             rec = records.read_record(path)
             if rec.get("status") == "done":
                 print(f"[{cfg.job}] {key} done already, skipped ({path})", flush=True)
-                return rec
+                return {**rec, "skipped": True}
         except ValueError as e:
             log.warning("%s; rerunning", e)
     t0 = time.time()

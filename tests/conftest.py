@@ -15,9 +15,7 @@ os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["WANDB_MODE"] = "offline"  # tests never talk to a W&B server
 
-REPO = Path(__file__).resolve().parent.parent
-TINY = ["data.max_documents=120", "data.seq_len=64", "trainer.tokens_per_param=1", "trainer.batch_size=16",
-        "trainer.min_steps=20", "trainer.max_steps=60", "eval.sequences=32"]
+from .helpers import TINY
 
 
 def compose(overrides: list[str]):
