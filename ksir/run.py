@@ -142,13 +142,13 @@ def run_quantize(cfg: DictConfig) -> dict[str, Any]:
         metrics = evaluate_lm(model, data.eval_blocks(int(cfg.eval.sequences)), int(cfg.eval.batch_size), device)
         _metrics_ok(metrics)
         meta = checkpoints.read_meta(ckpt)
-        rec.update(checkpoint=ckpt, n_params=n_total, n_params_nonembedding=n_nonemb,
+        rec.update(checkpoint=ckpt, regime="ptq", n_params=n_total, n_params_nonembedding=n_nonemb,
                    n_quantized_params=summary.n_quantized, method=qcfg.method, bits=float(qcfg.bits),
                    dtype=qcfg.dtype, blocksize=qcfg.blocksize if qcfg.granularity == "block" else None,
                    granularity=qcfg.granularity, total_bits=summary.total_bits, bits_per_param=summary.bits_per_param,
                    train_tokens=meta.get("train_tokens") or family.train_tokens,
                    quant=summary.as_dict(), metrics={**metrics, "quant_time_s": quant_time})
-        tracking.finish_run(run, {**metrics, "total_bits": summary.total_bits, "bits_per_param": summary.bits_per_param})
+        tracking.finish_run(run, tracking.summary_of(rec))
         run = None
         return rec
     finally:
@@ -171,6 +171,10 @@ def execute(cfg: DictConfig) -> dict[str, Any]:
                 return {**rec, "skipped": True}
         except ValueError as e:
             log.warning("%s; rerunning", e)
+    elif not cfg.force and (remote := tracking.finished_remote_run(cfg.logger, key)) is not None:
+        records.write_record(cfg.paths.results, remote)
+        print(f"[{cfg.job}] {key} finished on W&B already, skipped (record restored to {path})", flush=True)
+        return {**remote, "skipped": True}
     t0 = time.time()
     try:
         rec = JOB_FUNCTIONS[cfg.job](cfg)

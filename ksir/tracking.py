@@ -59,3 +59,39 @@ def finish_run(run: Any, summary: dict[str, Any], exit_code: int = 0) -> None:
         run.finish(exit_code=exit_code)
     except Exception as e:  # noqa: BLE001
         log.warning("W&B failed while finishing the run: %s", e)
+
+
+# Record fields mirrored into the W&B summary next to the metrics, so that a finished run can be
+# turned back into a local record (idempotent relaunch when the local store was lost).
+RECORD_SCALARS = ("job", "family", "size", "checkpoint", "n_params", "n_params_nonembedding", "n_quantized_params",
+                  "method", "regime", "bits", "dtype", "blocksize", "granularity", "total_bits", "bits_per_param",
+                  "train_tokens", "git_commit")
+
+
+def summary_of(rec: dict[str, Any]) -> dict[str, Any]:
+    return {**{k: rec[k] for k in RECORD_SCALARS if rec.get(k) is not None}, **rec.get("metrics", {})}
+
+
+def finished_remote_run(logger_cfg: Any, run_key: str, api: Any = None) -> dict[str, Any] | None:
+    """The record of a finished W&B run with this identity, or None (offline, absent, or unreachable)."""
+    if not logger_cfg.enabled or (api is None and resolve_mode(logger_cfg.mode) != "online"):
+        return None
+    try:
+        if api is None:
+            import wandb
+
+            api = wandb.Api(timeout=20)
+        entity = logger_cfg.entity or api.default_entity
+        run = api.run(f"{entity}/{logger_cfg.project}/{run_key}")
+        if getattr(run, "state", None) != "finished":
+            return None
+        summary = dict(run.summary)
+        if "val_loss" not in summary:
+            return None
+        rec = {k: summary[k] for k in RECORD_SCALARS if k in summary}
+        rec.update(run_key=run_key, status="done", error=None, config=dict(run.config), source="wandb",
+                   metrics={k: v for k, v in summary.items() if k not in RECORD_SCALARS and not k.startswith("_")})
+        return rec
+    except Exception as e:  # noqa: BLE001 - a missing or unreachable run just means "run it"
+        log.info("no finished W&B run %s (%s)", run_key, e)
+        return None

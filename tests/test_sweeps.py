@@ -131,3 +131,41 @@ def test_slurm_launcher_config_composes_and_submitit_accepts_it(tmp_path):
     assert job.result() == 6
     with pytest.raises(NameError, match="Unknown argument"):
         ex.update_parameters(slurm_no_such_option=1)
+
+
+def test_relaunch_skips_a_job_finished_on_wandb_when_online(tiny_cfg, trained_tiny, monkeypatch, tmp_path):
+    """The local store was lost, but W&B (online) has the finished run: restore, don't rerun."""
+    import wandb
+
+    from ksir import tracking
+
+    cfg = tiny_cfg("job=quantize", "model.size=xs", "quant.bits=5", "eval.sequences=8", f"paths.results={tmp_path}")
+    key = run_key(cfg)
+    asked = []
+
+    class FakeRun:
+        state = "finished"
+        config = {"quant": {"bits": 5}}
+        summary = {"job": "quantize", "family": "llama", "size": "xs", "bits": 5.0, "total_bits": 1.0e6,
+                   "n_params": 86336, "val_loss": 3.21, "val_acc": 0.3, "_runtime": 4}
+
+    class FakeApi:
+        default_entity = "me"
+
+        def __init__(self, *a, **k):
+            pass
+
+        def run(self, path):
+            asked.append(path)
+            return FakeRun()
+
+    monkeypatch.setattr(tracking, "resolve_mode", lambda mode: "online")
+    monkeypatch.setattr(wandb, "Api", FakeApi)
+    rec = execute(cfg)
+    assert asked == [f"me/ksir/{key}"] and rec["skipped"]
+    stored = read_record(record_path(tmp_path, key))
+    assert stored["metrics"] == {"val_loss": 3.21, "val_acc": 0.3} and stored["total_bits"] == 1.0e6
+    assert stored["source"] == "wandb" and stored["status"] == "done"
+    # An unfinished remote run is no reason to skip.
+    FakeRun.state = "crashed"
+    assert tracking.finished_remote_run(cfg.logger, key, api=FakeApi()) is None
