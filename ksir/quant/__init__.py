@@ -1,0 +1,65 @@
+"""Simulated k-bit post-training quantization of language-model weights (round-to-nearest and GPTQ).
+
+q = QuantConfig.from_mapping(cfg.quant)
+summary = quantize_model(model, q, calib)   # in place; summary.total_bits is the scaling-law x-axis
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ksir.errors import ConfigError
+from ksir.quant.bits import QuantSummary, summarize
+from ksir.quant.blockwise import make_grid, quantize_weight
+from ksir.quant.config import UNQUANTIZED_BITS, GPTQConfig, OutlierConfig, QuantConfig, validate_quant_config
+from ksir.quant.dtypes import DTYPES
+from ksir.quant.select import get_weight, quantized_linear_names, row_size, set_weight
+
+__all__ = [
+    "DTYPES",
+    "GPTQConfig",
+    "OutlierConfig",
+    "QuantConfig",
+    "QuantSummary",
+    "quantize_model",
+    "quantized_linear_names",
+    "validate_quant_config",
+]
+
+
+def _needs_calib(q: QuantConfig) -> bool:
+    return q.method == "gptq" or q.outlier.mode == "activation"
+
+
+@torch.no_grad()
+def quantize_model(model: nn.Module, q: QuantConfig, calib: torch.Tensor | None = None) -> QuantSummary:
+    """Fake-quantize the selected linear layers of `model` in place and return the bit accounting.
+
+    calib: LongTensor [n_sequences, seq_len] of token ids, needed by GPTQ and activation outliers."""
+    names = quantized_linear_names(model, q)
+    modules = dict(model.named_modules())
+    validate_quant_config(q, [row_size(modules[n]) for n in names])
+    shapes = {n: tuple(get_weight(modules[n]).shape) for n in names}
+    if q.bits == UNQUANTIZED_BITS:
+        return summarize(model, q, {}, {})
+    if _needs_calib(q) and calib is None:
+        why = "method=gptq" if q.method == "gptq" else "outlier.mode=activation"
+        raise ConfigError(
+            "calib", None, "a LongTensor [n_sequences, seq_len] of token ids", f"{why} needs data"
+        )
+    if calib is not None:
+        calib = calib[: q.calib_sequences]
+    from ksir.quant.outliers import outlier_columns
+
+    keep = outlier_columns(model, names, q, calib)
+    grid = make_grid(q)
+    if q.method == "gptq":
+        from ksir.quant.gptq import gptq_quantize_model
+
+        gptq_quantize_model(model, names, q, grid, calib, keep)
+    else:
+        for n in names:
+            m = modules[n]
+            set_weight(m, quantize_weight(get_weight(m), grid, q.granularity, q.blocksize, keep.get(n)))
+    return summarize(model, q, shapes, {n: int(c.numel()) for n, c in keep.items()})

@@ -1,0 +1,71 @@
+"""Total model bits: the x-axis of the k-bit scaling laws (Dettmers & Zettlemoyer 2023, Fig. 1).
+
+Per quantized layer: k bits per quantized weight, the block constants (scale at scale_bits per block, or the 8-bit
+double-quantized scale plus 32-bit group constants; an integer zero-point at k bits for int_asym), the codebook of
+data-driven types at 16 bits per entry, and the outlier columns at 16 bits plus a 16-bit column index each.
+Everything else (embeddings, head, norms, biases, unselected layers) counts 16 bits per parameter.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from torch import nn
+
+from ksir.quant.blockwise import DQ_BLOCKSIZE, DQ_CONST_BITS, n_blocks
+from ksir.quant.config import UNQUANTIZED_BITS, QuantConfig
+from ksir.quant.dtypes import DTYPES
+
+OUTLIER_INDEX_BITS = 16  # one column index per kept input column
+
+
+@dataclass
+class QuantSummary:
+    total_bits: float
+    n_params: int  # all parameters, tied weights once
+    n_quantized: int  # weights stored at k bits
+    bits_per_param: float
+    n_layers: int  # linear layers quantized
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())  # parameters() yields a tied tensor once
+
+
+def layer_bits(shape: tuple[int, int], q: QuantConfig, n_keep_cols: int = 0) -> tuple[float, int]:
+    """(bits, weights stored at k bits) of one [out, in] weight quantized with q, n_keep_cols kept in 16 bit."""
+    out, inp = shape
+    k = float(q.bits)
+    n_q = out * (inp - n_keep_cols)
+    nb = n_blocks(shape, q.granularity, q.blocksize)
+    if q.scale_bits == UNQUANTIZED_BITS:
+        const = nb * UNQUANTIZED_BITS
+    else:
+        const = nb * q.scale_bits + math.ceil(nb / DQ_BLOCKSIZE) * DQ_CONST_BITS + DQ_CONST_BITS
+    if DTYPES[q.dtype].affine:
+        const += nb * k  # integer zero-point per block
+    if DTYPES[q.dtype].build_from_data is not None:
+        const += 2 ** int(k) * UNQUANTIZED_BITS  # the tensor's own codebook
+    keep = out * n_keep_cols * UNQUANTIZED_BITS + n_keep_cols * OUTLIER_INDEX_BITS
+    return n_q * k + const + keep, n_q
+
+
+def summarize(
+    model: nn.Module, q: QuantConfig, shapes: dict[str, tuple[int, int]], keep: dict[str, int]
+) -> QuantSummary:
+    """Summary for `shapes` (quantized layer name -> [out, in]) with `keep[name]` outlier columns each."""
+    n_params = count_params(model)
+    if q.bits == UNQUANTIZED_BITS or not shapes:
+        return QuantSummary(UNQUANTIZED_BITS * n_params, n_params, 0, float(UNQUANTIZED_BITS), 0)
+    total, n_quant, n_weights = 0.0, 0, 0
+    for name, shape in shapes.items():
+        b, nq = layer_bits(shape, q, keep.get(name, 0))
+        total += b
+        n_quant += nq
+        n_weights += shape[0] * shape[1]
+    total += (n_params - n_weights) * UNQUANTIZED_BITS
+    return QuantSummary(total, n_params, n_quant, total / n_params, len(shapes))

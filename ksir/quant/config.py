@@ -1,0 +1,181 @@
+"""The `quant:` config group as a dataclass, and its validation (every bad value fails before any compute)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ksir.errors import ConfigError
+from ksir.quant.dtypes import DTYPES, FLOAT_DEFAULT_EXPONENT_BITS
+
+METHODS = ("rtn", "gptq")
+GRANULARITIES = ("block", "channel", "tensor")
+SCALE_BITS = (16, 8)  # 8 = double quantization of the block scales (QLoRA)
+SCALE_SEARCHES = ("absmax", "mse")
+OUTLIER_MODES = ("none", "proxy", "activation")
+UNQUANTIZED_BITS = 16
+# Default layer selection (Dettmers & Zettlemoyer 2023): every linear layer inside the transformer blocks,
+# i.e. inside a numbered ModuleList (`model.layers.3.mlp.up_proj`, `gpt_neox.layers.0...`, `transformer.h.0...`);
+# embeddings and the output head stay in 16 bit.
+DEFAULT_INCLUDE = (r"(^|\.)\d+\.",)
+DEFAULT_EXCLUDE = (r"(^|\.)lm_head$", r"embed")
+
+
+@dataclass
+class OutlierConfig:
+    """Outlier-dependent quantization: keep a fraction of input columns of each layer in 16 bit."""
+
+    mode: str = (
+        "none"  # none | proxy (data-free, previous layer's weight std) | activation (calibration data)
+    )
+    fraction: float = 0.02  # p; the paper keeps 2%
+
+
+@dataclass
+class GPTQConfig:
+    damp: float = 0.01  # fraction of mean(diag H) added to the diagonal (GPTQ reference: percdamp 0.01)
+    act_order: bool = False  # quantize columns in order of decreasing diag(H) (static group scales)
+    block_columns: int = 128  # lazy-batch width of the column updates (GPTQ reference: 128)
+    batch_size: int = 8  # calibration sequences per forward pass while collecting Hessians
+
+
+@dataclass
+class QuantConfig:
+    """Every field is a Hydra key under `quant:` (conf/quant/rtn.yaml documents each one)."""
+
+    method: str = "rtn"
+    bits: float = 16
+    dtype: str = "int"
+    blocksize: int = 64
+    granularity: str = "block"
+    exponent_bits: int | None = None  # float only; None -> paper default per k
+    subnormals: bool = True  # float only
+    codebook: list[float] | None = None  # dtype=codebook only
+    scale_bits: int = 16
+    scale_search: str = "absmax"
+    mse_grid: int = 20  # clipping ratios tried by scale_search=mse
+    mse_min_ratio: float = 0.5  # smallest clipping ratio tried
+    include: list[str] = field(default_factory=lambda: list(DEFAULT_INCLUDE))
+    exclude: list[str] = field(default_factory=lambda: list(DEFAULT_EXCLUDE))
+    outlier: OutlierConfig = field(default_factory=OutlierConfig)
+    gptq: GPTQConfig = field(default_factory=GPTQConfig)
+    calib_sequences: int = 128  # GPTQ paper: 128 segments
+
+    @classmethod
+    def from_mapping(cls, m: Mapping[str, Any] | Any) -> QuantConfig:
+        """Build from a dict or DictConfig of the `quant` group; unknown keys raise ConfigError."""
+        if m is None:
+            return cls()
+        if not isinstance(m, Mapping):
+            from omegaconf import OmegaConf  # DictConfig is a Mapping too; this covers other containers
+
+            m = OmegaConf.to_container(m, resolve=True)
+        m = dict(m)
+        nested = {"outlier": OutlierConfig, "gptq": GPTQConfig}
+        kwargs: dict[str, Any] = {}
+        names = [f.name for f in dataclasses.fields(cls)]
+        for key, value in m.items():
+            if key not in names:
+                raise ConfigError(f"quant.{key}", value, names, "unknown key")
+            if key in nested:
+                sub = nested[key]
+                sub_names = [f.name for f in dataclasses.fields(sub)]
+                value = dict(value or {})
+                for k2 in value:
+                    if k2 not in sub_names:
+                        raise ConfigError(f"quant.{key}.{k2}", value[k2], sub_names, "unknown key")
+                value = sub(**value)
+            elif key in ("include", "exclude", "codebook") and value is not None:
+                value = list(value)
+            kwargs[key] = value
+        return cls(**kwargs)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _is_number(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def validate_quant_config(q: QuantConfig, row_sizes: Iterable[int] | None = None) -> None:
+    """Raise ConfigError for any value that cannot run; `row_sizes` are the in_features of the layers to quantize."""
+    if q.method not in METHODS:
+        raise ConfigError("quant.method", q.method, METHODS)
+    if q.dtype not in DTYPES:
+        raise ConfigError("quant.dtype", q.dtype, list(DTYPES))
+    for key, pats in (("quant.include", q.include), ("quant.exclude", q.exclude)):
+        for p in pats or []:
+            try:
+                re.compile(p)
+            except (re.error, TypeError) as e:
+                raise ConfigError(key, p, "Python regular expressions", str(e)) from None
+    if not _is_number(q.bits) or q.bits < 1 or q.bits > UNQUANTIZED_BITS:
+        raise ConfigError("quant.bits", q.bits, "a number in 1..16 (16 = unquantized)")
+    if q.bits == UNQUANTIZED_BITS:
+        return  # identity: nothing else is used
+    d = DTYPES[q.dtype]
+    if q.bits not in d.bits:
+        why = "post-training quantization needs integer bits (fractional bits such as 1.58 are for QAT)"
+        if float(q.bits).is_integer():
+            why = f"dtype {q.dtype} is not defined at {q.bits} bits"
+        raise ConfigError("quant.bits", q.bits, [*d.bits, UNQUANTIZED_BITS], f"{why} (quant.dtype={q.dtype})")
+    k = int(q.bits)
+    if q.granularity not in GRANULARITIES:
+        raise ConfigError("quant.granularity", q.granularity, GRANULARITIES)
+    if q.granularity == "block":
+        if not isinstance(q.blocksize, int) or isinstance(q.blocksize, bool) or q.blocksize < 2:
+            raise ConfigError("quant.blocksize", q.blocksize, "an integer >= 2 that divides every row")
+        bad = sorted({r for r in (row_sizes or []) if r % q.blocksize})
+        if bad:
+            raise ConfigError(
+                "quant.blocksize",
+                q.blocksize,
+                "a divisor of every row size",
+                f"does not divide the rows (in_features) {bad[:5]}",
+            )
+    if q.scale_bits not in SCALE_BITS:
+        raise ConfigError("quant.scale_bits", q.scale_bits, SCALE_BITS)
+    if q.scale_search not in SCALE_SEARCHES:
+        raise ConfigError("quant.scale_search", q.scale_search, SCALE_SEARCHES)
+    if q.scale_search == "mse":
+        if not isinstance(q.mse_grid, int) or q.mse_grid < 2:
+            raise ConfigError("quant.mse_grid", q.mse_grid, "an integer >= 2")
+        if not _is_number(q.mse_min_ratio) or not 0 < q.mse_min_ratio < 1:
+            raise ConfigError("quant.mse_min_ratio", q.mse_min_ratio, "a number in (0, 1)")
+    if q.dtype == "float" and q.exponent_bits is not None:
+        e = q.exponent_bits
+        if not isinstance(e, int) or isinstance(e, bool) or not 1 <= e <= k - 1:
+            raise ConfigError(
+                "quant.exponent_bits",
+                e,
+                f"null (default {FLOAT_DEFAULT_EXPONENT_BITS[k]}) or 1..{k - 1}",
+                f"a {k}-bit float has one sign bit",
+            )
+    if not isinstance(q.subnormals, bool):
+        raise ConfigError("quant.subnormals", q.subnormals, [True, False])
+    if q.dtype == "codebook":
+        cb = q.codebook
+        if cb is None or not isinstance(cb, (list, tuple)) or not all(_is_number(v) for v in cb):
+            raise ConfigError("quant.codebook", cb, "a list of finite numbers", "dtype=codebook needs one")
+        if not 2 <= len(cb) <= 2**k or len(set(cb)) != len(cb) or max(abs(v) for v in cb) == 0:
+            raise ConfigError("quant.codebook", cb, f"2..{2**k} distinct values, not all zero (bits={k})")
+    o = q.outlier
+    if o.mode not in OUTLIER_MODES:
+        raise ConfigError("quant.outlier.mode", o.mode, OUTLIER_MODES)
+    if not _is_number(o.fraction) or not 0 <= o.fraction < 1:
+        raise ConfigError("quant.outlier.fraction", o.fraction, "a number in [0, 1)")
+    if not isinstance(q.calib_sequences, int) or q.calib_sequences < 1:
+        raise ConfigError("quant.calib_sequences", q.calib_sequences, "an integer >= 1")
+    g = q.gptq
+    if not _is_number(g.damp) or g.damp <= 0:
+        raise ConfigError("quant.gptq.damp", g.damp, "a number > 0")
+    if not isinstance(g.act_order, bool):
+        raise ConfigError("quant.gptq.act_order", g.act_order, [True, False])
+    for key, v in (("block_columns", g.block_columns), ("batch_size", g.batch_size)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ConfigError(f"quant.gptq.{key}", v, "an integer >= 1")
