@@ -117,8 +117,7 @@ def ensure_own_checkpoint(cfg: DictConfig) -> None:
 
 
 def run_quantize(cfg: DictConfig) -> dict[str, Any]:
-    from ksir.quant import QuantConfig, quantize_model
-    from ksir.quant import _needs_calib as needs_calibration
+    from ksir.quant import QuantConfig, needs_calibration, quantize_model
 
     key = config.run_key(cfg, "quantize")
     family = get_family(cfg.model.family)

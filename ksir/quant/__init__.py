@@ -22,13 +22,15 @@ __all__ = [
     "OutlierConfig",
     "QuantConfig",
     "QuantSummary",
+    "needs_calibration",
     "quantize_model",
     "quantized_linear_names",
     "validate_quant_config",
 ]
 
 
-def _needs_calib(q: QuantConfig) -> bool:
+def needs_calibration(q: QuantConfig) -> bool:
+    """GPTQ and activation-based outliers need calibration token ids from the run's corpus."""
     return q.method == "gptq" or q.outlier.mode == "activation"
 
 
@@ -43,7 +45,7 @@ def quantize_model(model: nn.Module, q: QuantConfig, calib: torch.Tensor | None 
     shapes = {n: tuple(get_weight(modules[n]).shape) for n in names}
     if q.bits == UNQUANTIZED_BITS:
         return summarize(model, q, {}, {})
-    if _needs_calib(q) and calib is None:
+    if needs_calibration(q) and calib is None:
         why = "method=gptq" if q.method == "gptq" else "outlier.mode=activation"
         raise ConfigError(
             "calib", None, "a LongTensor [n_sequences, seq_len] of token ids", f"{why} needs data"
