@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from ksir.data.corpus import validate_data_config
 from ksir.errors import ConfigError
 from ksir.families import Family, get_family, linear_row_sizes, own_config
+from ksir.zeroshot import validate_zeroshot_config
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 JOBS = ("train", "quantize")
@@ -50,6 +51,9 @@ def run_key(cfg: DictConfig, job: str | None = None) -> str:
         if isinstance(val, dict):
             val = {k: v for k, v in val.items() if k not in NON_RESULT_KEYS.get(sec, ())}
         ident[sec] = val
+    zs = ident["eval"].pop("zeroshot", None) or {}
+    if zs.get("enabled"):  # a disabled zero-shot block changes nothing; its batch size never does
+        ident["eval"]["zeroshot"] = {k: v for k, v in zs.items() if k != "batch_size"}
     if job == "train":  # a train job's identity does not depend on how it is later used
         ident["model"] = {k: ident["model"][k] for k in ("family", "size")}
         ident["trainer"]["lightning_precision"] = c["trainer"]["lightning"].get("precision")
@@ -91,6 +95,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("eval.batch_size", ev.batch_size, ">= 1")
     if ev.device not in ("auto", "cpu", "cuda") and not str(ev.device).startswith("cuda:"):
         raise ConfigError("eval.device", ev.device, ["auto", "cpu", "cuda", "cuda:N"])
+    validate_zeroshot_config(cfg.eval.get("zeroshot"))
     if cfg.logger.mode not in ("auto", "offline", "online", "disabled"):
         raise ConfigError("logger.mode", cfg.logger.mode, ["auto", "offline", "online", "disabled"])
     if cfg.job == "train" or (family.kind == "own" and not cfg.model.checkpoint):

@@ -48,6 +48,19 @@ def _base_record(cfg: DictConfig, key: str, job: str) -> dict[str, Any]:
             "git_commit": git_commit(), "config": OmegaConf.to_container(cfg, resolve=True)}
 
 
+def evaluate_all(cfg: DictConfig, model: torch.nn.Module, tok: Any, data: Any, device: torch.device) -> dict[str, float]:
+    """Held-out LM metrics, plus zero-shot task accuracy (lm-evaluation-harness) when enabled."""
+    metrics = evaluate_lm(model, data.eval_blocks(int(cfg.eval.sequences)), int(cfg.eval.batch_size), device)
+    _metrics_ok(metrics)
+    zs = cfg.eval.get("zeroshot")
+    if zs is not None and zs.enabled:
+        from ksir.zeroshot import evaluate_zeroshot
+
+        print(f"  zero-shot: {', '.join(zs.tasks)} (limit {zs.limit})", flush=True)
+        metrics.update(evaluate_zeroshot(model, tok, OmegaConf.to_container(zs, resolve=True), device))
+    return metrics
+
+
 def _metrics_ok(metrics: dict[str, float]) -> None:
     bad = {k: v for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)}
     if bad:
@@ -138,8 +151,7 @@ def run_quantize(cfg: DictConfig) -> dict[str, Any]:
         t0 = time.time()
         summary = quantize_model(model, qcfg, calib)
         quant_time = time.time() - t0
-        metrics = evaluate_lm(model, data.eval_blocks(int(cfg.eval.sequences)), int(cfg.eval.batch_size), device)
-        _metrics_ok(metrics)
+        metrics = evaluate_all(cfg, model, tok, data, device)
         meta = checkpoints.read_meta(ckpt)
         rec.update(checkpoint=ckpt, regime="ptq", n_params=n_total, n_params_nonembedding=n_nonemb,
                    n_quantized_params=summary.n_quantized, method=qcfg.method, bits=float(qcfg.bits),

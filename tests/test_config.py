@@ -45,3 +45,13 @@ def test_invalid_values_name_the_key(overrides, key):
         validate(cfg)
     assert e.value.key.startswith(key), str(e.value)
     assert "\n" not in str(e.value)
+
+
+def test_zeroshot_block_changes_the_key_only_when_enabled():
+    base = run_key(compose(["job=quantize", "quant.bits=4"]))
+    assert run_key(compose(["job=quantize", "quant.bits=4", "eval.zeroshot.limit=5"])) == base  # disabled
+    zs = run_key(compose(["job=quantize", "quant.bits=4", "eval=zeroshot"]))
+    assert zs != base
+    assert run_key(compose(["job=quantize", "quant.bits=4", "eval=zeroshot", "eval.zeroshot.batch_size=4"])) == zs
+    with pytest.raises(ConfigError, match="eval.zeroshot.tasks"):
+        validate(compose(["eval=zeroshot", "eval.zeroshot.tasks=[piqa,no_such_task]"]))

@@ -1,0 +1,283 @@
+"""Zero-shot task accuracy through EleutherAI's lm-evaluation-harness, on the model in memory.
+
+The paper's metric is the mean zero-shot accuracy on LAMBADA (OpenAI), PIQA, HellaSwag and
+WinoGrande. We do not re-implement any task: the harness's own task definitions score the
+quantized (or QAT) model object directly (`HFLM(pretrained=<model>)`), so there is no
+save/reload round trip and the fake-quantized weights are exactly what is evaluated.
+
+Data: `data_dir: null` uses the harness tasks unchanged (hub datasets, needs network or a warm HF
+cache). `data_dir: <folder>` (or `shipped`, ksir's own tiny files) renders the YAML templates in
+`ksir/tasks/templates/`, which `include` the harness's task YAML and only swap the data source
+for local JSON-lines files in the hub datasets' format; those tasks are named `ksir_<task>`.
+Metric names do not depend on the data source: `zs_<task>_acc`, ... (see `zeroshot_metrics`).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import random
+import re
+import string
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ksir.errors import ConfigError
+
+# Tasks ksir knows how to run from local files: harness task -> the split the harness evaluates.
+TASK_SPLITS: dict[str, str] = {"lambada_openai": "test", "piqa": "validation", "hellaswag": "validation",
+                               "winogrande": "validation"}
+PAPER_TASKS: tuple[str, ...] = ("lambada_openai", "piqa", "hellaswag", "winogrande")
+LOCAL_PREFIX = "ksir_"
+SHIPPED = "shipped"  # data_dir value for the task files that ship with ksir
+TASKS_DIR = Path(__file__).resolve().parent / "tasks"
+SHIPPED_DATA_DIR = TASKS_DIR / "data"
+TEMPLATE_DIR = TASKS_DIR / "templates"
+CONFIG_KEYS = ("enabled", "tasks", "limit", "batch_size", "data_dir", "num_fewshot")
+# Harness metrics copied into the record (`<metric>,none` in the harness's results).
+METRICS = ("acc", "acc_norm", "perplexity")
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def _zeroshot_section(cfg: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    """Accept the `eval.zeroshot` mapping itself, the `eval` section or a whole job config."""
+    if cfg is not None and "eval" in cfg and "enabled" not in cfg:
+        cfg = cfg["eval"]
+    if cfg is not None and "zeroshot" in cfg and "enabled" not in cfg:
+        cfg = cfg["zeroshot"]
+    if cfg is not None and "sequences" in cfg:  # an eval section without a zeroshot block
+        return None
+    return cfg
+
+
+def resolve_data_dir(data_dir: str | Path | None) -> Path | None:
+    if data_dir is None:
+        return None
+    if str(data_dir) == SHIPPED:
+        return SHIPPED_DATA_DIR
+    return Path(str(data_dir)).expanduser().resolve()
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+@functools.lru_cache(maxsize=1)
+def harness_task_names() -> frozenset[str]:
+    """Task, group and tag names of the installed harness, read off its YAMLs (~2 s once, no TaskManager)."""
+    import lm_eval.tasks
+
+    pattern = re.compile(r"^(?:task|group|tag):\s*['\"]?([\w\-.]+)", re.M)
+    root = Path(lm_eval.tasks.__file__).resolve().parent
+    return frozenset(n for p in root.rglob("*.yaml") for n in pattern.findall(p.read_text(errors="ignore")))
+
+
+def validate_zeroshot_config(cfg: Mapping[str, Any] | None) -> None:
+    """Check `eval.zeroshot` (or a job config holding it) before any compute: reads no data, loads no model.
+
+    Raises ConfigError naming the key, the bad value and what is allowed."""
+    zs = _zeroshot_section(cfg)
+    if zs is None:
+        return
+    k = "eval.zeroshot"
+    unknown = sorted(set(zs) - set(CONFIG_KEYS))
+    if unknown:
+        raise ConfigError(f"{k}.{unknown[0]}", zs[unknown[0]], CONFIG_KEYS, "unknown key")
+    enabled = zs.get("enabled", False)
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"{k}.enabled", enabled, ["true", "false"])
+    tasks = zs.get("tasks", PAPER_TASKS)
+    if isinstance(tasks, str) or not isinstance(tasks, Sequence) or len(tasks) == 0:
+        raise ConfigError(f"{k}.tasks", tasks, sorted(TASK_SPLITS), "a non-empty list of task names")
+    data_dir = zs.get("data_dir")
+    for t in tasks:
+        if t in TASK_SPLITS or (data_dir is None and t in harness_task_names()):
+            continue  # local files exist for the paper's tasks; with hub data any harness task runs
+        why = "give the harness task name, without the local prefix" if str(t).startswith(LOCAL_PREFIX) \
+            else "unknown zero-shot task" if data_dir is None else "no local task files for it"
+        allowed = sorted(TASK_SPLITS) if data_dir is not None else f"{', '.join(sorted(TASK_SPLITS))} or any " \
+            "lm-evaluation-harness task (with data_dir: null)"
+        raise ConfigError(f"{k}.tasks", t, allowed, why)
+    if len(set(tasks)) != len(tasks):
+        raise ConfigError(f"{k}.tasks", list(tasks), why="a task is listed twice")
+    limit = zs.get("limit")
+    if limit is not None and not (_is_int(limit) and limit >= 1):
+        raise ConfigError(f"{k}.limit", limit, "null (all examples) or an integer >= 1",
+                          "number of examples per task")
+    bs = zs.get("batch_size", 32)
+    if not ((_is_int(bs) and bs >= 1) or bs == "auto"):
+        raise ConfigError(f"{k}.batch_size", bs, "an integer >= 1 or 'auto'")
+    shots = zs.get("num_fewshot", 0)
+    if not (_is_int(shots) and shots >= 0):
+        raise ConfigError(f"{k}.num_fewshot", shots, "an integer >= 0")
+    if data_dir is not None and not isinstance(data_dir, (str, Path)):
+        raise ConfigError(f"{k}.data_dir", data_dir, f"null (hub datasets), '{SHIPPED}' or a folder")
+    if data_dir is not None and shots:
+        raise ConfigError(f"{k}.num_fewshot", shots, [0], "local task files hold only the evaluated split; "
+                          "few-shot examples need the hub datasets (data_dir: null)")
+    if enabled and data_dir is not None:
+        root = resolve_data_dir(data_dir)
+        for t in tasks:
+            f = root / t / f"{TASK_SPLITS[t]}.jsonl"
+            if not f.is_file():
+                raise ConfigError(f"{k}.data_dir", str(data_dir), why=f"missing {f} (layout: <data_dir>/<task>/<split>.jsonl)")
+
+
+# ----------------------------------------------------------------------------- tasks
+
+
+def render_task_yamls(data_dir: str | Path, out_dir: str | Path, tasks: Sequence[str] = PAPER_TASKS) -> Path:
+    """Write runnable `ksir_<task>.yaml` files into `out_dir` for `TaskManager(include_path=out_dir)`
+    (or `lm_eval --include_path out_dir`): the templates with absolute paths filled in."""
+    import lm_eval.tasks
+
+    harness = Path(lm_eval.tasks.__file__).resolve().parent
+    root = resolve_data_dir(data_dir)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for t in tasks:
+        tmpl = string.Template((TEMPLATE_DIR / f"{LOCAL_PREFIX}{t}.yaml").read_text())
+        # Paths go inside double-quoted YAML strings: escape them as JSON strings do.
+        text = tmpl.substitute(lm_eval_tasks=_yaml_quoted(harness), data_dir=_yaml_quoted(root))
+        (out / f"{LOCAL_PREFIX}{t}.yaml").write_text(text)
+    return out
+
+
+def _yaml_quoted(p: Path) -> str:
+    return str(p).replace("\\", "\\\\").replace('"', '\\"')
+
+
+@contextmanager
+def task_setup(zs: Mapping[str, Any]) -> Iterator[tuple[Any, list[str]]]:
+    """(TaskManager, harness task names to run) for a zero-shot config; local YAMLs live in a temp folder."""
+    from lm_eval.tasks import TaskManager
+
+    tasks = list(zs.get("tasks", PAPER_TASKS))
+    if zs.get("data_dir") is None:
+        yield TaskManager(), tasks  # indexes the harness's ~15k task YAMLs (~10 s)
+        return
+    with tempfile.TemporaryDirectory(prefix="ksir-tasks-") as tmp:
+        render_task_yamls(zs["data_dir"], tmp, tasks)
+        yield TaskManager(include_path=tmp, include_defaults=False), [LOCAL_PREFIX + t for t in tasks]
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+@contextmanager
+def _preserved_state(model: torch.nn.Module) -> Iterator[None]:
+    """simple_evaluate reseeds python/numpy/torch and HFLM puts the model in eval mode: undo both,
+    so that a QAT job that evaluates mid-training continues exactly as it would have."""
+    py, np_state, cpu = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    training = model.training
+    try:
+        yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(np_state)
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+        model.train(training)
+
+
+def harness_lm(model: torch.nn.Module, tokenizer: Any, batch_size: int | str = 32, **kwargs: Any) -> Any:
+    """The harness's HF wrapper around the model object as it is in memory (weights, device, dtype).
+
+    Log-softmax runs in float32 so that bf16/fp16 models are scored as precisely as fp32 ones."""
+    from lm_eval.models.huggingface import HFLM
+
+    kwargs.setdefault("softmax_dtype", torch.float32)
+    return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, **kwargs)
+
+
+def run_harness(model: torch.nn.Module, tokenizer: Any, cfg: Mapping[str, Any],
+                device: str | torch.device | None = None, log_samples: bool = False) -> dict[str, Any]:
+    """`lm_eval.simple_evaluate` on the in-memory model; returns the harness's own results dict."""
+    import lm_eval
+
+    validate_zeroshot_config(cfg)
+    model_device = next(model.parameters()).device
+    if device is not None and torch.device(device) != model_device:
+        model.to(device)
+    try:
+        with _preserved_state(model), task_setup(cfg) as (tm, names):
+            lm = harness_lm(model, tokenizer, cfg.get("batch_size", 32))
+            out = lm_eval.simple_evaluate(
+                model=lm, tasks=names, num_fewshot=int(cfg.get("num_fewshot", 0)), limit=cfg.get("limit"),
+                task_manager=tm, bootstrap_iters=0, log_samples=True)
+    finally:
+        if next(model.parameters()).device != model_device:
+            model.to(model_device)
+    if not log_samples:
+        out = {**out, "samples": {t: [{"acc": s["acc"]} for s in v if "acc" in s] for t, v in out["samples"].items()}}
+    return out
+
+
+def zeroshot_metrics(results: Mapping[str, Any]) -> dict[str, float]:
+    """Flat record metrics from a harness results dict (local `ksir_` task names map to the harness name).
+
+    zs_<task>_acc / _acc_norm / _perplexity (as the harness reports them), zs_<task>_acc_stderr
+    (standard error of the mean over examples), zs_n_<task> (examples scored) and zs_acc_mean,
+    the unweighted mean of the per-task accuracies: the paper's y-axis."""
+    from lm_eval.api.metrics import mean_stderr
+
+    out: dict[str, float] = {}
+    accs = []
+    for name, res in results["results"].items():
+        task = name.removeprefix(LOCAL_PREFIX)
+        for m in METRICS:
+            v = res.get(f"{m},none")
+            if isinstance(v, (int, float)):
+                out[f"zs_{task}_{m}"] = float(v)
+        per_example = [float(s["acc"]) for s in results.get("samples", {}).get(name, []) if "acc" in s]
+        if len(per_example) > 1:
+            out[f"zs_{task}_acc_stderr"] = float(mean_stderr(per_example))
+        out[f"zs_n_{task}"] = float(results["n-samples"][name]["effective"])
+        if f"zs_{task}_acc" in out:
+            accs.append(out[f"zs_{task}_acc"])
+    out["zs_acc_mean"] = float(np.mean(accs)) if accs else math.nan
+    return out
+
+
+def evaluate_zeroshot(model: torch.nn.Module, tokenizer: Any, cfg: Mapping[str, Any],
+                      device: str | torch.device | None = None) -> dict[str, float]:
+    """Per-task zero-shot accuracy and their mean for the model as it is in memory (see module doc).
+
+    cfg is `eval.zeroshot`: {enabled, tasks, limit, batch_size, data_dir, num_fewshot}; device
+    None keeps the model where it is. Returns flat `zs_*` metrics (see `zeroshot_metrics`)."""
+    t0 = time.time()
+    out = zeroshot_metrics(run_harness(model, tokenizer, cfg, device))
+    out["zs_eval_seconds"] = time.time() - t0
+    return out
+
+
+def rolling_loglikelihoods(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str], *,
+                           prefix_token_id: int | None = None, max_length: int | None = None,
+                           batch_size: int = 32) -> list[tuple[float, int]]:
+    """(log-likelihood, tokens scored) per text from the harness's `loglikelihood_rolling` (the
+    request perplexity tasks such as wikitext use): every token is predicted, the first one from
+    `prefix_token_id` (default: the harness's choice, BOS or EOS), in windows of `max_length`."""
+    from lm_eval.api.instance import Instance
+
+    lm = harness_lm(model, tokenizer, batch_size, prefix_token_id=prefix_token_id, max_length=max_length)
+    reqs = [Instance(request_type="loglikelihood_rolling", doc={}, arguments=(t,), idx=i) for i, t in enumerate(texts)]
+    with _preserved_state(model):
+        lls = lm.loglikelihood_rolling(reqs, disable_tqdm=True)
+    return [(float(ll), len(lm.tok_encode(t))) for ll, t in zip(lls, texts, strict=True)]
+
+
+def rolling_perplexity(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str], **kwargs: Any) -> float:
+    """Token-level perplexity of `texts` by the harness's rolling log-likelihood: exp(-sum ll / tokens)."""
+    res = rolling_loglikelihoods(model, tokenizer, texts, **kwargs)
+    return math.exp(-sum(ll for ll, _ in res) / sum(n for _, n in res))
