@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +107,13 @@ def validate(cfg: DictConfig) -> None:
         ckpt = cfg.model.checkpoint
         if ckpt and looks_like_path(str(ckpt)) and not (Path(str(ckpt)).expanduser() / "config.json").exists():
             raise ConfigError("model.checkpoint", str(ckpt), why="no Hugging Face model folder (config.json) there")
+        hub_id = None if ckpt and looks_like_path(str(ckpt)) else (ckpt or family.size(cfg.model.size).hub_id)
+        if family.kind == "hub" and hub_id and os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
+            from huggingface_hub import try_to_load_from_cache
+
+            if not isinstance(try_to_load_from_cache(str(hub_id), "config.json"), str):
+                raise ConfigError("model.checkpoint", str(hub_id), why="not in the local Hugging Face cache and "
+                                  "HF_HUB_OFFLINE is set; point model.checkpoint at a local copy")
         if family.kind == "own" and not ckpt and not cfg.model.train_if_missing:
             from ksir.checkpoints import own_checkpoint_dir
 
