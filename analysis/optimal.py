@@ -1,0 +1,101 @@
+"""The answer users want: for a total-bit budget, which k (and which scheme) gives the lowest loss.
+
+Three views, side by side, so that a disagreement between a law and the data is visible:
+- per-k laws: the k whose fitted curve is lowest at the budget, with the bootstrap
+  distribution of that choice (each replicate refits every curve);
+- model-free: each k's measured curve interpolated linearly in log(bits) (Dettmers &
+  Zettlemoyer compared precisions this way), inside the measured range only;
+- continuous k from a joint law L(N, k): minimise L(B / b(k), k) over k, where b(k) = k + c is
+  the bits per parameter at precision k (c, the overhead of block constants and 16-bit parts,
+  is measured from the runs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from analysis.fit import FitResult
+
+
+def budget_grid(df: pd.DataFrame, n: int = 25, extrapolate: float = 10.0) -> np.ndarray:
+    lo, hi = df["total_bits"].min(), df["total_bits"].max()
+    return np.geomspace(lo, hi * extrapolate, n)
+
+
+def _label(key: tuple) -> str:
+    return ",".join(str(k) for k in key)
+
+
+def per_k_optimum(fits: Mapping[tuple, FitResult], budgets: np.ndarray, observed_max: float) -> list[dict[str, Any]]:
+    """Best curve (k or (k, scheme)) at each budget from the per-k fits, with bootstrap frequencies."""
+    keys = list(fits)
+    pred = np.stack([fits[k].predict({"total_bits": budgets}).reshape(-1) for k in keys])  # [K, B]
+    boots = [fits[k].boot for k in keys]
+    n_boot = min((len(b) for b in boots if b is not None), default=0)
+    boot_best = None
+    if n_boot and all(b is not None for b in boots):
+        bp = np.stack([fits[k].predict({"total_bits": budgets}, fits[k].boot[:n_boot]) for k in keys])  # [K, S, B]
+        bp = np.where(np.isfinite(bp), bp, np.inf)
+        boot_best = np.argmin(bp, axis=0)  # [S, B]
+    rows = []
+    for j, b in enumerate(budgets):
+        i = int(np.argmin(pred[:, j]))
+        row: dict[str, Any] = {"budget_bits": float(b), "extrapolated": bool(b > observed_max * 1.0001),
+                               "best": _label(keys[i]), "best_k": float(keys[i][0]),
+                               "predicted": {_label(k): float(pred[m, j]) for m, k in enumerate(keys)}}
+        if boot_best is not None:
+            ks = np.array([keys[m][0] for m in boot_best[:, j]], dtype=float)
+            freq = pd.Series([_label(keys[m]) for m in boot_best[:, j]]).value_counts(normalize=True)
+            row.update(best_k_ci95=(float(np.percentile(ks, 2.5)), float(np.percentile(ks, 97.5))),
+                       best_frequency=float(freq.get(_label(keys[i]), 0.0)))
+        rows.append(row)
+    return rows
+
+
+def interpolated_optimum(df: pd.DataFrame, metric: str, keys: list[str], budgets: np.ndarray) -> list[dict[str, Any]]:
+    """Model-free: each curve's measured metric interpolated in log(total bits), within its range."""
+    rows = []
+    curves = {}
+    for key, g in df.groupby(keys):
+        g = g.groupby("total_bits")[metric].mean().sort_index()
+        if len(g) >= 2:
+            curves[key if isinstance(key, tuple) else (key,)] = (np.log(g.index.to_numpy(float)), g.to_numpy(float))
+    for b in budgets:
+        vals = {}
+        for key, (lx, y) in curves.items():
+            if lx[0] <= np.log(b) <= lx[-1]:
+                vals[_label(key)] = float(np.interp(np.log(b), lx, y))
+        # Comparing is meaningful only where at least two measured curves reach the budget.
+        best = min(vals, key=vals.get) if len(vals) >= 2 else None
+        rows.append({"budget_bits": float(b), "best": best, "interpolated": vals})
+    return rows
+
+
+def bits_overhead(df: pd.DataFrame) -> float:
+    """c in bits-per-parameter = k + c, measured on quantized runs (block constants, 16-bit parts)."""
+    q = df[df["bits"] < 16]
+    if q.empty:
+        return 0.0
+    return float(np.median(q["total_bits"] / q["n_params"] - q["bits"]))
+
+
+def continuous_optimum(fit: FitResult, budgets: np.ndarray, k_range: tuple[float, float], overhead: float,
+                       tokens: float | None = None, resolution: float = 0.01) -> list[dict[str, Any]]:
+    """k* = argmin_k L(N = B / (k + c), k) for a joint law in (N, k), with its bootstrap interval.
+
+    Evaluated on a k grid of `resolution` for the fit and every bootstrap replicate at once."""
+    ks = np.arange(k_range[0], k_range[1] + resolution / 2, resolution)
+    boot = fit.boot[np.isfinite(fit.boot).all(axis=1)] if fit.boot is not None else None
+    rows = []
+    for b in budgets:
+        data = {"n_params": b / (ks + overhead), "bits": ks, "train_tokens": np.full_like(ks, tokens or 1.0)}
+        row: dict[str, Any] = {"budget_bits": float(b), "k_star": float(ks[np.argmin(fit.predict(data))])}
+        if boot is not None and len(boot):
+            kb = ks[np.argmin(np.where(np.isfinite(p := fit.predict(data, boot)), p, np.inf), axis=1)]
+            row["k_star_ci95"] = (float(np.percentile(kb, 2.5)), float(np.percentile(kb, 97.5)))
+        rows.append(row)
+    return rows

@@ -1,0 +1,126 @@
+"""Collecting runs (records, W&B, external tables), the optimal-k report and the ksir-fit CLI."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis import load_records, load_table, load_wandb
+from analysis.cli import main as ksir_fit
+from ksir.records import write_record
+
+EFF = {2: 0.16, 3: 0.43, 4: 0.70, 5: 0.80, 6: 0.86, 8: 1.0, 16: 1.0}  # QuEST-like: eff(k)/k peaks at k=4
+
+
+SIZES = np.geomspace(2e5, 5e7, 6)
+
+
+def synthetic_records(folder, noise=0.004, seed=0, sizes=SIZES, ks=(2, 3, 4, 5, 6, 8, 16)):
+    """Quantize-job records whose loss follows L = E + A (N eff(k))^-alpha, bits/param = k + 0.25."""
+    rng = np.random.default_rng(seed)
+    for n in sizes:
+        for k in ks:
+            loss = (1.9 + 300 * (n * EFF[k]) ** -0.3) * np.exp(rng.normal(0, noise))
+            bpp = 16.0 if k == 16 else k + 0.25
+            write_record(folder, {"run_key": f"q-{int(n)}-{k}", "status": "done", "job": "quantize",
+                                  "family": "synthetic", "size": str(int(n)), "method": "rtn", "dtype": "int",
+                                  "blocksize": 64, "bits": float(k), "n_params": int(n), "total_bits": n * bpp,
+                                  "bits_per_param": bpp, "created": "2026-01-01T00:00:00",
+                                  "metrics": {"val_loss": loss}})
+
+
+def test_records_duplicates_failed_nan_and_corrupt_files_are_reported(tmp_path):
+    base = {"job": "quantize", "bits": 4.0, "n_params": 10, "total_bits": 42.5, "status": "done"}
+    write_record(tmp_path / "a", {**base, "run_key": "q-1", "created": "2026-01-01", "metrics": {"val_loss": 3.0}})
+    write_record(tmp_path / "b", {**base, "run_key": "q-1", "created": "2026-01-02", "metrics": {"val_loss": 2.9}})
+    write_record(tmp_path / "a", {**base, "run_key": "q-2", "status": "failed", "metrics": {}})
+    write_record(tmp_path / "a", {**base, "run_key": "q-3", "metrics": {"val_loss": float("nan")}})
+    (tmp_path / "a" / "q-4.json").write_text('{"run_key": "q-4", "schema": 1, "metr')  # truncated
+    got = load_records([tmp_path / "a", str(tmp_path / "b" / "*.json")])
+    assert got.runs["run_key"].tolist() == ["q-1"] and got.runs["val_loss"].tolist() == [2.9]  # newest wins
+    reasons = " | ".join(s["reason"] for s in got.skipped)
+    assert "status=failed" in reasons and "NaN" in reasons and "duplicate" in reasons and "unreadable" in reasons
+    assert got.runs["regime"].tolist() == ["ptq"]
+
+
+def test_ksir_fit_finds_the_optimal_k_and_writes_everything(tmp_path, capsys):
+    synthetic_records(tmp_path / "results")
+    out = tmp_path / "fit"
+    assert ksir_fit([str(tmp_path / "results"), "--out", str(out), "--bootstrap", "60", "--law", "efficiency"]) == 0
+    printed = capsys.readouterr().out
+    assert "42 runs used" in printed and "alpha" in printed
+    for name in ("runs.csv", "fit.json", "report.md", "bit_scaling.png", "bit_scaling.pdf", "optimal_k.png",
+                 "residuals.png"):
+        assert (out / name).stat().st_size > 0, name
+    rep = json.loads((out / "fit.json").read_text())
+    assert len(rep["laws"]["power_bits"]) == 7
+    for s in rep["laws"]["power_bits"]:
+        assert s["goodness_of_fit"]["r2"] > 0.98 and s["params"]["alpha"]["ci95"] is not None
+    # eff(k)/k peaks at 4 bits: inside the measured range (large budgets), 4-bit wins, and the
+    # model-free interpolation agrees with the laws.
+    inside = [r for r in rep["optimal"] if not r["extrapolated"] and r["budget_bits"] > 1e8]
+    assert inside and all(r["best_k"] == 4.0 for r in inside)
+    assert all(r["law_agrees_with_data"] in (True, None) for r in inside)
+    eff = {r["k"]: r for r in rep["laws"]["efficiency"]["efficiency"]}
+    assert max(eff, key=lambda k: eff[k]["eff_per_bit"]) == 4.0
+    cont = rep["optimal_continuous"]["precision"]
+    assert all(2.0 <= r["k_star"] <= 16 and "k_star_ci95" in r for r in cont)
+    assert "Optimal k per total-bit budget" in (out / "report.md").read_text()
+
+
+def test_ksir_fit_bad_input_is_one_line_and_nonzero(tmp_path, capsys):
+    assert ksir_fit([str(tmp_path / "nothing"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ksir-fit: error:")
+    synthetic_records(tmp_path / "one", sizes=[1e6])  # a single model size
+    assert ksir_fit([str(tmp_path / "one"), "--out", str(tmp_path / "o"), "--bootstrap", "0"]) == 2
+    assert "no curve could be fitted" in capsys.readouterr().err
+
+
+def test_external_table_with_a_column_mapping(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = [{"params": n, "precision": k, "loss": (2 + 100 * (n * k) ** -0.25) * np.exp(rng.normal(0, 0.002))}
+            for n in np.geomspace(1e6, 1e9, 5) for k in (3, 4, 8)]
+    path = tmp_path / "released.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    got = load_table(path, {"params": "n_params", "precision": "bits", "loss": "val_loss"})
+    assert len(got.runs) == 15 and np.allclose(got.runs.total_bits, got.runs.n_params * got.runs.bits)
+    out = tmp_path / "refit"
+    assert ksir_fit(["--table", str(path), "--map", "params=n_params,precision=bits,loss=val_loss", "--out", str(out),
+                     "--bootstrap", "20", "--no-figures"]) == 0
+    assert len(json.loads((out / "fit.json").read_text())["laws"]["power_bits"]) == 3
+
+
+def test_wandb_source_through_a_faked_public_api():
+    runs = [SimpleNamespace(id=f"q-{i}", state="finished" if i < 3 else "crashed", created_at=f"2026-01-0{i + 1}",
+                            config={"job": "quantize", "model": {"family": "llama", "size": "xs"},
+                                    "quant": {"bits": 4, "dtype": "nf", "blocksize": 64}},
+                            summary={"val_loss": 3.0 - i * 0.1, "total_bits": 1e6 * (i + 1), "n_params": 2.5e5 * (i + 1),
+                                     "_runtime": 3})
+            for i in range(4)]
+    calls = []
+
+    class Api:
+        def runs(self, path, filters=None):
+            calls.append((path, filters))
+            return runs
+
+    got = load_wandb("me/ksir", {"config.quant.dtype": "nf"}, group="sweep-1", api=Api())
+    assert calls == [("me/ksir", {"config.quant.dtype": "nf", "group": "sweep-1"})]
+    assert got.runs["run_key"].tolist() == ["q-0", "q-1", "q-2"]
+    assert set(got.runs["dtype"]) == {"nf"} and set(got.runs["bits"]) == {4}
+    assert [s["reason"] for s in got.skipped] == ["status=crashed"]
+
+
+def test_filters_select_runs(tmp_path):
+    synthetic_records(tmp_path / "r", ks=(3, 4), sizes=[2e5, 1e6, 5e6, 2.5e7, 1e8])
+    with pytest.raises(SystemExit):
+        ksir_fit([str(tmp_path / "r")])  # --out is required: argparse's own error
+    out = tmp_path / "o"
+    assert ksir_fit([str(tmp_path / "r"), "--out", str(out), "--bootstrap", "0", "--no-figures", "--dtype", "int",
+                     "--size", "200000", "--size", "1000000", "--size", "5000000", "--size", "25000000"]) == 0
+    assert len(pd.read_csv(out / "runs.csv")) == 8
