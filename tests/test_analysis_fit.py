@@ -11,8 +11,6 @@ from analysis import FitError, custom_law, fit_law
 from analysis.fit import bootstrap, fit_once
 from analysis.laws import get_law
 
-
-
 SIZES = np.geomspace(1e5, 3e7, 8)
 
 
