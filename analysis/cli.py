@@ -39,7 +39,8 @@ def parser() -> argparse.ArgumentParser:
                    help="joint laws fitted besides the per-k power laws (default: precision)")
     for f in FILTERS:
         p.add_argument(f"--{f}", action="append", help=f"keep runs with this {f} (repeatable)")
-    p.add_argument("--all-jobs", action="store_true", help="also use train-job records (default: quantize jobs only)")
+    p.add_argument("--all-jobs", action="store_true",
+                   help="also use full-precision train records (default: PTQ quantize jobs and QAT train jobs)")
     p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples per fit (0 = none)")
     p.add_argument("--delta", type=float, default=1e-3, help="Huber delta on log residuals (Chinchilla: 1e-3)")
     p.add_argument("--loss", choices=["huber", "ols"], default="huber", help="huber (L-BFGS) or ols (curve_fit)")
@@ -65,9 +66,13 @@ def collect(args: argparse.Namespace) -> Collected:
     df = pd.concat([p.runs for p in parts], ignore_index=True)
     merged = clean(df, [s for p in parts for s in p.skipped], metric=args.metric)
     where = {f: getattr(args, f) for f in FILTERS if getattr(args, f)}
-    if not args.all_jobs and "job" not in where and "job" in merged.runs:
-        where["job"] = ["quantize"]
-    merged.runs = select(merged.runs, where) if where else merged.runs
+    runs = merged.runs
+    if not args.all_jobs and "job" not in where and "job" in runs:
+        # Quantized models only: PTQ (quantize jobs) and QAT (train jobs with a qat regime); plain
+        # full-precision train records duplicate the 16-bit PTQ baselines.
+        regime = runs["regime"].astype(str) if "regime" in runs else pd.Series("", index=runs.index)
+        runs = runs[(runs["job"] == "quantize") | regime.isin(["qat", "qat-finetune"])]
+    merged.runs = select(runs, where) if where else runs
     return merged
 
 

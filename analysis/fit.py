@@ -1,293 +1,379 @@
 """Fitting a law to runs: Huber loss on residuals (log space for loss laws), summed over points,
-minimised with L-BFGS from a grid of starts; bootstrap intervals; held-out extrapolation.
+minimised with L-BFGS from a grid of starts; bootstrap intervals; a held-out extrapolation check.
 
 Chinchilla Approach 3 practice (Hoffmann et al. 2022; Besiroglu et al. 2024): Huber delta 1e-3
-on log residuals, *summed* (averaging made the original fit stop early), L-BFGS from a grid.
-The objective is evaluated at every grid start at once (vectorised), and L-BFGS runs from the
-`top_starts` best of them: local optima of these objectives sit in the basins of the best grid
-points, and `top_starts=None` runs every start to check that on any data set.
+on log residuals, *summed* (averaging shrinks the objective so L-BFGS's relative stopping rule
+fires early), L-BFGS from a grid. The objective is evaluated at every grid start at once
+(vectorised numpy), and L-BFGS runs from the `top_starts` best of them: a start far worse than
+the best grid points lies in the basin of a worse optimum or converges to the same one, so this
+equals the full-grid result in practice; `top_starts=None` runs every start, and
+`test_pruned_grid_finds_the_full_grid_optimum` / `bench_fit.py --full-grid` check the equality.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-import pickle
 from dataclasses import dataclass, field
 from itertools import product
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from scipy.optimize import curve_fit, minimize
 
 from analysis.laws import Law, get_law
 
-torch.set_default_dtype(torch.float64)
+try:
+    from threadpoolctl import threadpool_limits  # installed with scikit-learn (lm-eval); only a speed-up
+except ImportError:  # pragma: no cover
+    threadpool_limits = None
 
 
 class FitError(ValueError):
-    """Data a law cannot be fitted to (too few points, one size, constant metric)."""
+    """Data a law cannot honestly be fitted to (too few points, one size, constant metric)."""
 
 
 @dataclass
-class FitResult:
-    law: str
-    formula: str
-    metric: str
-    group: dict[str, Any]
-    params: dict[str, float]
-    gof: dict[str, float]
-    n: int
-    boot: np.ndarray | None = None  # [n_boot, n_params] refitted raw parameters
-    heldout: dict[str, Any] | None = None
-    ctx: dict[str, Any] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
+class Problem:
+    """One data set prepared for a law: columns as arrays, the target in residual space, context."""
+
+    law: Law
+    x: dict[str, np.ndarray]
+    y: np.ndarray  # metric, linear scale
+    ctx: dict[str, Any]
+    delta: float = 1e-3
 
     @property
-    def law_obj(self) -> Law:
-        return get_law(self.law) if isinstance(self.law, str) else self.law
-
-    def vector(self) -> np.ndarray:
-        return np.array(list(self.params.values()))
-
-    def predict(self, data: pd.DataFrame | dict[str, Any], params: np.ndarray | None = None) -> np.ndarray:
-        """Metric predicted at the rows of `data`; with params [S, P], one row of predictions each."""
-        law = self._law
-        x = {c: torch.tensor(np.array(data[c], dtype=float)) for c in law.columns}
-        p = torch.as_tensor(self.vector() if params is None else params)
-        with torch.no_grad():
-            return law.predict(p, x, self.ctx).numpy()
-
-    def intervals(self, level: float = 0.95) -> dict[str, tuple[float, float]]:
-        if self.boot is None or len(self.boot) < 2:
-            return {}
-        lo, hi = np.nanpercentile(self.boot, [50 * (1 - level), 50 * (1 + level)], axis=0)
-        return {n: (float(a), float(b)) for n, a, b in zip(self.params, lo, hi, strict=True)}
-
-    def summary(self) -> dict[str, Any]:
-        """JSON-ready: raw and reported parameters with 95% intervals and standard errors."""
-        law = self._law
-        ci = self.intervals()
-        se = dict(zip(self.params, np.nanstd(self.boot, axis=0), strict=True)) if self.boot is not None else {}
-        params = {}
-        for name, v in self.params.items():
-            entry: dict[str, Any] = {"value": v, "ci95": ci.get(name), "se": float(se[name]) if name in se else None}
-            if name in law.report:
-                label, fn = law.report[name]
-                entry.update(reported=label, reported_value=float(fn(v)),
-                             reported_ci95=tuple(float(fn(c)) for c in ci[name]) if name in ci else None)
-            params[name] = entry
-        return {"law": law.name, "formula": law.formula, "metric": self.metric, "group": self.group,
-                "n_points": self.n, "params": params, "goodness_of_fit": self.gof,
-                "n_bootstrap": 0 if self.boot is None else int(len(self.boot)), "heldout": self.heldout,
-                "warnings": self.warnings}
+    def target(self) -> np.ndarray:
+        return np.log(self.y) if self.law.space == "log" else self.y
 
     @property
-    def _law(self) -> Law:
-        return self.law_obj
+    def names(self) -> list[str]:
+        return self.law.param_names(self.ctx)
 
 
-def _huber(r: torch.Tensor, delta: float) -> torch.Tensor:
-    a = r.abs()
-    return torch.where(a <= delta, 0.5 * r**2, delta * (a - 0.5 * delta))
+def one_blas_thread() -> Any:
+    """Context: BLAS on one thread. L-BFGS-B calls BLAS on vectors of a few numbers; a multi-threaded
+    OpenBLAS then spends milliseconds per call synchronising threads (fits ran 5x slower on a busy
+    2-core machine). Parallelism comes from bootstrap processes instead."""
+    return threadpool_limits(1, user_api="blas") if threadpool_limits else contextlib.nullcontext()
 
 
-def _residuals(law: Law, p: torch.Tensor, x: dict[str, torch.Tensor], y: torch.Tensor, ctx: dict[str, Any]) -> torch.Tensor:
-    pred = law.predict(p, x, ctx)
-    return torch.log(pred) - torch.log(y) if law.space == "log" else pred - y
+def _huber(r: np.ndarray, delta: float) -> np.ndarray:
+    a = np.abs(r)
+    return np.where(a <= delta, 0.5 * r**2, delta * (a - 0.5 * delta))
 
 
-def _grid(law: Law, ctx: dict[str, Any], names: list[str]) -> np.ndarray:
+def objective(pb: Problem, p: np.ndarray, w: np.ndarray | None = None,
+              target: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+    """sum_i w_i Huber(f_i(p) - t_i) and its exact gradient J^T (w * clip(r, -delta, delta))."""
+    with np.errstate(all="ignore"):  # a step into overflow is rejected below, not an error
+        f, J = pb.law.fn(p[None, :], pb.x, pb.ctx, True)
+        r = f[0] - (pb.target if target is None else target)
+        w = np.ones_like(r) if w is None else w
+        g = J[0].T @ (w * np.clip(r, -pb.delta, pb.delta))
+    if not (np.isfinite(r).all() and np.isfinite(g).all()):
+        return 1e30, np.zeros_like(p)
+    return float(w @ _huber(r, pb.delta)), g
+
+
+# ftol is relative to max(|f|, 1) in L-BFGS-B: with Huber delta 1e-3 the objective is far below 1,
+# so ftol must be tiny or the fit stops early (the original Chinchilla pitfall). Bootstrap refits
+# start at the optimum and feed percentiles, so they stop at a looser (still tiny) tolerance.
+TOL = {"fit": {"ftol": 1e-16, "gtol": 1e-12}, "boot": {"ftol": 1e-12, "gtol": 1e-9}}
+
+
+def _lbfgs(pb: Problem, p0: np.ndarray, w: np.ndarray | None = None, target: np.ndarray | None = None,
+           tol: str = "fit") -> tuple[np.ndarray, float, bool]:
+    res = minimize(lambda p: objective(pb, p, w, target), p0, jac=True, method="L-BFGS-B",
+                   options={"maxiter": 3000, "maxcor": 20, **TOL[tol]})
+    return res.x, float(res.fun), bool(res.success or res.status == 2)  # 2: no further progress possible
+
+
+def grid_starts(law: Law, names: list[str]) -> np.ndarray:
+    """Every combination of the law's starting values ([S, P]); extra parameters (eff(k)) start at 0."""
     axes = [np.asarray(law.grid.get(n, [0.0]), dtype=float) for n in names]
     return np.array(list(product(*axes)))
 
 
-def _lbfgs(law: Law, p0: np.ndarray, x: dict[str, torch.Tensor], y: torch.Tensor, ctx: dict[str, Any],
-           delta: float, names: list[str]) -> tuple[np.ndarray, float]:
-    def f(p: np.ndarray) -> tuple[float, np.ndarray]:
-        pt = torch.tensor(p, requires_grad=True)
-        obj = _huber(_residuals(law, pt, x, y, ctx), delta).sum()
-        if not torch.isfinite(obj):
-            return 1e30, np.zeros_like(p)
-        (g,) = torch.autograd.grad(obj, pt)
-        return float(obj.detach()), g.numpy()
-
-    bounds = [law.bounds.get(n, (None, None)) for n in names]
-    res = minimize(f, p0, jac=True, method="L-BFGS-B", bounds=bounds,
-                   options={"maxiter": 2000, "ftol": 1e-15, "gtol": 1e-11})
-    return res.x, float(res.fun)
-
-
-def _check(law: Law, df: pd.DataFrame, metric: str, n_params: int) -> None:
-    if len(df) <= n_params:
-        raise FitError(f"law {law.name} has {n_params} parameters but only {len(df)} points: too few to fit")
-    y = df[metric].to_numpy(float)
+def prepare(law: Law | str, df: pd.DataFrame, metric: str, delta: float = 1e-3,
+            ctx: dict[str, Any] | None = None) -> Problem:
+    """Check the data can support the law (clear FitError otherwise) and build the Problem."""
+    law = get_law(law)
+    missing = [c for c in (*law.columns, metric) if c not in df.columns]
+    if missing:
+        raise FitError(f"law {law.name} needs columns {missing}, which the runs do not have")
+    x = {c: pd.to_numeric(df[c], errors="coerce").to_numpy(float) for c in law.columns}
+    y = pd.to_numeric(df[metric], errors="coerce").to_numpy(float)
+    bad = ~np.isfinite(y) | np.logical_or.reduce([~np.isfinite(v) for v in x.values()])
+    if bad.any():
+        raise FitError(f"{int(bad.sum())} of {len(y)} runs have a missing/NaN/inf value in {[*law.columns, metric]}")
+    for c in dict.fromkeys(("n_params", law.size_column)):
+        if c in x and len(np.unique(x[c])) < 2:
+            raise FitError(f"law {law.name} needs at least 2 distinct {c}; all {len(y)} runs have {x[c][0]:g} "
+                           f"(a single model size)")
+    ctx = dict(ctx) if ctx is not None else law.context(x)
+    n_par = len(law.param_names(ctx))
+    n_distinct = len({tuple(v[i] for v in x.values()) for i in range(len(y))}) if x else len(y)
+    if n_distinct <= n_par:
+        raise FitError(f"law {law.name} has {n_par} parameters but the runs give only {n_distinct} distinct "
+                       f"points: too few to fit")
     if np.ptp(y) == 0:
-        raise FitError(f"{metric} is constant ({y[0]:g}) over all {len(y)} points: nothing to fit")
+        raise FitError(f"{metric} is constant ({y[0]:g}) over all {len(y)} runs: nothing to fit")
     if law.space == "log" and (y <= 0).any():
         raise FitError(f"{metric} must be positive for a log-space law ({law.name})")
-    for c in ("n_params", "total_bits"):
-        if c in law.columns and df[c].nunique() < 2:
-            raise FitError(f"law {law.name} needs at least 2 distinct {c}; all {len(df)} points have {df[c].iloc[0]:g}")
+    return Problem(law, x, y, ctx, delta)
+
+
+def solve(pb: Problem, *, loss: str = "huber", top_starts: int | None = 16, p0: np.ndarray | None = None,
+          w: np.ndarray | None = None, target: np.ndarray | None = None, tol: str = "fit") -> tuple[np.ndarray, bool]:
+    """Best raw parameter vector: L-BFGS from the best grid starts (or from p0); returns (p, converged)."""
+    if p0 is not None:
+        starts = np.atleast_2d(p0)
+    else:
+        starts = grid_starts(pb.law, pb.names)
+        f, _ = pb.law.fn(starts, pb.x, pb.ctx, False)  # every start at once: [S, n]
+        with np.errstate(invalid="ignore", over="ignore"):
+            obj = _huber(f - (pb.target if target is None else target), pb.delta).sum(axis=1)
+        order = np.argsort(np.where(np.isfinite(obj), obj, np.inf), kind="stable")
+        starts = starts[order if top_starts is None else order[:top_starts]]
+    best, best_obj, ok = starts[0], math.inf, False
+    for s in starts:
+        p, o, conv = _lbfgs(pb, s, w, target, tol)
+        if best_obj == math.inf or o < best_obj - 1e-12 * abs(best_obj):
+            best, best_obj, ok = p, o, conv
+    if loss == "ols":
+        best = _ols(pb, best, w, target)
+    elif loss != "huber":
+        from ksir.errors import ConfigError
+
+        raise ConfigError("loss", loss, ["huber", "ols"])
+    return best, ok
+
+
+def _ols(pb: Problem, p0: np.ndarray, w: np.ndarray | None, target: np.ndarray | None) -> np.ndarray:
+    """Ordinary least squares in the law's residual space via scipy's curve_fit, from the Huber optimum."""
+    t = pb.target if target is None else target
+    keep = np.ones(len(t), bool) if w is None else w > 0
+    sigma = None if w is None else 1 / np.sqrt(w[keep])  # case weights = repeated points
+    idx = np.nonzero(keep)[0].astype(float)
+
+    def f(i: np.ndarray, *p: float) -> np.ndarray:
+        return pb.law.fn(np.array(p)[None], pb.x, pb.ctx, False)[0][0][i.astype(int)]
+
+    def jac(i: np.ndarray, *p: float) -> np.ndarray:
+        return pb.law.fn(np.array(p)[None], pb.x, pb.ctx, True)[1][0][i.astype(int)]
+
+    popt, _ = curve_fit(f, idx, t[keep], p0=p0, sigma=sigma, jac=jac, maxfev=20000)
+    return popt
 
 
 def fit_once(law: Law | str, df: pd.DataFrame, metric: str = "val_loss", *, delta: float = 1e-3,
              loss: str = "huber", top_starts: int | None = 16, p0: np.ndarray | None = None,
              ctx: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """Best raw parameter vector for one data set (no bootstrap); returns (params, ctx)."""
-    law = get_law(law)
-    missing = [c for c in (*law.columns, metric) if c not in df.columns]
-    if missing:
-        raise FitError(f"law {law.name} needs columns {missing}, which the runs do not have")
-    cols = {c: df[c].to_numpy(float) for c in law.columns}
-    ctx = dict(ctx) if ctx is not None else ({**law.setup(cols)} if law.setup else {})
-    ctx.update(_data_flags(law))
-    names = law.param_names(ctx)
-    _check(law, df, metric, len(names))
-    x = {c: torch.tensor(np.array(v, dtype=float)) for c, v in cols.items()}
-    y = torch.as_tensor(df[metric].to_numpy(float).copy())
-    if p0 is not None:
-        starts = np.atleast_2d(p0)
-    else:
-        starts = _grid(law, ctx, names)
-        with torch.no_grad():  # every start at once: [S, n] residuals
-            obj = _huber(_residuals(law, torch.as_tensor(starts), x, y, ctx), delta).sum(-1).numpy()
-        obj = np.where(np.isfinite(obj), obj, np.inf)
-        order = np.argsort(obj, kind="stable")
-        starts = starts[order if top_starts is None else order[:top_starts]]
-    best, best_obj = None, math.inf
-    for s in starts:
-        p, o = _lbfgs(law, s, x, y, ctx, delta, names)
-        if best is None or o < best_obj - 1e-14 * max(1.0, abs(best_obj)):
-            best, best_obj = p, o
-    assert best is not None
-    if loss == "ols":
-        best = _ols(law, best, x, y, ctx)
-    elif loss != "huber":
-        from ksir.errors import ConfigError
-
-        raise ConfigError("loss", loss, ["huber", "ols"])
-    return best, ctx
+    pb = prepare(law, df, metric, delta, ctx)
+    with one_blas_thread():
+        p, _ = solve(pb, loss=loss, top_starts=top_starts, p0=p0)
+    return p, pb.ctx
 
 
-def _data_flags(law: Law) -> dict[str, Any]:
-    return {"data_term": "train_tokens" in law.columns and law.name != "chinchilla"}
-
-
-def _ols(law: Law, p0: np.ndarray, x: dict[str, torch.Tensor], y: torch.Tensor, ctx: dict[str, Any]) -> np.ndarray:
-    """Ordinary least squares in the law's residual space via scipy's curve_fit (from the Huber optimum)."""
-    target = torch.log(y).numpy() if law.space == "log" else y.numpy()
-    idx = np.arange(len(target), dtype=float)
-
-    def f(_: np.ndarray, *p: float) -> np.ndarray:
-        with torch.no_grad():
-            pred = law.predict(torch.tensor(p), x, ctx)
-        return (torch.log(pred) if law.space == "log" else pred).numpy()
-
-    popt, _ = curve_fit(f, idx, target, p0=p0, maxfev=20000)
-    return popt
-
-
-def goodness_of_fit(law: Law, p: np.ndarray, df: pd.DataFrame, metric: str, ctx: dict[str, Any]) -> dict[str, float]:
-    x = {c: torch.tensor(df[c].to_numpy(float)) for c in law.columns}
-    y = torch.tensor(df[metric].to_numpy(float))
-    with torch.no_grad():
-        r = _residuals(law, torch.as_tensor(p), x, y, ctx).numpy()
-    target = np.log(y.numpy()) if law.space == "log" else y.numpy()
+def goodness_of_fit(pb: Problem, p: np.ndarray) -> dict[str, Any]:
+    """RMSE and R^2 in the law's residual space; Gaussian AIC/BIC (n log(SSR/n) + penalty)."""
+    f, _ = pb.law.fn(p[None], pb.x, pb.ctx, False)
+    r = f[0] - pb.target
     n, k = len(r), len(p)
-    ss_res, ss_tot = float((r**2).sum()), float(((target - target.mean()) ** 2).sum())
-    ll_term = n * math.log(max(ss_res / n, 1e-300))
-    return {"n": n, "k": k, "rmse": math.sqrt(ss_res / n), "r2": 1 - ss_res / ss_tot if ss_tot > 0 else float("nan"),
-            "aic": ll_term + 2 * k, "bic": ll_term + k * math.log(n), "space": law.space,
+    ss_res, ss_tot = float((r**2).sum()), float(((pb.target - pb.target.mean()) ** 2).sum())
+    ll = n * math.log(max(ss_res / n, 1e-300))
+    return {"n": n, "k": k, "rmse": math.sqrt(ss_res / n), "r2": 1 - ss_res / ss_tot if ss_tot > 0 else None,
+            "aic": ll + 2 * k, "bic": ll + k * math.log(n), "space": pb.law.space,
             "max_abs_residual": float(np.abs(r).max())}
 
 
-def _boot_chunk(args: tuple) -> np.ndarray:
-    law, df, metric, delta, loss, p_best, ctx, seeds = args
-    out = []
-    for seed in seeds:
-        idx = np.random.default_rng(seed).integers(0, len(df), len(df))
-        sample = df.iloc[idx]
-        try:
-            p, _ = fit_once(law, sample, metric, delta=delta, loss=loss, p0=p_best, ctx=ctx)
-        except (FitError, ValueError, RuntimeError):
-            p = np.full_like(p_best, np.nan)  # a degenerate resample (e.g. one size drawn): counted as missing
-        out.append(p)
-    return np.array(out)
+# ---- bootstrap -------------------------------------------------------------------------------------------
 
 
-def bootstrap(law: Law, df: pd.DataFrame, metric: str, p_best: np.ndarray, ctx: dict[str, Any], n_boot: int,
-              seed: int = 0, delta: float = 1e-3, loss: str = "huber", n_jobs: int | None = None) -> np.ndarray:
-    """Refit on `n_boot` resamples of the runs (with replacement), warm-started at the best fit,
-    in parallel over processes. Deterministic for a seed, whatever the number of processes."""
-    seeds = np.random.SeedSequence(seed).generate_state(n_boot)
-    n_jobs = n_jobs or min(os.cpu_count() or 1, 8)
-    chunks = [seeds[i::n_jobs] for i in range(n_jobs) if len(seeds[i::n_jobs])]
-    args = [(law, df, metric, delta, loss, p_best, ctx, c) for c in chunks]
-    # Processes pay ~1 s to start: worth it only for real work (many resamples or many points).
-    parallel = n_jobs > 1 and n_boot * len(df) >= 20_000 and _picklable(law)
-    if parallel:
-        from joblib import Parallel, delayed
+def _boot_chunk(pb: Problem, p_best: np.ndarray, loss: str, method: str, seeds: list[int]) -> np.ndarray:
+    with one_blas_thread():
+        return _boot_refits(pb, p_best, loss, method, seeds)
 
-        parts = Parallel(n_jobs=len(chunks))(delayed(_boot_chunk)(a) for a in args)
-    else:
-        parts = [_boot_chunk(a) for a in args]
-    # Reassemble in seed order so the result does not depend on n_jobs.
-    out = np.empty((n_boot, len(p_best)))
-    for i, part in enumerate(parts):
-        out[i::len(chunks)] = part
+
+def _boot_refits(pb: Problem, p_best: np.ndarray, loss: str, method: str, seeds: list[int]) -> np.ndarray:
+    n, P = len(pb.y), len(p_best)
+    f_hat = pb.law.fn(p_best[None], pb.x, pb.ctx, False)[0][0]
+    resid = pb.target - f_hat
+    resid = (resid - resid.mean()) * math.sqrt(n / max(n - P, 1))  # degrees-of-freedom correction
+    keys = [tuple(v[i] for v in pb.x.values()) for i in range(n)]
+    sizes = pb.x.get("n_params", pb.x.get(pb.law.size_column))
+    out = np.full((len(seeds), P), np.nan)
+    for j, seed in enumerate(seeds):
+        rng = np.random.default_rng(seed)
+        draw = rng.integers(0, n, n)
+        w, target = None, None
+        if method == "cases":  # resample runs: multinomial case weights on the original points
+            w = np.bincount(draw, minlength=n).astype(float)
+            used = w > 0
+            if len({keys[i] for i in np.nonzero(used)[0]}) <= P or (
+                    sizes is not None and len(np.unique(sizes[used])) < 2):
+                continue  # a degenerate resample (too few distinct runs): counted as failed
+        else:  # resample residuals around the fitted curve (fixed design: for curves with few runs)
+            target = f_hat + resid[draw]
+        with contextlib.suppress(ValueError, RuntimeError):  # a failed refit stays NaN and is counted
+            out[j], _ = solve(pb, loss=loss, p0=p_best, w=w, target=target, tol="boot")
     return out
 
 
-def _picklable(obj: Any) -> bool:
-    try:
-        pickle.dumps(obj)
-        return True
-    except Exception:  # noqa: BLE001 - a user's lambda law: fall back to one process
-        return False
+def bootstrap_method(n_points: int, n_params: int) -> str:
+    """Case resampling needs enough runs that most resamples can still identify every parameter."""
+    return "cases" if n_points >= 3 * n_params else "residuals"
 
 
-def heldout_check(law: Law, df: pd.DataFrame, metric: str, n_holdout: int, delta: float, loss: str,
-                  size_col: str = "n_params") -> dict[str, Any] | None:
+def bootstrap(pb: Problem, p_best: np.ndarray, n_boot: int, *, seed: int = 0, loss: str = "huber",
+              method: str = "auto", n_jobs: int | None = None) -> tuple[np.ndarray, str]:
+    """Refit on `n_boot` resamples, warm-started at the best fit, in parallel over processes (joblib;
+    `n_jobs=None` uses all cores when the work is large enough to pay for starting them).
+
+    Returns ([n_boot, P] raw parameters, NaN rows for failed resamples; the method used).
+    Deterministic for a seed whatever the number of processes: resample i always uses seed i."""
+    if method == "auto":
+        method = bootstrap_method(len(pb.y), len(p_best))
+    seeds = [int(s) for s in np.random.SeedSequence(seed).generate_state(n_boot)]
+    if n_jobs is None:  # worker processes cost ~1 s to start: by default only for real work
+        n_jobs = (os.cpu_count() or 1) if n_boot * len(pb.y) * len(p_best) >= 200_000 else 1
+    if n_jobs <= 1 or n_boot < 2 * n_jobs:
+        return _boot_chunk(pb, p_best, loss, method, seeds), method
+    from joblib import Parallel, delayed
+
+    chunks = [seeds[i::n_jobs] for i in range(n_jobs)]
+    parts = Parallel(n_jobs=n_jobs)(delayed(_boot_chunk)(pb, p_best, loss, method, c) for c in chunks)
+    out = np.empty((n_boot, len(p_best)))
+    for i, part in enumerate(parts):
+        out[i::n_jobs] = part
+    return out, method
+
+
+# ---- the result ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FitResult:
+    """A fitted law: parameters, goodness of fit, bootstrap replicates, held-out check, warnings."""
+
+    law: Law
+    metric: str
+    group: dict[str, Any]
+    params: dict[str, float]
+    gof: dict[str, Any]
+    ctx: dict[str, Any] = field(default_factory=dict)
+    boot: np.ndarray | None = None  # [n_boot, P] refitted raw parameters (NaN rows: failed resamples)
+    boot_method: str | None = None
+    heldout: dict[str, Any] | None = None
+    warnings: list[str] = field(default_factory=list)
+    converged: bool = True
+
+    @property
+    def n(self) -> int:
+        return int(self.gof["n"])
+
+    def vector(self) -> np.ndarray:
+        return np.array(list(self.params.values()))
+
+    def boot_ok(self) -> np.ndarray:
+        """Bootstrap replicates that converged ([S, P]; empty without a bootstrap)."""
+        if self.boot is None:
+            return np.empty((0, len(self.params)))
+        return self.boot[np.isfinite(self.boot).all(axis=1)]
+
+    def predict(self, data: pd.DataFrame | dict[str, Any], params: np.ndarray | None = None) -> np.ndarray:
+        """Metric predicted at the rows of `data` ([n]); with params [S, P], one row per vector ([S, n])."""
+        x = {c: np.atleast_1d(np.asarray(data[c], dtype=float)) for c in self.law.columns}
+        return self.law.predict(self.vector() if params is None else params, x, self.ctx)
+
+    def intervals(self, level: float = 0.95) -> dict[str, tuple[float, float]]:
+        """Percentile bootstrap intervals of the raw parameters."""
+        b = self.boot_ok()
+        if len(b) < 2:
+            return {}
+        lo, hi = np.percentile(b, [50 * (1 - level), 50 * (1 + level)], axis=0)
+        return {n: (float(a), float(c)) for n, a, c in zip(self.params, lo, hi, strict=True)}
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready: raw and reported parameters with 95% intervals and standard errors."""
+        ci, b = self.intervals(), self.boot_ok()
+        se = dict(zip(self.params, b.std(axis=0, ddof=1), strict=True)) if len(b) >= 2 else {}
+        params = {}
+        for name, v in self.params.items():
+            entry: dict[str, Any] = {"value": v, "ci95": ci.get(name), "se": float(se[name]) if name in se else None}
+            if name in self.law.report:
+                label, fn = self.law.report[name]
+                entry.update(reported=label, reported_value=float(fn(v)),
+                             reported_ci95=tuple(float(fn(c)) for c in ci[name]) if name in ci else None)
+            params[name] = entry
+        n_boot = 0 if self.boot is None else len(self.boot)
+        return {"law": self.law.name, "formula": self.law.formula, "metric": self.metric, "group": self.group,
+                "n_points": self.n, "params": params, "goodness_of_fit": self.gof,
+                "bootstrap": {"n": n_boot, "converged": int(len(b)), "method": self.boot_method},
+                "converged": self.converged, "heldout": self.heldout, "warnings": self.warnings}
+
+
+def heldout_check(pb: Problem, df: pd.DataFrame, metric: str, n_holdout: int, loss: str) -> dict[str, Any] | None:
     """Fit without the largest `n_holdout` model size(s); report the error predicting them."""
-    sizes = np.sort(df[size_col].unique())
-    if n_holdout < 1 or len(sizes) <= n_holdout:
+    col = "n_params" if "n_params" in df else pb.law.size_column
+    if n_holdout < 1 or col not in df:
         return None
-    held = df[size_col] >= sizes[-n_holdout]
+    sizes = np.sort(df[col].unique())
+    if len(sizes) <= n_holdout:
+        return None
+    held = (df[col] >= sizes[-n_holdout]).to_numpy()
+    out: dict[str, Any] = {"held_out": f"largest {n_holdout} {col}", "held_out_sizes": [float(s) for s in sizes[-n_holdout:]]}
     try:
-        p, ctx = fit_once(law, df[~held], metric, delta=delta, loss=loss)
-    except FitError as e:
-        return {"error": str(e), "held_out_sizes": [float(s) for s in sizes[-n_holdout:]]}
-    res = FitResult(law.name, law.formula, metric, {}, dict(zip(law.param_names(ctx), p, strict=True)), {}, 0, ctx=ctx)
-    res.law = law  # type: ignore[assignment]
-    pred = res.predict(df[held])
-    y = df.loc[held, metric].to_numpy(float)
-    rel = (pred - y) / y
-    return {"held_out_sizes": [float(s) for s in sizes[-n_holdout:]], "n_fit": int((~held).sum()),
-            "n_heldout": int(held.sum()), "mean_abs_rel_error": float(np.abs(rel).mean()),
-            "max_abs_rel_error": float(np.abs(rel).max()),
-            "log_rmse": float(np.sqrt(np.mean((np.log(pred) - np.log(y)) ** 2))) if (pred > 0).all() else None}
+        sub = prepare(pb.law, df[~held], metric, pb.delta, pb.ctx)
+        p, _ = solve(sub, loss=loss)
+    except (FitError, ValueError) as e:
+        return {**out, "error": str(e)}
+    x = {c: v[held] for c, v in pb.x.items()}
+    pred, y = pb.law.predict(p, x, pb.ctx), pb.y[held]
+    rel = (pred - y) / np.abs(y)
+    return {**out, "n_fit": int((~held).sum()), "n_heldout": int(held.sum()),
+            "mean_abs_rel_error": float(np.abs(rel).mean()), "max_abs_rel_error": float(np.abs(rel).max()),
+            "rmse": float(np.sqrt(np.mean((pred - y) ** 2)))}
 
 
-def fit_law(df: pd.DataFrame, law: Law | str = "power_bits", metric: str = "val_loss", *, group: dict | None = None,
-            delta: float = 1e-3, loss: str = "huber", n_boot: int = 200, seed: int = 0, holdout: int = 1,
-            top_starts: int | None = 16, n_jobs: int | None = None) -> FitResult:
-    """Fit one law to one set of runs, with bootstrap intervals and a held-out check."""
-    law = get_law(law)
-    p, ctx = fit_once(law, df, metric, delta=delta, loss=loss, top_starts=top_starts)
-    names = law.param_names(ctx)
-    res = FitResult(law.name, law.formula, metric, group or {}, dict(zip(names, map(float, p), strict=True)),
-                    goodness_of_fit(law, p, df, metric, ctx), len(df), ctx=ctx)
-    res.law = law  # type: ignore[assignment]  # keep custom laws usable
+def fit_law(df: pd.DataFrame, law: Law | str = "power_bits", metric: str = "val_loss", *,
+            group: dict[str, Any] | None = None, delta: float = 1e-3, loss: str = "huber", n_boot: int = 200,
+            seed: int = 0, holdout: int = 1, top_starts: int | None = 16, n_jobs: int | None = None,
+            boot_method: str = "auto") -> FitResult:
+    """Fit one law to one set of runs, with bootstrap intervals and a held-out extrapolation check.
+
+    Raises FitError for data that cannot support the law; a poor but valid fit is returned with
+    its (low) R^2 and a warning, so that it is reported rather than hidden."""
+    with one_blas_thread():
+        return _fit_law(df, law, metric, group, delta, loss, n_boot, seed, holdout, top_starts, n_jobs, boot_method)
+
+
+def _fit_law(df: pd.DataFrame, law: Law | str, metric: str, group: dict[str, Any] | None, delta: float, loss: str,
+             n_boot: int, seed: int, holdout: int, top_starts: int | None, n_jobs: int | None,
+             boot_method: str) -> FitResult:
+    pb = prepare(law, df, metric, delta)
+    p, ok = solve(pb, loss=loss, top_starts=top_starts)
+    res = FitResult(pb.law, metric, group or {}, dict(zip(pb.names, map(float, p), strict=True)),
+                    goodness_of_fit(pb, p), pb.ctx, converged=ok)
+    if not ok:
+        res.warnings.append("L-BFGS did not report convergence; treat the parameters with care")
     if n_boot > 0:
-        res.boot = bootstrap(law, df, metric, p, ctx, n_boot, seed=seed, delta=delta, loss=loss, n_jobs=n_jobs)
-        n_bad = int(np.isnan(res.boot).any(axis=1).sum())
+        res.boot, res.boot_method = bootstrap(pb, p, n_boot, seed=seed, loss=loss, method=boot_method, n_jobs=n_jobs)
+        n_bad = n_boot - len(res.boot_ok())
         if n_bad:
             res.warnings.append(f"{n_bad} of {n_boot} bootstrap resamples could not be fitted (left out)")
-    if law.columns and "n_params" in df.columns:
-        res.heldout = heldout_check(law, df, metric, holdout, delta, loss)
-    if law.space == "log" and res.gof["r2"] < 0.9:
-        res.warnings.append(f"poor fit: R^2 = {res.gof['r2']:.3f} in log space")
+        if res.boot_method == "residuals":
+            res.warnings.append(f"only {len(pb.y)} runs for {len(p)} parameters: intervals from resampled "
+                                "residuals (fixed design), not resampled runs")
+    res.heldout = heldout_check(pb, df, metric, holdout, loss)
+    r2 = res.gof["r2"]
+    if r2 is not None and r2 < 0.9:
+        res.warnings.append(f"poor fit: R^2 = {r2:.3f} ({pb.law.space} space)")
+    if pb.law.space == "log" and "alpha" in res.params and res.params["alpha"] <= 0:
+        res.warnings.append(f"alpha = {res.params['alpha']:.3g} <= 0: the metric does not improve with scale here")
     return res

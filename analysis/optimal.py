@@ -34,13 +34,14 @@ def per_k_optimum(fits: Mapping[tuple, FitResult], budgets: np.ndarray, observed
     """Best curve (k or (k, scheme)) at each budget from the per-k fits, with bootstrap frequencies."""
     keys = list(fits)
     pred = np.stack([fits[k].predict({"total_bits": budgets}).reshape(-1) for k in keys])  # [K, B]
-    boots = [fits[k].boot for k in keys]
-    n_boot = min((len(b) for b in boots if b is not None), default=0)
     boot_best = None
-    if n_boot and all(b is not None for b in boots):
-        bp = np.stack([fits[k].predict({"total_bits": budgets}, fits[k].boot[:n_boot]) for k in keys])  # [K, S, B]
-        bp = np.where(np.isfinite(bp), bp, np.inf)
-        boot_best = np.argmin(bp, axis=0)  # [S, B]
+    if all(fits[k].boot is not None for k in keys):
+        # Replicate s of every curve together; a replicate that failed for any curve is left out.
+        n_boot = min(len(fits[k].boot) for k in keys)
+        ok = np.logical_and.reduce([np.isfinite(fits[k].boot[:n_boot]).all(axis=1) for k in keys])
+        if ok.sum() >= 2:
+            bp = np.stack([fits[k].predict({"total_bits": budgets}, fits[k].boot[:n_boot][ok]) for k in keys])
+            boot_best = np.argmin(np.where(np.isfinite(bp), bp, np.inf), axis=0)  # [S, B]
     rows = []
     for j, b in enumerate(budgets):
         i = int(np.argmin(pred[:, j]))
@@ -84,16 +85,21 @@ def bits_overhead(df: pd.DataFrame) -> float:
 
 
 def continuous_optimum(fit: FitResult, budgets: np.ndarray, k_range: tuple[float, float], overhead: float,
-                       tokens: float | None = None, resolution: float = 0.01) -> list[dict[str, Any]]:
+                       tokens: float | None = None, resolution: float = 0.01,
+                       ks: np.ndarray | None = None) -> list[dict[str, Any]]:
     """k* = argmin_k L(N = B / (k + c), k) for a joint law in (N, k), with its bootstrap interval.
 
-    Evaluated on a k grid of `resolution` for the fit and every bootstrap replicate at once."""
-    ks = np.arange(k_range[0], k_range[1] + resolution / 2, resolution)
+    Evaluated on a k grid of `resolution` (or the given `ks`, e.g. the swept k of a law with one
+    eff(k) per swept k) for the fit and every bootstrap replicate at once."""
+    if ks is None:
+        ks = np.arange(k_range[0], k_range[1] + resolution / 2, resolution)
+    ks = np.asarray(ks, dtype=float)
     boot = fit.boot[np.isfinite(fit.boot).all(axis=1)] if fit.boot is not None else None
     rows = []
     for b in budgets:
         data = {"n_params": b / (ks + overhead), "bits": ks, "train_tokens": np.full_like(ks, tokens or 1.0)}
-        row: dict[str, Any] = {"budget_bits": float(b), "k_star": float(ks[np.argmin(fit.predict(data))])}
+        i = int(np.argmin(fit.predict(data)))
+        row: dict[str, Any] = {"budget_bits": float(b), "k_star": float(ks[i]), "at_range_edge": i in (0, len(ks) - 1)}
         if boot is not None and len(boot):
             kb = ks[np.argmin(np.where(np.isfinite(p := fit.predict(data, boot)), p, np.inf), axis=1)]
             row["k_star_ci95"] = (float(np.percentile(kb, 2.5)), float(np.percentile(kb, 97.5)))

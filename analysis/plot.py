@@ -23,10 +23,12 @@ METRIC_LABELS = {"val_loss": "validation loss (nats/token)", "val_ppl": "validat
 
 
 def _save(fig: plt.Figure, path: Path) -> list[str]:
+    """PNG + PDF; the caption (title and what was measured) is also stored as the files' Title metadata."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    caption = getattr(fig, "_ksir_caption", "")
     out = []
     for ext in (".png", ".pdf"):
-        fig.savefig(path.with_suffix(ext))
+        fig.savefig(path.with_suffix(ext), metadata={"Title": caption})
         out.append(str(path.with_suffix(ext)))
     plt.close(fig)
     return out
@@ -38,6 +40,7 @@ def _colors(n: int) -> list[Any]:
 
 def _title(ax: plt.Axes, title: str, subtitle: str) -> None:
     ax.set_title(f"{title}\n{subtitle}", fontsize=10, loc="left")
+    ax.figure._ksir_caption = f"{title}. {subtitle}"
 
 
 def curves(df: pd.DataFrame, metric: str, keys: list[str], path: Path, title: str, subtitle: str,
@@ -72,7 +75,8 @@ def curves(df: pd.DataFrame, metric: str, keys: list[str], path: Path, title: st
                     lo, hi = np.nanpercentile(bp, [2.5, 97.5], axis=0)
                     ax.fill_between(xs, lo, hi, color=c, alpha=0.15, lw=0)
             else:
-                ax.plot(g["total_bits"], g[metric], color=c, ls=ls, lw=1.0, label=label)
+                ax.plot(g["total_bits"], g[metric], color=c, ls=ls, lw=1.0,
+                        label=label + (" (data only: not fitted)" if fits is not None else ""))
         ax.set_xscale("log")
         ax.set_xlabel("total model bits (parameters x bits, incl. block constants and 16-bit parts)")
         ax.set_ylabel(METRIC_LABELS.get(metric, metric))
@@ -144,4 +148,5 @@ def schemes_at_fixed_k(df: pd.DataFrame, metric: str, scheme_cols: list[str], pa
         axes[0][0].set_ylabel(METRIC_LABELS.get(metric, metric))
         axes[0][-1].legend(title="/".join(scheme_cols))
         fig.suptitle(f"{' / '.join(scheme_cols)} at fixed k\n{subtitle}", fontsize=10, x=0.01, ha="left")
+        fig._ksir_caption = f"{' / '.join(scheme_cols)} at fixed k. {subtitle}"
         return _save(fig, path)

@@ -102,10 +102,11 @@ def analyse(collected: Collected, out_dir: str | Path, *, metric: str = "val_los
     continuous = {}
     overhead = optimal.bits_overhead(df)
     for tag, f in joint.items():
-        if set(get_law(f.law_obj).columns) <= {"n_params", "bits", "train_tokens"} and "bits" in f.law_obj.columns:
+        if set(f.law.columns) <= {"n_params", "bits", "train_tokens"} and "bits" in f.law.columns:
             k_range = (max(1.0, float(df["bits"].min())), 16.0)
             tokens = float(df["train_tokens"].median()) if "train_tokens" in df and df["train_tokens"].notna().any() else None
-            continuous[tag] = optimal.continuous_optimum(f, budgets, k_range, overhead, tokens)
+            swept = [*f.ctx["eff_ks"], 16.0] if "eff_ks" in f.ctx else None  # eff(k) exists at swept k only
+            continuous[tag] = optimal.continuous_optimum(f, budgets, k_range, overhead, tokens, ks=swept)
     report["optimal_continuous"] = {"bits_overhead_per_param": overhead, **continuous}
 
     # 3. Accuracy laws, when zero-shot accuracy was measured.
@@ -192,20 +193,22 @@ def markdown(report: dict[str, Any]) -> str:
     lines = ["# ksir scaling-law report", "", f"Measured: {report['description']}.", "",
              f"Fitting: {report['settings']['loss']} loss (delta {report['settings']['huber_delta']}) on log "
              f"residuals, L-BFGS from a grid; 95% intervals from {report['settings']['n_bootstrap']} bootstrap "
-             "resamples of the runs; held-out check: the largest model size left out of the fit.", ""]
+             "resamples (of the runs, or of the residuals for fits with fewer than 3 runs per parameter: column CI by); "
+             "held-out check: the largest model size left out of the fit and predicted.", ""]
     if report["left_out"]:
         lines += [f"Left out {len(report['left_out'])} runs:", ""]
         lines += [f"- {s.get('run_key') or s['source']}: {s['reason']}" for s in report["left_out"]] + [""]
     lines += ["## Per-k power laws  L_k(B) = E + A * B^(-alpha)", "",
-              "| curve | E [95% CI] | A | alpha [95% CI] | R^2 (log) | RMSE (log) | held-out rel. error | n |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| curve | E [95% CI] | A | alpha [95% CI] | R^2 (log) | RMSE (log) | held-out rel. error | n | CI by |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for s in report["laws"]["power_bits"]:
         p = s["params"]
         ho = s["heldout"] or {}
         lines.append(f"| {_fmt(s['group'])} | {_fmt(p['e']['reported_value'])} {_fmt(p['e'].get('reported_ci95'))} | "
                      f"{_fmt(p['a']['reported_value'])} | {_fmt(p['alpha']['value'])} {_fmt(p['alpha']['ci95'])} | "
                      f"{_fmt(s['goodness_of_fit']['r2'])} | {_fmt(s['goodness_of_fit']['rmse'])} | "
-                     f"{_fmt(ho.get('mean_abs_rel_error'))} | {s['n_points']} |")
+                     f"{_fmt(ho.get('mean_abs_rel_error', 'n/a' if ho else None))} | {s['n_points']} | "
+                     f"{_fmt(s['bootstrap']['method'])} |")
     for name, s in report["laws"].items():
         if name == "power_bits":
             continue
@@ -234,7 +237,9 @@ def markdown(report: dict[str, Any]) -> str:
         if isinstance(rows, list):
             lines += ["", f"Continuous k* from {tag} (bits per parameter = k + "
                       f"{report['optimal_continuous']['bits_overhead_per_param']:.3f}):", ""]
-            lines += [f"- {r['budget_bits']:.3g} bits: k* = {r['k_star']:.2f} {_fmt(r.get('k_star_ci95'))}" for r in rows[::4]]
+            lines += [f"- {r['budget_bits']:.3g} bits: k* = {r['k_star']:.2f} {_fmt(r.get('k_star_ci95'))}"
+                      f"{' (at the edge of the k range searched: the law puts the optimum outside it)' if r['at_range_edge'] else ''}"
+                      for r in rows[::4]]
     if report["skipped_curves"]:
         lines += ["", "## Not fitted", ""] + [f"- {_fmt(s.get('curve') or s.get('law'))}: {s['reason']}"
                                               for s in report["skipped_curves"]]

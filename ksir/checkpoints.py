@@ -75,7 +75,12 @@ def read_meta(checkpoint: str | Path) -> dict[str, Any]:
 
 
 def load_model(checkpoint: str, device: torch.device) -> PreTrainedModel:
-    """fp32 weights: quantization is simulated in fp32, so 16-bit means 'unquantized'."""
+    """fp32 weights: quantization is simulated in fp32, so 16-bit means 'unquantized'. A QAT export
+    comes back with its learned scales (and activation / k-SIR attention quantization)."""
+    from ksir.qat import is_qat_checkpoint, load_qat_model
+
+    if is_qat_checkpoint(checkpoint):
+        return load_qat_model(checkpoint, device).eval()
     model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
     return model.to(device).eval()
 

@@ -23,11 +23,11 @@ from ksir.zeroshot import validate_zeroshot_config
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 JOBS = ("train", "quantize")
 # Config sections that change a job's result, per job kind.
-KEY_SECTIONS = {"train": ("model", "data", "trainer", "eval", "seed"),
+KEY_SECTIONS = {"train": ("model", "data", "trainer", "eval", "seed", "qat"),
                 "quantize": ("model", "data", "quant", "eval", "seed")}
 # Keys inside those sections that do not change the result.
 NON_RESULT_KEYS = {"model": ("train_if_missing", "cache_base"), "eval": ("batch_size", "device"),
-                   "trainer": ("lightning", "checkpoint_every_n_steps")}
+                   "trainer": ("lightning", "checkpoint_every_n_steps", "compile")}
 
 
 def compose_config(overrides: list[str] | None = None) -> DictConfig:
@@ -55,6 +55,8 @@ def run_key(cfg: DictConfig, job: str | None = None) -> str:
     zs = ident["eval"].pop("zeroshot", None) or {}
     if zs.get("enabled"):  # a disabled zero-shot block changes nothing; its batch size never does
         ident["eval"]["zeroshot"] = {k: v for k, v in zs.items() if k != "batch_size"}
+    if not (ident.get("qat") or {}).get("enabled"):  # plain training keeps its key (and its checkpoint)
+        ident.pop("qat", None)
     if job == "train":  # a train job's identity does not depend on how it is later used
         ident["model"] = {k: ident["model"][k] for k in ("family", "size")}
         ident["trainer"]["lightning_precision"] = c["trainer"]["lightning"].get("precision")
@@ -101,6 +103,10 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("logger.mode", cfg.logger.mode, ["auto", "offline", "online", "disabled"])
     if cfg.job == "train" or (family.kind == "own" and not cfg.model.checkpoint):
         validate_trainer(cfg, family)
+    if cfg.job == "train":
+        from ksir.qat.config import validate_qat_config
+
+        validate_qat_config(cfg.get("qat"), _row_sizes(cfg, family))
     if cfg.job == "quantize":
         from ksir.quant import QuantConfig, validate_quant_config
 

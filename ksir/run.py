@@ -68,45 +68,94 @@ def _metrics_ok(metrics: dict[str, float]) -> None:
 
 
 def run_train(cfg: DictConfig) -> dict[str, Any]:
-    """Train one own-family size, save it (HF format + tokenizer), evaluate it at full precision."""
+    """Train one own-family size, save it (HF format + tokenizer), evaluate it.
+
+    With `qat.enabled`: quantization-aware training at qat.bits (from scratch, or fine-tuning the own-family
+    full-precision checkpoint given by qat.init_from, optionally distilling from it); the export also holds the
+    learned quantization constants (ksir.qat.save_qat_checkpoint) and the record is accounted like PTQ."""
     from pytorch_lightning.loggers import WandbLogger
 
+    from ksir.qat import QATConfig, prepare_qat, save_qat_checkpoint
     from ksir.train import train_model
 
     key = config.run_key(cfg, "train")
     family = get_family(cfg.model.family)
+    qat = QATConfig.from_mapping(cfg.get("qat"))
     cache = Path(cfg.paths.cache).expanduser()
     docs = load_documents(cfg.data, cache)
     tok = build_tokenizer(OmegaConf.to_container(cfg.data.tokenizer), docs["train"]["text"])
     data = load_token_data(docs, tok, int(cfg.data.seq_len), cache)
     torch.manual_seed(int(cfg.seed))
-    model = _new_model(cfg, family, tok)
+    init_ckpt, teacher = None, None
+    if qat.enabled and qat.init_from:
+        init_ckpt = _qat_init_checkpoint(cfg, qat)
+        model = checkpoints.load_model(init_ckpt, torch.device("cpu")).train()
+        if qat.distill.weight > 0:
+            teacher = checkpoints.load_model(init_ckpt, torch.device("cpu"))
+    else:
+        model = _new_model(cfg, family, tok)
     n_total, n_nonemb = count_params(model)
     n_budget = n_total if cfg.trainer.param_count == "total" else n_nonemb
+    summary = None
+    if qat.enabled:
+        calib = data.train[: int(cfg.trainer.batch_size)]  # initial k-SIR alphas (absmax / L per head)
+        summary = prepare_qat(model, qat, calib)
     rec = _base_record(cfg, key, "train")
     run = tracking.start_run(cfg.logger, key, "train", f"{cfg.model.family}/train", rec["config"], cfg.paths.wandb)
     try:
         loggers = [WandbLogger(experiment=run)] if run is not None else []
         device = eval_device(cfg)
-        print(f"[train] {cfg.model.family}-{cfg.model.size}: N={n_total:,} ({n_nonemb:,} non-embedding)", flush=True)
+        tag = f" QAT {qat.regime} {qat.bits:g}-bit {qat.dtype}" if qat.enabled else ""
+        print(f"[train] {cfg.model.family}-{cfg.model.size}{tag}: N={n_total:,} ({n_nonemb:,} non-embedding)", flush=True)
         resume_dir = checkpoints.partial_dir(cfg)
-        info = train_model(model, data.train, cfg.trainer, n_budget, loggers, int(cfg.seed), resume_dir)
+        info = train_model(model, data.train, cfg.trainer, n_budget, loggers, int(cfg.seed), resume_dir,
+                           teacher=teacher, distill_weight=qat.distill.weight if qat.enabled else 0.0,
+                           distill_temperature=qat.distill.temperature, scale_lr=qat.scale_lr,
+                           lr=qat.lr if qat.enabled else None)
         model = model.to(device)
         metrics = evaluate_lm(model, data.eval_blocks(int(cfg.eval.sequences)), int(cfg.eval.batch_size), device)
         _metrics_ok(metrics)
         path = checkpoints.own_checkpoint_dir(cfg)
         meta = {"run_key": key, "family": cfg.model.family, "size": cfg.model.size, "train_tokens": info["train_tokens"],
                 "data_fingerprint": data.fingerprint}
-        checkpoints.save_checkpoint(model.cpu(), tok, path, meta)
+        if summary is None:
+            checkpoints.save_checkpoint(model.cpu(), tok, path, meta)
+            rec.update(method="none", regime="fp", bits=16.0, dtype="none", blocksize=None, total_bits=16.0 * n_total,
+                       bits_per_param=16.0, n_quantized_params=0)
+        else:
+            meta.update(qat=qat.as_dict(), init_from=init_ckpt)
+            save_qat_checkpoint(model.cpu(), tok, path, meta, qat, summary)
+            block = qat.blocksize if qat.granularity == "block" and qat.weights_quantized else None
+            rec.update(method=qat.regime, regime=qat.regime, bits=summary.bits,
+                       dtype=qat.dtype if qat.weights_quantized else "none", blocksize=block,
+                       granularity=qat.granularity, total_bits=summary.total_bits,
+                       bits_per_param=summary.bits_per_param, n_quantized_params=summary.n_quantized,
+                       quantizer=qat.resolved_quantizer() if qat.weights_quantized else None, scale=qat.scale,
+                       act_bits=qat.act_bits, attention_bits=summary.attention_bits, init_from=init_ckpt,
+                       distill_weight=qat.distill.weight, qat=summary.as_dict())
         shutil.rmtree(resume_dir, ignore_errors=True)  # finished: the resume state is no longer needed
-        rec.update(checkpoint=str(path), n_params=n_total, n_params_nonembedding=n_nonemb, n_quantized_params=0,
-                   method="none", bits=16.0, dtype="none", blocksize=None, total_bits=16.0 * n_total,
-                   bits_per_param=16.0, train_tokens=info["train_tokens"], metrics={**metrics, **info})
+        rec.update(checkpoint=str(path), n_params=n_total, n_params_nonembedding=n_nonemb,
+                   train_tokens=info["train_tokens"], metrics={**metrics, **info})
         tracking.finish_run(run, {**metrics, **info, "total_bits": rec["total_bits"]})
         run = None
         return rec
     finally:
         tracking.finish_run(run, {}, exit_code=1)
+
+
+def _qat_init_checkpoint(cfg: DictConfig, qat: Any) -> str:
+    """qat.init_from: a checkpoint folder, or `auto` = this family/size's full-precision model trained with the
+    same data, trainer and seed (trained first if missing, once even with parallel jobs)."""
+    if qat.init_from != "auto":
+        p = Path(str(qat.init_from)).expanduser()
+        if not (p / "config.json").exists():
+            raise FileNotFoundError(f"qat.init_from={qat.init_from!r}: no Hugging Face model folder there")
+        return str(p.absolute())
+    fp_cfg = cfg.copy()
+    OmegaConf.update(fp_cfg, "qat", {"enabled": False}, merge=False)
+    OmegaConf.update(fp_cfg, "job", "train")
+    ensure_own_checkpoint(fp_cfg)
+    return str(checkpoints.own_checkpoint_dir(fp_cfg))
 
 
 def _new_model(cfg: DictConfig, family: Any, tok: Any) -> torch.nn.Module:

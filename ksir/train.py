@@ -10,39 +10,86 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 from transformers import get_cosine_schedule_with_warmup
 
 
 class CausalLM(pl.LightningModule):
-    """Wraps a Hugging Face causal LM; the HF model stays the thing that is saved and quantized."""
+    """Wraps a Hugging Face causal LM; the HF model stays the thing that is saved and quantized.
+
+    QAT additions: learned quantization constants (LSQ scales, k-SIR alpha / beta) get no weight decay and
+    their own learning-rate multiplier; an optional frozen teacher adds a distillation term
+    (1 - w) * CE + w * T^2 * KL(teacher || student) on the logits."""
 
     def __init__(self, model: torch.nn.Module, lr: float, weight_decay: float, betas: tuple[float, float],
-                 warmup_steps: int, max_steps: int, eval_blocks: torch.Tensor | None = None):
+                 warmup_steps: int, max_steps: int, eval_blocks: torch.Tensor | None = None,
+                 teacher: torch.nn.Module | None = None, distill_weight: float = 0.0, distill_temperature: float = 1.0,
+                 scale_lr: float = 1.0, compile_model: bool = False):
         super().__init__()
         self.model = model
         self.lr, self.weight_decay, self.betas = lr, weight_decay, tuple(betas)
         self.warmup_steps, self.max_steps = warmup_steps, max_steps
         self.eval_blocks = eval_blocks
+        # Kept out of the module tree (a list): the teacher is not trained, checkpointed or counted.
+        self._teacher = [teacher.eval().requires_grad_(False)] if teacher is not None and distill_weight > 0 else []
+        self.distill_weight, self.distill_temperature, self.scale_lr = distill_weight, distill_temperature, scale_lr
+        self._forward = [torch.compile(model) if compile_model else model]
+
+    def on_fit_start(self) -> None:
+        for t in self._teacher:
+            t.to(self.device)
 
     def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
         (ids,) = batch
-        loss = self.model(input_ids=ids, labels=ids).loss
-        if not torch.isfinite(loss):
+        out = self._forward[0](input_ids=ids, labels=ids)
+        loss = out.loss
+        if self._teacher:
+            with torch.no_grad():
+                t_logits = self._teacher[0](input_ids=ids).logits
+            T = self.distill_temperature
+            kl = F.kl_div(F.log_softmax(out.logits.float() / T, -1).flatten(0, 1),
+                          F.log_softmax(t_logits.float() / T, -1).flatten(0, 1), log_target=True,
+                          reduction="batchmean") * T * T
+            self.log("train/ce", loss)
+            self.log("train/kl", kl)
+            loss = (1 - self.distill_weight) * loss + self.distill_weight * kl
+        # A finiteness check syncs the device: every step on CPU (free), every 10th on accelerators.
+        if (self.device.type == "cpu" or self.global_step % 10 == 0) and not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite training loss {loss.item()} at step {self.global_step}")
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/tokens", float((self.global_step + 1) * ids.numel()))
         return loss
 
     def configure_optimizers(self) -> Any:
-        # No weight decay on norms and biases (the usual GPT recipe).
-        decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2]
-        no_decay = [p for n, p in self.model.named_parameters() if p.ndim < 2]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": self.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=self.lr, betas=self.betas)
-        sched = get_cosine_schedule_with_warmup(opt, self.warmup_steps, self.max_steps)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return build_optimizer(self.model, self.lr, self.weight_decay, self.betas, self.warmup_steps, self.max_steps,
+                               self.scale_lr)
+
+
+def param_groups(model: torch.nn.Module, lr: float, weight_decay: float, scale_lr: float = 1.0) -> list[dict[str, Any]]:
+    """No weight decay on norms and biases (the usual GPT recipe) nor on learned quantization constants
+    (LSQ scales, k-SIR alpha / beta: decay would pull them to zero, i.e. shrink the grid); those also get
+    lr * scale_lr."""
+    from ksir.qat.model import is_qat_param_name
+
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    qat = [p for n, p in named if is_qat_param_name(n)]
+    decay = [p for n, p in named if not is_qat_param_name(n) and p.ndim >= 2]
+    no_decay = [p for n, p in named if not is_qat_param_name(n) and p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay, "lr": lr},
+              {"params": no_decay, "weight_decay": 0.0, "lr": lr}]
+    if qat:
+        groups.append({"params": qat, "weight_decay": 0.0, "lr": lr * scale_lr})
+    return groups
+
+
+def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas: tuple[float, float],
+                    warmup_steps: int, max_steps: int, scale_lr: float = 1.0) -> dict[str, Any]:
+    """AdamW + linear warm-up / cosine decay; shared by the Lightning module and the plain-loop benchmark."""
+    opt = torch.optim.AdamW(param_groups(model, lr, weight_decay, scale_lr), lr=lr, betas=tuple(betas))
+    sched = get_cosine_schedule_with_warmup(opt, warmup_steps, max_steps)
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
 class ProgressPrinter(pl.Callback):
@@ -77,28 +124,39 @@ def last_checkpoint(resume_dir: Path | None) -> Path | None:
 
 
 def train_model(model: torch.nn.Module, train_blocks: torch.Tensor, cfg: Any, n_params: int,
-                loggers: list[Any], seed: int, resume_dir: Path | None = None) -> dict[str, Any]:
+                loggers: list[Any], seed: int, resume_dir: Path | None = None, *,
+                teacher: torch.nn.Module | None = None, distill_weight: float = 0.0, distill_temperature: float = 1.0,
+                scale_lr: float = 1.0, lr: float | None = None,
+                callbacks: list[pl.Callback] | None = None) -> dict[str, Any]:
     """Train in place; returns what the result record needs about training.
 
     With `resume_dir`, a Lightning checkpoint is written there every `checkpoint_every_n_steps`
     steps, and an interrupted job relaunched with the same identity resumes from it (optimizer,
-    scheduler and step restored; the data order restarts, which only reshuffles the remaining batches)."""
+    scheduler and step restored; the data order restarts, which only reshuffles the remaining batches).
+    QAT: `model` is already prepared (ksir.qat.prepare_qat); `teacher`/`distill_*` add distillation,
+    `scale_lr` multiplies the learning rate of the quantization constants, `lr` overrides cfg.lr.
+    `cfg.compile` (optional, default false) runs the training forward through torch.compile;
+    `callbacks` are extra Lightning callbacks (benchmarks time the steady state with one)."""
     seq_len = train_blocks.shape[1]
     steps, tokens = plan_steps(n_params, cfg, seq_len)
     pl.seed_everything(seed, workers=True, verbose=False)
-    module = CausalLM(model, lr=float(cfg.lr), weight_decay=float(cfg.weight_decay), betas=tuple(cfg.betas),
-                      warmup_steps=max(1, int(float(cfg.warmup_fraction) * steps)), max_steps=steps)
+    module = CausalLM(model, lr=float(lr if lr is not None else cfg.lr), weight_decay=float(cfg.weight_decay),
+                      betas=tuple(cfg.betas), warmup_steps=max(1, int(float(cfg.warmup_fraction) * steps)),
+                      max_steps=steps, teacher=teacher, distill_weight=float(distill_weight),
+                      distill_temperature=float(distill_temperature), scale_lr=float(scale_lr),
+                      compile_model=bool(cfg.get("compile", False)))
     sampler = RandomSampler(train_blocks, num_samples=steps * int(cfg.batch_size),
                             generator=torch.Generator().manual_seed(seed))
     loader = DataLoader(TensorDataset(train_blocks), batch_size=int(cfg.batch_size), sampler=sampler,
                         num_workers=0, drop_last=True)
-    callbacks: list[pl.Callback] = [ProgressPrinter(steps, int(cfg.batch_size) * seq_len)]
+    cbs: list[pl.Callback] = [ProgressPrinter(steps, int(cfg.batch_size) * seq_len)]
     every = int(cfg.get("checkpoint_every_n_steps") or 0)
-    if resume_dir is not None and every > 0:
-        callbacks.append(ModelCheckpoint(dirpath=resume_dir, filename="step{step}", every_n_train_steps=every,
-                                         save_top_k=1, save_last=True))
-    trainer = pl.Trainer(max_steps=steps, logger=loggers or False, enable_checkpointing=len(callbacks) > 1,
-                         enable_model_summary=False, enable_progress_bar=False, callbacks=callbacks,
+    checkpointing = resume_dir is not None and every > 0
+    if checkpointing:
+        cbs.append(ModelCheckpoint(dirpath=resume_dir, filename="step{step}", every_n_train_steps=every,
+                                   save_top_k=1, save_last=True))
+    trainer = pl.Trainer(max_steps=steps, logger=loggers or False, enable_checkpointing=checkpointing,
+                         enable_model_summary=False, enable_progress_bar=False, callbacks=cbs + list(callbacks or []),
                          **dict(cfg.lightning))
     ckpt = last_checkpoint(resume_dir)
     if ckpt is not None:

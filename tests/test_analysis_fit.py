@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from analysis import FitError, custom_law, fit_law
-from analysis.fit import bootstrap, fit_once
-from analysis.laws import get_law
+from analysis.fit import bootstrap, fit_once, prepare, solve
 
 SIZES = np.geomspace(1e5, 3e7, 8)
 
@@ -102,11 +101,13 @@ def test_ols_option_uses_curve_fit_and_agrees_on_clean_data():
 
 def test_bootstrap_is_deterministic_and_independent_of_process_count():
     df = per_k_runs()
-    law = get_law("power_bits")
-    p, ctx = fit_once(law, df)
-    b1 = bootstrap(law, df, "val_loss", p, ctx, 40, seed=3, n_jobs=1)
-    b2 = bootstrap(law, df, "val_loss", p, ctx, 40, seed=3, n_jobs=3)
-    assert np.array_equal(np.nan_to_num(b1), np.nan_to_num(b2))
+    pb = prepare("power_bits", df, "val_loss")
+    p, _ = solve(pb)
+    b1, m1 = bootstrap(pb, p, 60, seed=3, n_jobs=1)
+    b2, m2 = bootstrap(pb, p, 60, seed=3, n_jobs=2)  # two worker processes
+    assert m1 == m2 and np.array_equal(np.nan_to_num(b1), np.nan_to_num(b2))
+    b3, _ = bootstrap(pb, p, 60, seed=4, n_jobs=1)
+    assert not np.array_equal(np.nan_to_num(b1), np.nan_to_num(b3))
 
 
 def test_custom_law_callable():

@@ -44,7 +44,7 @@ def test_end_to_end_sweep_then_fit(tmp_path, cache_dir):
     recs = [read_record(p) for p in iter_record_files(out / "results")]
     quant = [x for x in recs if x["job"] == "quantize"]
     train = [x for x in recs if x["job"] == "train"]
-    assert len(quant) == 2 * 3 and len(train) == 2  # sizes xs,s x bits 2,4,16; each size trained once
+    assert len(quant) == 4 * 3 and len(train) == 4  # sizes xs,s,m,l x bits 2,4,16; each size trained once
     for x in quant:
         assert x["status"] == "done" and x["method"] == "rtn" and x["dtype"] == "int" and x["blocksize"] == 64
         for field in ("n_params", "n_params_nonembedding", "total_bits", "wall_time_s", "git_commit", "config"):
@@ -56,7 +56,7 @@ def test_end_to_end_sweep_then_fit(tmp_path, cache_dir):
             assert x["total_bits"] < 16 * x["n_params"]
     # 2-bit round-to-nearest costs loss: for each size the 2-bit model is worse than the 16-bit one.
     by = {(x["size"], x["bits"]): x["metrics"]["val_loss"] for x in quant}
-    for size in ("xs", "s"):
+    for size in ("xs", "s", "m", "l"):
         assert by[(size, 2.0)] > by[(size, 16.0)]
     # Every job has its W&B offline run, named by its run key.
     wandb_runs = list((out / "wandb").glob("offline-run-*"))
@@ -66,11 +66,17 @@ def test_end_to_end_sweep_then_fit(tmp_path, cache_dir):
     r = run_cli("ksir-fit", str(out / "results"), "--out", str(fit_dir), cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     runs = pd.read_csv(fit_dir / "runs.csv")
-    assert len(runs) == 6 and set(runs["bits"]) == {2, 4, 16}
+    assert len(runs) == 12 and set(runs["bits"]) == {2, 4, 16}
     fit = json.loads((fit_dir / "fit.json").read_text())
-    assert "optimal" in json.dumps(fit)
+    curves = {s["group"]["bits"]: s for s in fit["laws"]["power_bits"]}
+    assert set(curves) == {2.0, 4.0, 16.0}
+    # The fitted curves are monotone: more total bits, lower loss (alpha > 0, A > 0), as the data say.
+    for s in curves.values():
+        assert s["params"]["alpha"]["value"] > 0 and s["params"]["a"]["reported_value"] > 0
+        assert s["goodness_of_fit"]["n"] == 4
+    assert {r["best"] for r in fit["optimal"]} <= {"2.0", "4.0", "16.0"} and len(fit["optimal"]) > 5
     assert (fit_dir / "bit_scaling.png").stat().st_size > 10_000
 
     # Relaunching the same sweep skips every finished job.
     r = run_cli("ksir-run", "-m", "experiment=tiny", f"out_dir={out}", f"paths.cache={cache_dir}", cwd=tmp_path)
-    assert r.returncode == 0 and r.stdout.count("skipped") == 6
+    assert r.returncode == 0 and "0 done, 12 skipped, 0 failed" in r.stdout

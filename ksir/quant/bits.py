@@ -15,7 +15,7 @@ from torch import nn
 
 from ksir.quant.blockwise import DQ_BLOCKSIZE, DQ_CONST_BITS, n_blocks
 from ksir.quant.config import UNQUANTIZED_BITS, QuantConfig
-from ksir.quant.dtypes import DTYPES
+from ksir.quant.dtypes import DTYPES, TERNARY_BITS
 
 OUTLIER_INDEX_BITS = 16  # one column index per kept input column
 
@@ -39,7 +39,8 @@ def count_params(model: nn.Module) -> int:
 def layer_bits(shape: tuple[int, int], q: QuantConfig, n_keep_cols: int = 0) -> tuple[float, int]:
     """(bits, weights stored at k bits) of one [out, in] weight quantized with q, n_keep_cols kept in 16 bit."""
     out, inp = shape
-    k = float(q.bits)
+    # Ternary (bits = 1.58 in configs) stores log2(3) bits of information per weight.
+    k = math.log2(3) if float(q.bits) == TERNARY_BITS else float(q.bits)
     n_q = out * (inp - n_keep_cols)
     nb = n_blocks(shape, q.granularity, q.blocksize)
     if q.scale_bits == UNQUANTIZED_BITS:
