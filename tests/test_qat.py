@@ -263,14 +263,14 @@ def test_qat_group_changes_the_train_key_only_when_enabled(tiny_cfg):
     from ksir.config import run_key, validate
 
     plain = tiny_cfg("job=train")
-    assert run_key(tiny_cfg("job=train", "+qat=none")) == run_key(plain)
-    keys = {run_key(tiny_cfg("job=train", *o)) for o in (["+qat=lsq"], ["+qat=lsq", "qat.bits=2"],
-                                                        ["+qat=absmax"], ["+qat=lsq", "qat.init_from=auto"])}
+    assert run_key(tiny_cfg("job=train", "qat=none")) == run_key(plain)
+    keys = {run_key(tiny_cfg("job=train", *o)) for o in (["qat=lsq"], ["qat=lsq", "qat.bits=2"],
+                                                        ["qat=absmax"], ["qat=lsq", "qat.init_from=auto"])}
     assert len(keys) == 4 and run_key(plain) not in keys
     for preset in ("lsq", "absmax", "paretoq", "ksir", "none"):
-        validate(tiny_cfg("job=train", f"+qat={preset}"))
+        validate(tiny_cfg("job=train", f"qat={preset}"))
     with pytest.raises(ConfigError, match="qat.bits"):
-        validate(tiny_cfg("job=train", "+qat=lsq", "qat.bits=9"))
+        validate(tiny_cfg("job=train", "qat=lsq", "qat.bits=9"))
 
 
 def test_quantized_weights_use_k_bit_codes_per_block():

@@ -30,7 +30,7 @@ def ptq_loss(checkpoint: str, bits: int, blocks: torch.Tensor) -> float:
 def fp_continued(tiny_cfg, trained_tiny):
     """The 60-step fp model trained FT_STEPS more steps at full precision (16-bit 'QAT' fine-tuning = plain
     continued training): the PTQ baseline with the same token budget as QAT fine-tuning from the 60-step model."""
-    return execute(tiny_cfg("job=train", "logger=none", "+qat=lsq", "qat.bits=16", f"qat.init_from={trained_tiny.checkpoint}",
+    return execute(tiny_cfg("job=train", "logger=none", "qat=lsq", "qat.bits=16", f"qat.init_from={trained_tiny.checkpoint}",
                             f"trainer.max_steps={FT_STEPS}"))
 
 
@@ -39,7 +39,7 @@ def test_qat_from_scratch_beats_ptq_at_the_same_token_budget(tiny_cfg, trained_t
     """QAT from scratch for D tokens vs the fp model trained for the same D tokens, then post-training quantized
     with the same data type, granularity and bits. tensor = LSQ's one learned step per layer. (At 3-4 bits with
     64-value blocks this 60-step model loses nothing to PTQ, so there is no gap to close at this size.)"""
-    rec = execute(tiny_cfg("job=train", "logger=none", "+qat=lsq", f"qat.bits={bits}", f"qat.granularity={granularity}"))
+    rec = execute(tiny_cfg("job=train", "logger=none", "qat=lsq", f"qat.bits={bits}", f"qat.granularity={granularity}"))
     assert rec["method"] == rec["regime"] == "qat" and rec["bits"] == bits
     assert rec["train_tokens"] == trained_tiny.record["train_tokens"] and rec["n_params"] == trained_tiny.record["n_params"]
     ptq = execute(tiny_cfg("job=quantize", "logger=none", "model.size=xs", f"quant.bits={bits}",
@@ -56,7 +56,7 @@ def test_qat_from_scratch_beats_ptq_at_the_same_token_budget(tiny_cfg, trained_t
 def test_qat_finetune_beats_ptq_of_its_fp_model(tiny_cfg, trained_tiny, fp_continued, bits):
     """Fine-tuning 30 steps from the 60-step fp model, vs PTQ of that fp model (what a user compares) and vs PTQ
     of the fp model trained the same 30 steps more at full precision (equal total tokens)."""
-    rec = execute(tiny_cfg("job=train", "logger=none", "+qat=lsq", f"qat.bits={bits}",
+    rec = execute(tiny_cfg("job=train", "logger=none", "qat=lsq", f"qat.bits={bits}",
                            f"qat.init_from={trained_tiny.checkpoint}", f"trainer.max_steps={FT_STEPS}"))
     assert rec["status"] == "done" and rec["method"] == rec["regime"] == "qat-finetune" and rec["bits"] == bits
     ptq_start = ptq_loss(trained_tiny.checkpoint, bits, trained_tiny.eval_blocks)
@@ -70,7 +70,7 @@ def test_qat_finetune_beats_ptq_of_its_fp_model(tiny_cfg, trained_tiny, fp_conti
 def test_qat_finetune_beats_ptq_with_equal_total_tokens(tiny_cfg, trained_tiny, fp_continued):
     """The fair fine-tuning comparison with a margin: both models see fp 60 + 30 more steps; only the last 30 are
     quantization-aware for one of them. 2 bits, one scale per tensor (where PTQ error is large at this scale)."""
-    rec = execute(tiny_cfg("job=train", "logger=none", "+qat=lsq", "qat.bits=2", "qat.granularity=tensor",
+    rec = execute(tiny_cfg("job=train", "logger=none", "qat=lsq", "qat.bits=2", "qat.granularity=tensor",
                            f"qat.init_from={trained_tiny.checkpoint}", f"trainer.max_steps={FT_STEPS}"))
     model = load_model(fp_continued["checkpoint"], torch.device("cpu"))
     quantize_model(model, QuantConfig(bits=2, granularity="tensor"))
@@ -82,7 +82,7 @@ def test_qat_finetune_beats_ptq_with_equal_total_tokens(tiny_cfg, trained_tiny, 
 
 def test_sixteen_bit_qat_is_plain_training(tiny_cfg):
     plain = execute(tiny_cfg("job=train", "logger=none", "trainer.max_steps=15"))
-    q16 = execute(tiny_cfg("job=train", "logger=none", "trainer.max_steps=15", "+qat=lsq", "qat.bits=16"))
+    q16 = execute(tiny_cfg("job=train", "logger=none", "trainer.max_steps=15", "qat=lsq", "qat.bits=16"))
     assert plain["run_key"] != q16["run_key"] and q16["method"] == "qat" and plain["regime"] == "fp"
     assert q16["metrics"]["val_loss"] == plain["metrics"]["val_loss"]
     a, b = load_model(plain["checkpoint"], torch.device("cpu")), load_model(q16["checkpoint"], torch.device("cpu"))
@@ -94,7 +94,7 @@ def test_ksir_job_learns_alpha_beta_exports_and_reloads_exactly(tiny_cfg):
     from ksir.families import get_family
     from ksir.run import _new_model
 
-    cfg = tiny_cfg("job=train", "logger=none", "+qat=ksir", "trainer.max_steps=20")
+    cfg = tiny_cfg("job=train", "logger=none", "qat=ksir", "trainer.max_steps=20")
     rec = execute(cfg)
     assert rec["method"] == "qat" and rec["attention_bits"] == 4 and rec["bits"] == 4
     assert rec["total_bits"] > 0 and is_qat_checkpoint(rec["checkpoint"])
@@ -131,7 +131,7 @@ def test_ksir_job_learns_alpha_beta_exports_and_reloads_exactly(tiny_cfg):
 
 
 def test_auto_init_reuses_the_own_fp_checkpoint_and_distills(tiny_cfg, trained_tiny):
-    rec = execute(tiny_cfg("job=train", "logger=none", "+qat=paretoq", "qat.init_from=auto", "qat.distill.weight=0.5",
+    rec = execute(tiny_cfg("job=train", "logger=none", "qat=paretoq", "qat.init_from=auto", "qat.distill.weight=0.5",
                            "qat.distill.temperature=2.0"))
     assert rec["init_from"] == trained_tiny.checkpoint  # same family/size/data/trainer/seed: found, not retrained
     assert rec["method"] == "qat-finetune" and rec["bits"] == pytest.approx(math.log2(3)) and rec["distill_weight"] == 0.5
