@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ksir.dataconfig import from_mapping
 from ksir.errors import ConfigError
 from ksir.quant.config import (
     DEFAULT_EXCLUDE,
@@ -74,30 +75,7 @@ class QATConfig:
     @classmethod
     def from_mapping(cls, m: Mapping[str, Any] | Any) -> QATConfig:
         """From a dict / DictConfig of the `qat` group (None = disabled); unknown keys raise ConfigError."""
-        if m is None:
-            return cls()
-        if not isinstance(m, Mapping):
-            from omegaconf import OmegaConf
-
-            m = OmegaConf.to_container(m, resolve=True)
-        nested = {"attention": AttentionQATConfig, "distill": DistillConfig}
-        names = [f.name for f in dataclasses.fields(cls)]
-        kwargs: dict[str, Any] = {}
-        for key, value in dict(m).items():
-            if key not in names:
-                raise ConfigError(f"qat.{key}", value, names, "unknown key")
-            if key in nested:
-                sub = nested[key]
-                sub_names = [f.name for f in dataclasses.fields(sub)]
-                value = dict(value or {})
-                for k2 in value:
-                    if k2 not in sub_names:
-                        raise ConfigError(f"qat.{key}.{k2}", value[k2], sub_names, "unknown key")
-                value = sub(**value)
-            elif key in ("include", "exclude", "codebook") and value is not None:
-                value = list(value)
-            kwargs[key] = value
-        return cls(**kwargs)
+        return from_mapping(cls, m, "qat")
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

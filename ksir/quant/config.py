@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ksir.dataconfig import from_mapping
 from ksir.errors import ConfigError
 from ksir.quant.dtypes import DTYPES, FLOAT_DEFAULT_EXPONENT_BITS
 
@@ -68,31 +69,7 @@ class QuantConfig:
     @classmethod
     def from_mapping(cls, m: Mapping[str, Any] | Any) -> QuantConfig:
         """Build from a dict or DictConfig of the `quant` group; unknown keys raise ConfigError."""
-        if m is None:
-            return cls()
-        if not isinstance(m, Mapping):
-            from omegaconf import OmegaConf  # DictConfig is a Mapping too; this covers other containers
-
-            m = OmegaConf.to_container(m, resolve=True)
-        m = dict(m)
-        nested = {"outlier": OutlierConfig, "gptq": GPTQConfig}
-        kwargs: dict[str, Any] = {}
-        names = [f.name for f in dataclasses.fields(cls)]
-        for key, value in m.items():
-            if key not in names:
-                raise ConfigError(f"quant.{key}", value, names, "unknown key")
-            if key in nested:
-                sub = nested[key]
-                sub_names = [f.name for f in dataclasses.fields(sub)]
-                value = dict(value or {})
-                for k2 in value:
-                    if k2 not in sub_names:
-                        raise ConfigError(f"quant.{key}.{k2}", value[k2], sub_names, "unknown key")
-                value = sub(**value)
-            elif key in ("include", "exclude", "codebook") and value is not None:
-                value = list(value)
-            kwargs[key] = value
-        return cls(**kwargs)
+        return from_mapping(cls, m, "quant")
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
