@@ -151,7 +151,8 @@ def _figures(df: pd.DataFrame, metric: str, keys: list[str], fits: dict, per_k: 
         files += plot.schemes_at_fixed_k(df, metric, schemes, out / "schemes_at_fixed_k", desc)
     if "regime" in keys:
         files += plot.curves(df, metric, [k for k in keys if k != "regime"] + ["regime"], out / "ptq_vs_qat",
-                             "PTQ vs QAT: solid/dashed by regime", desc, fits=None, style_key="regime")
+                             "PTQ vs QAT: per-k laws fitted per regime (line style = regime)", desc,
+                             fits=fits, style_key="regime")
     if "zs_acc_mean" in df and df["zs_acc_mean"].notna().any():
         acc = df[df["zs_acc_mean"].notna()]
         files += plot.curves(acc, "zs_acc_mean", ["bits"], out / "zeroshot_accuracy",

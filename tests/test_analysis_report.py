@@ -124,3 +124,34 @@ def test_filters_select_runs(tmp_path):
     assert ksir_fit([str(tmp_path / "r"), "--out", str(out), "--bootstrap", "0", "--no-figures", "--dtype", "int",
                      "--size", "200000", "--size", "1000000", "--size", "5000000", "--size", "25000000"]) == 0
     assert len(pd.read_csv(out / "runs.csv")) == 8
+
+
+def test_schemes_regimes_and_zero_shot_accuracy_in_one_report(tmp_path):
+    """nf beats int and QAT beats PTQ by construction: the report says which scheme wins at each
+    budget, draws the comparison figures, and fits the accuracy laws on zero-shot accuracy."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "r"
+    shift = {("int", "ptq"): 1.0, ("nf", "ptq"): 1.3, ("int", "qat"): 1.8}  # effective-parameter multipliers
+    for (dtype, regime), m in shift.items():
+        for n in np.geomspace(2e5, 5e7, 5):
+            for k in (3, 4):
+                loss = (1.9 + 300 * (n * m * EFF[k]) ** -0.3) * np.exp(rng.normal(0, 0.002))
+                write_record(folder, {
+                    "run_key": f"{dtype}-{regime}-{int(n)}-{k}", "status": "done",
+                    "job": "quantize" if regime == "ptq" else "train", "regime": regime, "family": "synthetic",
+                    "method": "rtn" if regime == "ptq" else "qat", "dtype": dtype, "blocksize": 64, "bits": float(k),
+                    "n_params": int(n), "total_bits": n * (k + 0.25),
+                    "metrics": {"val_loss": loss, "zs_acc_mean": 0.25 + 0.5 / (1 + np.exp(-(np.log(n * k) - 16)))}})
+    write_record(folder, {"run_key": "fp", "status": "done", "job": "train", "regime": "fp", "method": "none",
+                          "bits": 16.0, "n_params": 1e6, "total_bits": 1.6e7, "metrics": {"val_loss": 3.0}})
+    out = tmp_path / "fit"
+    assert ksir_fit([str(folder), "--out", str(out), "--bootstrap", "20"]) == 0
+    rep = json.loads((out / "fit.json").read_text())
+    assert rep["n_runs"] == 30, "the plain full-precision train record is left out by default"
+    assert set(rep["curve_keys"]) == {"bits", "dtype", "method", "regime"}
+    assert len(rep["laws"]["power_bits"]) == 6
+    inside = [r for r in rep["optimal"] if not r["extrapolated"]]
+    assert all(r["best"].split(",")[1:] == ["int", "qat", "qat"] for r in inside)  # the QAT scheme wins everywhere
+    assert "accuracy:sigmoid_bits" in rep["laws"] and "accuracy:sigmoid_loss" in rep["laws"]
+    for name in ("schemes_at_fixed_k", "ptq_vs_qat", "zeroshot_accuracy"):
+        assert (out / f"{name}.png").stat().st_size > 10_000 and (out / f"{name}.pdf").exists()
