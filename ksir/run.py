@@ -113,8 +113,7 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
                            distill_temperature=qat.distill.temperature, scale_lr=qat.scale_lr,
                            lr=qat.lr if qat.enabled else None)
         model = model.to(device)
-        metrics = evaluate_lm(model, data.eval_blocks(int(cfg.eval.sequences)), int(cfg.eval.batch_size), device)
-        _metrics_ok(metrics)
+        metrics = evaluate_all(cfg, model, tok, data, device)  # QAT models get zero-shot accuracy too
         path = checkpoints.own_checkpoint_dir(cfg)
         meta = {"run_key": key, "family": cfg.model.family, "size": cfg.model.size, "train_tokens": info["train_tokens"],
                 "data_fingerprint": data.fingerprint}
@@ -136,7 +135,7 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
         shutil.rmtree(resume_dir, ignore_errors=True)  # finished: the resume state is no longer needed
         rec.update(checkpoint=str(path), n_params=n_total, n_params_nonembedding=n_nonemb,
                    train_tokens=info["train_tokens"], metrics={**metrics, **info})
-        tracking.finish_run(run, {**metrics, **info, "total_bits": rec["total_bits"]})
+        tracking.finish_run(run, tracking.summary_of(rec))
         run = None
         return rec
     finally:

@@ -161,3 +161,11 @@ def test_distillation_loss_is_ce_plus_weighted_kl():
     # The teacher is frozen and outside the module tree (not trained, not in checkpoints).
     assert not any(n.startswith("_teacher") for n, _ in mod.named_parameters())
     assert all(not p.requires_grad for p in teacher.parameters())
+
+
+def test_qat_job_gets_zero_shot_accuracy_in_memory(tiny_cfg):
+    rec = execute(tiny_cfg("job=train", "logger=none", "qat=lsq", "qat.bits=4", "trainer.max_steps=10",
+                           "eval=zeroshot", "eval.zeroshot.limit=4", "eval.sequences=8"))
+    m = rec["metrics"]
+    assert rec["regime"] == "qat" and rec["bits"] == 4.0
+    assert 0.0 <= m["zs_acc_mean"] <= 1.0 and m["zs_n_piqa"] == 4.0
