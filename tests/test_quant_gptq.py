@@ -2,63 +2,20 @@
 error on its calibration data is lower, for every data type."""
 
 import copy
-import os
-from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
-import transformers as T
 
 from ksir.quant import QuantConfig, quantize_model, quantized_linear_names
 from ksir.quant.blockwise import make_grid, quantize_weight
 from ksir.quant.gptq import block_groups, collect_hessians, gptq_quantize_weight
 from ksir.quant.select import get_weight
 
-SEQ, N_CALIB = 64, 32
-
-
-def _stdlib_bytes(n: int) -> torch.Tensor:
-    """Real text: the Python standard library's source files as bytes."""
-    files = sorted(Path(os.__file__).parent.glob("*.py"))[:40]
-    data = b"".join(f.read_bytes() for f in files)[:n]
-    return torch.tensor(list(data), dtype=torch.long)
-
-
-def _train_tiny() -> SimpleNamespace:
-    torch.manual_seed(0)
-    model = T.LlamaForCausalLM(
-        T.LlamaConfig(
-            vocab_size=256,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=4,
-        )
-    )
-    data = _stdlib_bytes(400_000)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(100):
-        idx = torch.randint(0, data.numel() - SEQ - 1, (16,), generator=g)
-        batch = torch.stack([data[i : i + SEQ] for i in idx.tolist()])
-        loss = model(batch, labels=batch).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    tail = data[-N_CALIB * SEQ :].reshape(N_CALIB, SEQ)  # calibration text not seen as a fixed batch
-    return SimpleNamespace(model=model, calib=tail, final_loss=loss.item())
-
 
 @pytest.fixture(scope="session")
-def trained(request):
-    """The lead's `trained_tiny` fixture when tests/conftest.py provides it, else a tiny Llama trained here."""
-    try:
-        return request.getfixturevalue("trained_tiny")
-    except pytest.FixtureLookupError:
-        return _train_tiny()
+def trained(trained_tiny):
+    """llama-xs trained by the real train job (tests/conftest.py)."""
+    return trained_tiny
 
 
 @pytest.fixture(scope="session")
