@@ -19,7 +19,7 @@ from ksir.quant.config import QuantConfig
 # One Llama-7B transformer block: q, k, v, o [4096, 4096]; gate, up [11008, 4096]; down [4096, 11008].
 LLAMA7B_BLOCK = [(4096, 4096)] * 4 + [(11008, 4096)] * 2 + [(4096, 11008)]
 LLAMA7B_BLOCKS = 32
-DTYPES = ["int", "int_asym", "float", "dynamic", "nf", "quantile"]
+DTYPES = ["int", "int_asym", "int_asym:int", "float", "dynamic", "nf", "quantile"]  # ":int" = quant.zero_point=int
 
 
 def shapes(full: bool, device: str) -> list[tuple[int, int]]:
@@ -57,10 +57,9 @@ def run(device: str, full: bool, compile_: bool, reps: int, blocksize: int, bits
     copy_s = timed(lambda w: w.clone(), ws, device, reps)
     rows.append({"dtype": "copy", "mode": "eager", "GB/s": nbytes / copy_s / 1e9, "s": copy_s, "ratio": 1.0})
     for dtype in DTYPES:
-        grid = make_grid(QuantConfig(bits=bits, dtype=dtype, blocksize=blocksize))
-        if (
-            grid.data_driven
-        ):  # the tensor's own codebook, fitted once per tensor (a sort) outside the timed pass
+        name, _, zero_point = dtype.partition(":")
+        grid = make_grid(QuantConfig(bits=bits, dtype=name, blocksize=blocksize, zero_point=zero_point or "float"))
+        if grid.data_driven:  # the tensor's own codebook, fitted once per tensor (a sort) outside the timed pass
             grid = fit_data_code(ws[0].float().reshape(-1, blocksize), grid)
 
         def qd(w, grid=grid):

@@ -52,6 +52,10 @@ def run_key(cfg: DictConfig, job: str | None = None) -> str:
         if isinstance(val, dict):
             val = {k: v for k, v in val.items() if k not in NON_RESULT_KEYS.get(sec, ())}
         ident[sec] = val
+    for sec in ("quant", "qat"):  # the zero-point convention only exists for int_asym: other keys stay as they were
+        q = ident.get(sec)
+        if isinstance(q, dict) and q.get("dtype") != "int_asym":
+            q.pop("zero_point", None)
     zs = ident["eval"].pop("zeroshot", None) or {}
     if zs.get("enabled"):  # a disabled zero-shot block changes nothing; its batch size never does
         ident["eval"]["zeroshot"] = {k: v for k, v in zs.items() if k != "batch_size"}

@@ -35,6 +35,7 @@ def test_run_key_ignores_paths_logging_and_launcher_but_not_results():
     (["job=quantize", "quant.dtype=posit", "quant.bits=4"], "quant.dtype"),
     (["job=quantize", "model.checkpoint=/nonexistent/model"], "model.checkpoint"),
     (["job=quantize", "model.train_if_missing=false", "out_dir=/nonexistent"], "model.checkpoint"),
+    (["job=quantize", "quant.bits=4", "quant.dtype=int_asym", "quant.zero_point=bf16"], "quant.zero_point"),
     (["trainer.lr=0"], "trainer.lr"),
     (["trainer=gpu"], "trainer.lightning.accelerator"),
     (["eval.sequences=0"], "eval.sequences"),
@@ -47,6 +48,16 @@ def test_invalid_values_name_the_key(overrides, key):
         validate(cfg)
     assert e.value.key.startswith(key), str(e.value)
     assert "\n" not in str(e.value)
+
+
+def test_zero_point_changes_the_key_only_for_int_asym():
+    def key(*o):
+        return run_key(compose(["job=quantize", "quant.bits=4", *o]))
+
+    assert key("quant.zero_point=int") == key()  # int: no zero-point, so results (and keys) are unchanged
+    assert key("quant.dtype=int_asym", "quant.zero_point=int") != key("quant.dtype=int_asym")
+    qat = ["qat=lsq", "qat.dtype=int_asym"]
+    assert run_key(compose([*qat, "qat.zero_point=int"])) != run_key(compose(qat))
 
 
 def test_zeroshot_block_changes_the_key_only_when_enabled():

@@ -48,7 +48,8 @@ def qcfg(**kw) -> QATConfig:
 
 
 PTQ_CASES = [dict(bits=4), dict(bits=3, dtype="nf"), dict(bits=4, dtype="float"), dict(bits=4, dtype="dynamic"),
-             dict(bits=3, dtype="quantile"), dict(bits=3, dtype="int_asym"), dict(bits=2, dtype="nf"),
+             dict(bits=3, dtype="quantile"), dict(bits=3, dtype="int_asym"),
+             dict(bits=3, dtype="int_asym", zero_point="int"), dict(bits=2, dtype="nf"),
              dict(bits=4, granularity="channel"), dict(bits=3, blocksize=32, scale_bits=8),
              dict(bits=2, dtype="codebook", codebook=[-1.0, -0.3, 0.2, 1.0])]
 
@@ -98,6 +99,34 @@ def test_lsq_gradients_follow_the_formula():
     torch.testing.assert_close(m.qat_scale.grad, want_s, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(m.weight.grad, up * inside, rtol=1e-6, atol=1e-7)
     assert (~inside).sum() > 0 and m.qat_scale.grad.abs().min() > 0
+
+
+@pytest.mark.parametrize("zero_point", ["float", "int"])
+def test_lsq_plus_offset_gradient_is_the_clipped_upstream_sum(zero_point):
+    """LSQ+ (Bhalgat et al. 2020): the output moves one-for-one with the offset only where it clips (inside the
+    range round((w - m)/s) * s + m does not depend on m, straight through). The integer zero-point, rounded
+    straight through, gets the same gradient in units of -s."""
+    from ksir.qat.model import to_qat_linear
+    from ksir.quant.blockwise import store_step
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 8, bias=False)
+    spec = weight_spec(qcfg(bits=3, dtype="int_asym", zero_point=zero_point, granularity="channel"))
+    m = to_qat_linear(lin, spec, None)
+    with torch.no_grad():
+        m.qat_scale.mul_(0.6)  # the grid no longer covers each row: both ends clip
+    up = torch.randn(8, 64)
+    (m.quantized_weight() * up).sum().backward()
+    s = store_step(m.qat_scale.detach(), spec.grid)
+    w, z = m.weight.detach(), m.qat_zero.detach()
+    t = (w - z) / s if zero_point == "float" else w / s + torch.round(z)  # codes before clamping
+    clipped = (torch.round(t) < 0) | (torch.round(t) > 7)
+    want = (up * clipped).sum(-1, keepdim=True) / math.sqrt(64 * 7)  # LSQ gradient scale 1/sqrt(N * Q_P)
+    if zero_point == "int":
+        want = -want * s
+    assert clipped.any(-1).all() and (~clipped).any()
+    torch.testing.assert_close(m.qat_zero.grad, want, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(m.weight.grad, up * ~clipped, rtol=1e-6, atol=1e-7)
 
 
 def test_stretched_elastic_levels_and_lsq_init():

@@ -60,6 +60,7 @@ def test_paper_sweep_grid_is_valid():
         ({"bits": 4, "blocksize": 1}, "quant.blocksize"),
         ({"bits": 4, "scale_bits": 4}, "quant.scale_bits"),
         ({"bits": 4, "scale_search": "percentile"}, "quant.scale_search"),
+        ({"bits": 4, "dtype": "int_asym", "zero_point": "bf16"}, "quant.zero_point"),
         ({"bits": 4, "dtype": "float", "exponent_bits": 4}, "quant.exponent_bits"),
         ({"bits": 4, "dtype": "codebook"}, "quant.codebook"),
         ({"bits": 2, "dtype": "codebook", "codebook": [-1, -0.5, 0, 0.5, 1]}, "quant.codebook"),

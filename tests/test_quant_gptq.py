@@ -36,6 +36,7 @@ def output_error(W, Q, H):
 CASES = [
     ("int", 3, {}),
     ("int_asym", 3, {}),
+    ("int_asym", 3, {"zero_point": "int"}),
     ("float", 3, {}),
     ("dynamic", 3, {}),
     ("nf", 3, {}),
@@ -45,7 +46,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("dtype, k, extra", CASES, ids=[f"{d}{k}" for d, k, _ in CASES])
+@pytest.mark.parametrize("dtype, k, extra", CASES, ids=[f"{d}{k}" + "".join(f"-{v}" for v in e.values()) for d, k, e in CASES])
 def test_gptq_beats_rtn_on_every_layer(layer_data, dtype, k, extra):
     q = QuantConfig(bits=k, dtype=dtype, blocksize=32, **extra)
     grid = make_grid(q)

@@ -101,7 +101,8 @@ def test_tied_weights_counted_once():
     [
         ({"granularity": "channel"}, lambda o, i: 16 / i),
         ({"granularity": "tensor"}, lambda o, i: 16 / (o * i)),
-        ({"dtype": "int_asym"}, lambda o, i: (16 + 4) / 64),
+        ({"dtype": "int_asym"}, lambda o, i: (16 + 16) / 64),  # 16-bit scale + 16-bit offset
+        ({"dtype": "int_asym", "zero_point": "int"}, lambda o, i: (16 + 4) / 64),  # + 4-bit integer zero-point
         ({"scale_bits": 8}, None),
     ],
 )

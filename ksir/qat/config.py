@@ -62,6 +62,7 @@ class QATConfig:
     exponent_bits: int | None = None
     subnormals: bool = True
     codebook: list[float] | None = None
+    zero_point: str = "float"
     scale_bits: int = 16
     scale_lr: float = 1.0
     act_bits: float | None = None
@@ -123,6 +124,7 @@ class QATConfig:
             exponent_bits=self.exponent_bits,
             subnormals=self.subnormals,
             codebook=[-1.0, 1.0] if binary else self.codebook,
+            zero_point=self.zero_point,
             scale_bits=self.scale_bits,
             include=list(self.include),
             exclude=list(self.exclude),

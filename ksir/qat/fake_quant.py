@@ -17,11 +17,14 @@ import torch
 from ksir.quant.blockwise import (
     Grid,
     absmax_scale,
+    affine_range,
     fit_data_code,
     fit_scale,
+    fp16_up,
     nearest,
     quantize_blocks,
     store_scale,
+    store_step,
 )
 from ksir.quant.dtypes import DTYPES, int_levels
 
@@ -124,13 +127,14 @@ def init_scale(blocks: torch.Tensor, spec: WeightSpec) -> tuple[torch.Tensor, to
         # stored scale exactly (storing twice would round 8-bit double-quantized scales up a second time).
         _, z = fit_scale(x, grid)
         if spec.affine:
-            raw = (x.amax(-1, keepdim=True).clamp(min=0) - x.amin(-1, keepdim=True).clamp(max=0)) / (spec.levels - 1)
+            raw, _ = affine_range(x, grid)
         else:
             raw = absmax_scale(x, grid.code)
         return raw.clamp(min=SCALE_EPS), z, code
-    if spec.affine:
+    if spec.affine:  # LSQ+ initialisation: the grid centred on zero
         s = 2 * mean_abs / math.sqrt(spec.qp)
-        return s, torch.full_like(s, float(round(spec.qp / 2))), None
+        z = torch.full_like(s, float(round(spec.qp / 2)))
+        return s, (-z * s if spec.grid.zero_point == "float" else z), None
     return 2 * mean_abs * math.sqrt(spec.qp), None, code
 
 
@@ -166,8 +170,13 @@ def fake_quant_weight(w: torch.Tensor, spec: WeightSpec, scale: torch.Tensor | N
         return ste(blocks, q.to(blocks.dtype)).reshape(w.shape)
     g = 1.0 / math.sqrt(blocks.shape[-1] * spec.qp)
     s = grad_scale(scale.clamp(min=SCALE_EPS), g)
-    s = ste(s, store_scale(s.detach(), spec.grid.scale_bits))  # scales are stored (and accounted) at scale_bits
-    if spec.affine:  # LSQ+: learned scale and zero-point (rounded to an integer, STE), registry's formula
+    s = ste(s, store_step(s.detach(), spec.grid))  # scales are stored (and accounted) at scale_bits
+    if spec.affine and spec.grid.zero_point == "float":  # LSQ+: learned scale and offset (stored at 16 bit, STE)
+        m = grad_scale(zero, g)
+        m = ste(m, torch.sign(m.detach()) * fp16_up(m.detach().abs()))
+        r = torch.clamp(ste_round((blocks - m) / s), 0, spec.levels - 1)
+        return (r * s + m).reshape(w.shape)
+    if spec.affine:  # LSQ+ with an integer zero-point (rounded, STE), registry's formula
         qmax = spec.levels - 1
         zq = torch.clamp(ste_round(grad_scale(zero, g)), 0, qmax)
         r = torch.clamp(ste_round(blocks / s) + zq, 0, qmax)

@@ -1,7 +1,7 @@
 """Total model bits: the x-axis of the k-bit scaling laws (Dettmers & Zettlemoyer 2023, Fig. 1).
 
 Per quantized layer: k bits per quantized weight, the block constants (scale at scale_bits per block, or the 8-bit
-double-quantized scale plus 32-bit group constants; an integer zero-point at k bits for int_asym), the codebook of
+double-quantized scale plus 32-bit group constants; for int_asym a 16-bit offset or a k-bit zero-point), the codebook of
 data-driven types at 16 bits per entry, and the outlier columns at 16 bits plus a 16-bit column index each.
 Everything else (embeddings, head, norms, biases, unselected layers) counts 16 bits per parameter.
 """
@@ -48,7 +48,7 @@ def layer_bits(shape: tuple[int, int], q: QuantConfig, n_keep_cols: int = 0) -> 
     else:
         const = nb * q.scale_bits + math.ceil(nb / DQ_BLOCKSIZE) * DQ_CONST_BITS + DQ_CONST_BITS
     if DTYPES[q.dtype].affine:
-        const += nb * k  # integer zero-point per block
+        const += nb * (k if q.zero_point == "int" else UNQUANTIZED_BITS)  # zero-point or 16-bit offset
     if DTYPES[q.dtype].build_from_data is not None:
         const += 2 ** int(k) * UNQUANTIZED_BITS  # the tensor's own codebook
     keep = out * n_keep_cols * UNQUANTIZED_BITS + n_keep_cols * OUTLIER_INDEX_BITS

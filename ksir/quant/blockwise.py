@@ -10,6 +10,7 @@ data-dependent control flow: `torch.compile` traces it whole.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +20,10 @@ from ksir.quant.dtypes import DTYPES, CodeOptions, int_levels, static_code, user
 
 FP16_MAX = 65504.0
 FP16_MIN_EXP = -24  # exponent of the smallest fp16 subnormal: ulp below the normal range
+# Stored fp16 scales are normal numbers (>= 2^-14): a subnormal scale has too few significant bits for the scale
+# to reproduce itself when the quantized block is quantized again. Only blocks whose every |value| is below
+# ~6e-5 get a coarser grid than their absmax asks for; the error bound (half a step of the stored scale) holds.
+FP16_MIN_NORMAL = 2.0**-14
 # A scale that rounds below its exact value by less than this relative amount is kept (float noise), so that
 # re-quantizing an already quantized block reproduces the stored scale (idempotence).
 SCALE_ROUND_TOL = 2.0**-20
@@ -40,6 +45,7 @@ class Grid:
     scale_search: str = "absmax"
     mse_grid: int = 20
     mse_min_ratio: float = 0.5
+    zero_point: str = "float"  # affine types only: float (16-bit offset) | int (k-bit integer)
 
     @property
     def affine(self) -> bool:
@@ -50,15 +56,15 @@ class Grid:
         return DTYPES[self.dtype].build_from_data is not None
 
     def with_code(self, code: torch.Tensor) -> Grid:
-        return Grid(
-            self.dtype, self.bits, code, self.scale_bits, self.scale_search, self.mse_grid, self.mse_min_ratio
-        )
+        return dataclasses.replace(self, code=code)
 
 
 def make_grid(q: QuantConfig) -> Grid:
     opts = CodeOptions(q.exponent_bits, q.subnormals, q.codebook)
     code = user_code(q.bits, opts) if q.dtype == "codebook" else static_code(q.dtype, q.bits, opts)
-    return Grid(q.dtype, q.bits, code, q.scale_bits, q.scale_search, q.mse_grid, q.mse_min_ratio)
+    return Grid(
+        q.dtype, q.bits, code, q.scale_bits, q.scale_search, q.mse_grid, q.mse_min_ratio, q.zero_point
+    )
 
 
 def to_blocks(w: torch.Tensor, granularity: str, blocksize: int) -> torch.Tensor:
@@ -76,14 +82,24 @@ def n_blocks(shape: tuple[int, int], granularity: str, blocksize: int) -> int:
 
 
 def store_fp16_up(s: torch.Tensor) -> torch.Tensor:
-    """Round positive scales to fp16 values, up to the next fp16 value when nearest rounding would clip the block
-    max. Done arithmetically on the fp16 grid (ulp 2^(e-10), 2^-24 below the normal range): torch.compile folds a
-    float32 -> float16 -> float32 round trip away, which would silently keep full-precision scales."""
+    """A 16-bit block scale: fp16_up, at least the smallest normal fp16 value."""
+    return fp16_up(s).clamp(min=FP16_MIN_NORMAL)
+
+
+def fp16_up(s: torch.Tensor) -> torch.Tensor:
+    """Round non-negative values to fp16 values, up to the next fp16 value when nearest rounding would clip the
+    block max. Done arithmetically on the fp16 grid (ulp 2^(e-10), 2^-24 below the normal range): torch.compile
+    folds a float32 -> float16 -> float32 round trip away, which would silently keep full-precision scales."""
     s = s.clamp(min=0, max=FP16_MAX)
     _, e = torch.frexp(s)  # s = m * 2^e, m in [0.5, 1)
     ulp = torch.exp2((e - 11).clamp(min=FP16_MIN_EXP).float())
     r = torch.round(s / ulp) * ulp
     return torch.where(r < s * (1 - SCALE_ROUND_TOL), r + ulp, r)
+
+
+def store_fp16_down(m: torch.Tensor) -> torch.Tensor:
+    """Round non-positive offsets down to fp16 values (magnitude up), so that the block minimum never clips."""
+    return -fp16_up(-m)
 
 
 def store_dq8_up(s: torch.Tensor) -> torch.Tensor:
@@ -128,9 +144,11 @@ def round_to_grid(
 ) -> torch.Tensor:
     """Dequantized nearest grid values of x given (broadcastable) scales and zero-points."""
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-    if grid.affine:  # integer 0..2^k-1 with integer zero-point
+    if grid.affine:  # codes 0..2^k-1
         qmax = 2 ** int(grid.bits) - 1
-        return (torch.clamp(torch.round(x / safe) + zero, 0, qmax) - zero) * scale
+        if grid.zero_point == "float":  # zero = the block's 16-bit offset m: x = m + q * s
+            return torch.clamp(torch.round((x - zero) / safe), 0, qmax) * scale + zero
+        return (torch.clamp(torch.round(x / safe) + zero, 0, qmax) - zero) * scale  # integer zero-point
     if grid.dtype == "int":  # closed form for the symmetric uniform grid
         L = int_levels(grid.bits)
         return torch.clamp(torch.round(x / safe * L), -L, L) * (scale / L)
@@ -142,13 +160,41 @@ def fit_scale(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Scale (and zero-point) of every block (last dim) at clipping ratio `ratio`, already at stored precision."""
     if grid.affine:
-        qmax = 2 ** int(grid.bits) - 1
-        mx = x.amax(-1, keepdim=True).clamp(min=0) * ratio
-        mn = x.amin(-1, keepdim=True).clamp(max=0) * ratio
-        scale = store_scale((mx - mn) / qmax, grid.scale_bits)
+        raw, low = affine_range(x, grid, ratio)
+        scale = store_step(raw, grid)
+        if grid.zero_point == "float":
+            return scale, low
         safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-        return scale, torch.clamp(torch.round(-mn / safe), 0, qmax)
+        return scale, torch.clamp(torch.round(-low / safe), 0, 2 ** int(grid.bits) - 1)
     return store_scale(absmax_scale(x, grid.code) * ratio, grid.scale_bits), None
+
+
+def store_step(raw: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """Stored scale of a raw step. Affine types store the grid's span (2^k-1 steps, the counterpart of the
+    symmetric types' absmax) rather than the step: the step of an 8-bit grid is 255 times smaller and would fall
+    into the fp16 subnormals, whose coarse spacing breaks idempotence, for blocks with a range below ~0.016."""
+    if not grid.affine:
+        return store_scale(raw, grid.scale_bits)
+    qmax = 2 ** int(grid.bits) - 1
+    return store_scale(raw * qmax, grid.scale_bits) / qmax
+
+
+def affine_range(
+    x: torch.Tensor, grid: Grid, ratio: float | torch.Tensor = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(unstored scale, grid bottom) of affine blocks; the range always includes 0 (min <= 0 <= max).
+
+    With a float zero-point the bottom is the block minimum rounded down to fp16 and the span is then rounded up
+    (store_step), so codes 0 and 2^k-1 land on min(min, 0) and max(max, 0): fp16 rounding moves either end by less
+    than 1/4 step for k <= 8 (relative ulp 2^-10 of the span, which bounds |min|; or a subnormal ulp of the offset,
+    at most 1/4 step of a span >= 2^-14). A second pass therefore sees the same range and reproduces the same grid
+    (idempotence), and no value is clipped (error <= step/2)."""
+    qmax = 2 ** int(grid.bits) - 1
+    mx = x.amax(-1, keepdim=True).clamp(min=0) * ratio
+    mn = x.amin(-1, keepdim=True).clamp(max=0) * ratio
+    if grid.zero_point == "float":
+        mn = store_fp16_down(mn)
+    return (mx - mn) / qmax, mn
 
 
 def search_scale(x: torch.Tensor, grid: Grid) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -17,6 +17,10 @@ METHODS = ("rtn", "gptq")
 GRANULARITIES = ("block", "channel", "tensor")
 SCALE_BITS = (16, 8)  # 8 = double quantization of the block scales (QLoRA)
 SCALE_SEARCHES = ("absmax", "mse")
+# int_asym zero-point: float = a 16-bit offset (the block minimum; HQQ, llama.cpp Q4_1, torchao tinygemm), the only
+# choice for which round-to-nearest is exactly idempotent; int = a k-bit integer (GPTQ, AWQ, torchao INT domain),
+# cheaper by 16 - k bits per block but not idempotent with 16-bit scales (docs/quantization.md has the proof).
+ZERO_POINTS = ("float", "int")
 OUTLIER_MODES = ("none", "proxy", "activation")
 UNQUANTIZED_BITS = 16
 # Default layer selection (Dettmers & Zettlemoyer 2023): every linear layer inside the transformer blocks,
@@ -56,6 +60,7 @@ class QuantConfig:
     exponent_bits: int | None = None  # float only; None -> paper default per k
     subnormals: bool = True  # float only
     codebook: list[float] | None = None  # dtype=codebook only
+    zero_point: str = "float"  # int_asym only: float (16-bit offset) | int (k-bit integer)
     scale_bits: int = 16
     scale_search: str = "absmax"
     mse_grid: int = 20  # clipping ratios tried by scale_search=mse
@@ -115,6 +120,8 @@ def validate_quant_config(q: QuantConfig, row_sizes: Iterable[int] | None = None
                 "a divisor of every row size",
                 f"does not divide the rows (in_features) {bad[:5]}",
             )
+    if q.zero_point not in ZERO_POINTS:
+        raise ConfigError("quant.zero_point", q.zero_point, ZERO_POINTS)
     if q.scale_bits not in SCALE_BITS:
         raise ConfigError("quant.scale_bits", q.scale_bits, SCALE_BITS)
     if q.scale_search not in SCALE_SEARCHES:
