@@ -223,3 +223,16 @@ def test_bf16_weights_round_trip(dtype):
     w = torch.randn(16, 64).bfloat16()
     out = quantize_weight(w, make_grid(QuantConfig(bits=4, dtype=dtype)), "block", 64)
     assert out.dtype == torch.bfloat16 and out.shape == w.shape
+
+
+def test_compiled_round_to_nearest_equals_eager_without_graph_breaks():
+    """torch.compile-friendliness: the whole block quantizer traces as one graph (fullgraph=True) and gives the
+    eager result bit for bit, for the closed forms and both nearest-code paths (unrolled at 4 bits, bucketize at
+    5)."""
+    w = torch.randn(64, 256, generator=torch.Generator().manual_seed(0)) * 0.02
+    x = to_blocks(w, "block", 64)
+    for dtype, k in [("int", 4), ("int_asym", 4), ("int_asym:int", 4), ("nf", 4), ("float", 4), ("dynamic", 5)]:
+        grid = make_grid(config(dtype, k))
+        torch._dynamo.reset()
+        compiled = torch.compile(quantize_blocks, fullgraph=True, dynamic=False)
+        assert torch.equal(compiled(x, grid), quantize_blocks(x, grid)), dtype
