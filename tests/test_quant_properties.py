@@ -1,6 +1,8 @@
 """Property tests of round-to-nearest (hypothesis): idempotence, at most 2^k values per block, the absmax error
 bound, 16-bit identity, MSE search never worse than absmax, double-quantized scales never clip."""
 
+import dataclasses
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -189,8 +191,7 @@ def test_16_bit_is_identity_on_models(wb, dtype):
     with torch.no_grad():
         model[0][0].weight.copy_(w)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    name, _, zero_point = dtype.partition(":")
-    s = quantize_model(model, QuantConfig(bits=16, dtype=name, codebook=[0, 1], zero_point=zero_point or "float"))
+    s = quantize_model(model, dataclasses.replace(config(dtype, 4), bits=16))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert s.total_bits == 16 * s.n_params and s.n_quantized == 0
 

@@ -20,9 +20,9 @@ from ksir.quant.blockwise import (
     affine_range,
     fit_data_code,
     fit_scale,
-    fp16_up,
     nearest,
     quantize_blocks,
+    store_offset,
     store_scale,
     store_step,
 )
@@ -173,13 +173,12 @@ def fake_quant_weight(w: torch.Tensor, spec: WeightSpec, scale: torch.Tensor | N
     s = ste(s, store_step(s.detach(), spec.grid))  # scales are stored (and accounted) at scale_bits
     if spec.affine and spec.grid.zero_point == "float":  # LSQ+: learned scale and offset (stored at 16 bit, STE)
         m = grad_scale(zero, g)
-        m = ste(m, torch.sign(m.detach()) * fp16_up(m.detach().abs()))
-        r = torch.clamp(ste_round((blocks - m) / s), 0, spec.levels - 1)
+        m = ste(m, store_offset(m.detach()))
+        r = torch.clamp(ste_round((blocks - m) / s), 0, spec.grid.qmax)
         return (r * s + m).reshape(w.shape)
     if spec.affine:  # LSQ+ with an integer zero-point (rounded, STE), registry's formula
-        qmax = spec.levels - 1
-        zq = torch.clamp(ste_round(grad_scale(zero, g)), 0, qmax)
-        r = torch.clamp(ste_round(blocks / s) + zq, 0, qmax)
+        zq = torch.clamp(ste_round(grad_scale(zero, g)), 0, spec.grid.qmax)
+        r = torch.clamp(ste_round(blocks / s) + zq, 0, spec.grid.qmax)
         return ((r - zq) * s).reshape(w.shape)
     if spec.data_driven and refit_code and code is not None:
         with torch.no_grad():  # refit the tensor's quantile codebook to the current weights (in place: saved)

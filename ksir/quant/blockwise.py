@@ -53,6 +53,11 @@ class Grid:
         return DTYPES[self.dtype].affine
 
     @property
+    def qmax(self) -> int:
+        """Largest code of the affine types (codes 0..2^k-1)."""
+        return 2 ** int(self.bits) - 1
+
+    @property
     def data_driven(self) -> bool:
         return DTYPES[self.dtype].build_from_data is not None
 
@@ -98,9 +103,10 @@ def fp16_up(s: torch.Tensor) -> torch.Tensor:
     return torch.where(r < s * (1 - SCALE_ROUND_TOL), r + ulp, r)
 
 
-def store_fp16_down(m: torch.Tensor) -> torch.Tensor:
-    """Round non-positive offsets down to fp16 values (magnitude up), so that the block minimum never clips."""
-    return -fp16_up(-m)
+def store_offset(m: torch.Tensor) -> torch.Tensor:
+    """A 16-bit offset: fp16 with the magnitude rounded up, i.e. down for the registry's non-positive grid bottoms
+    (so the block minimum never clips), and for QAT's learned offsets of either sign."""
+    return torch.sign(m) * fp16_up(m.abs())
 
 
 def store_dq8_up(s: torch.Tensor) -> torch.Tensor:
@@ -155,10 +161,9 @@ def round_to_grid(
     """Dequantized nearest grid values of x given (broadcastable) scales and zero-points."""
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))
     if grid.affine:  # codes 0..2^k-1
-        qmax = 2 ** int(grid.bits) - 1
         if grid.zero_point == "float":  # zero = the block's 16-bit offset m: x = m + q * s
-            return torch.clamp(torch.round((x - zero) / safe), 0, qmax) * scale + zero
-        return (torch.clamp(torch.round(x / safe) + zero, 0, qmax) - zero) * scale  # integer zero-point
+            return torch.clamp(torch.round((x - zero) / safe), 0, grid.qmax) * scale + zero
+        return (torch.clamp(torch.round(x / safe) + zero, 0, grid.qmax) - zero) * scale  # integer zero-point
     if grid.dtype == "int":  # closed form for the symmetric uniform grid
         L = int_levels(grid.bits)
         return torch.clamp(torch.round(x / safe * L), -L, L) * (scale / L)
@@ -175,7 +180,7 @@ def fit_scale(
         if grid.zero_point == "float":
             return scale, low
         safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-        return scale, torch.clamp(torch.round(-low / safe), 0, 2 ** int(grid.bits) - 1)
+        return scale, torch.clamp(torch.round(-low / safe), 0, grid.qmax)
     return store_scale(absmax_scale(x, grid.code) * ratio, grid.scale_bits), None
 
 
@@ -185,8 +190,7 @@ def store_step(raw: torch.Tensor, grid: Grid) -> torch.Tensor:
     into the fp16 subnormals, whose coarse spacing breaks idempotence, for blocks with a range below ~0.016."""
     if not grid.affine:
         return store_scale(raw, grid.scale_bits)
-    qmax = 2 ** int(grid.bits) - 1
-    return store_scale(raw * qmax, grid.scale_bits) / qmax
+    return store_scale(raw * grid.qmax, grid.scale_bits) / grid.qmax
 
 
 def affine_range(
@@ -195,16 +199,15 @@ def affine_range(
     """(unstored scale, grid bottom) of affine blocks; the range always includes 0 (min <= 0 <= max).
 
     With a float zero-point the bottom is the block minimum rounded down to fp16 and the span is then rounded up
-    (store_step), so codes 0 and 2^k-1 land on min(min, 0) and max(max, 0): fp16 rounding moves either end by less
+    (store_step), so codes 0 and qmax land on min(min, 0) and max(max, 0): fp16 rounding moves either end by less
     than 1/4 step for k <= 8 (relative ulp 2^-10 of the span, which bounds |min|; or a subnormal ulp of the offset,
     at most 1/4 step of a span >= 2^-14). A second pass therefore sees the same range and reproduces the same grid
     (idempotence), and no value is clipped (error <= step/2)."""
-    qmax = 2 ** int(grid.bits) - 1
     mx = x.amax(-1, keepdim=True).clamp(min=0) * ratio
     mn = x.amin(-1, keepdim=True).clamp(max=0) * ratio
     if grid.zero_point == "float":
-        mn = store_fp16_down(mn)
-    return (mx - mn) / qmax, mn
+        mn = store_offset(mn)
+    return (mx - mn) / grid.qmax, mn
 
 
 def search_scale(x: torch.Tensor, grid: Grid) -> tuple[torch.Tensor, torch.Tensor | None]:
