@@ -110,15 +110,19 @@ def _chinchilla(p: Array, x: dict[str, Array], ctx: dict[str, Any], jac: bool):
     return _lse([t0, t1, np.broadcast_to(e, sh)], [J0, J1, _onehot(sh, P, 2)])
 
 
-def _data_term(p: Array, x: dict[str, Array], ib: int, sh: tuple[int, int], jac: bool):
-    b, beta = _col(p, ib), _col(p, ib + 1)
-    ld = np.log(x["train_tokens"])[None, :]
-    t = np.broadcast_to(b - beta * ld, sh)
-    if not jac:
-        return t, None
-    J = _onehot(sh, p.shape[1], ib)
-    J[..., ib + 1] = -ld
-    return t, J
+def _lse_with_data_term(terms: list[Array], jacs: list[Array] | None, p: Array, x: dict[str, Array],
+                        ctx: dict[str, Any], ib: int) -> tuple[Array, Array | None]:
+    """_lse of the terms plus, when the law has one (ctx["data_term"]), the data term b - beta log D, whose
+    parameters are columns ib, ib + 1."""
+    if ctx.get("data_term"):
+        sh = terms[-1].shape
+        ld = np.log(x["train_tokens"])[None, :]
+        terms = [*terms, np.broadcast_to(_col(p, ib) - _col(p, ib + 1) * ld, sh)]
+        if jacs is not None:
+            J = _onehot(sh, p.shape[1], ib)
+            J[..., ib + 1] = -ld
+            jacs = [*jacs, J]
+    return _lse(terms, jacs)
 
 
 def _precision(p: Array, x: dict[str, Array], ctx: dict[str, Any], jac: bool):
@@ -135,12 +139,7 @@ def _precision(p: Array, x: dict[str, Array], ctx: dict[str, Any], jac: bool):
         with np.errstate(over="ignore"):  # u/expm1(u) -> 0 for large u, as it should
             J1[..., 3] = alpha * u / np.expm1(u)  # d/dlog_gamma of -alpha * log(1 - exp(-k/gamma))
         jacs = [_onehot(sh, P, 0), J1]
-    if ctx.get("data_term"):
-        t, J = _data_term(p, x, 4, sh, jac)
-        terms.append(t)
-        if jac:
-            jacs.append(J)
-    return _lse(terms, jacs)
+    return _lse_with_data_term(terms, jacs, p, x, ctx, 4)
 
 
 def _eff_setup(cols: dict[str, Array]) -> dict[str, Any]:
@@ -171,12 +170,7 @@ def _efficiency(p: Array, x: dict[str, Array], ctx: dict[str, Any], jac: bool):
         rows = np.nonzero(idx >= 0)[0]
         J1[:, rows, idx[rows]] = -alpha
         jacs = [_onehot(sh, P, 0), J1]
-    if ctx.get("data_term"):
-        t, J = _data_term(p, x, 3, sh, jac)
-        terms.append(t)
-        if jac:
-            jacs.append(J)
-    return _lse(terms, jacs)
+    return _lse_with_data_term(terms, jacs, p, x, ctx, 3)
 
 
 def _sigmoid(col: str, sign: float) -> LawFn:
