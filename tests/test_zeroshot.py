@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
-from ksir.errors import ConfigError  # noqa: E402
-from ksir.zeroshot import (  # noqa: E402
+from ksir.errors import ConfigError
+from ksir.zeroshot import (
     PAPER_TASKS,
     SHIPPED_DATA_DIR,
     TASK_SPLITS,

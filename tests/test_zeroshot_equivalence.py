@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +12,8 @@ import pytest
 import torch
 import yaml
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
-from ksir.evaluate import evaluate_lm  # noqa: E402
-from ksir.zeroshot import (  # noqa: E402
+from ksir.evaluate import evaluate_lm
+from ksir.zeroshot import (
     PAPER_TASKS,
     SHIPPED_DATA_DIR,
     TASK_SPLITS,
