@@ -20,7 +20,7 @@ demo: setup
 	PATH="$(abspath $(BIN)):$$PATH" bash experiments/demo.sh
 
 test: setup
-	$(BIN)/python -m pytest -m "not slow and not gpu" --timeout 900
+	$(BIN)/python -m pytest -m "not slow and not gpu and not slurm" --timeout 900
 
 test-all: setup
 	$(BIN)/python -m pytest --timeout 1800
@@ -34,3 +34,11 @@ bench: setup
 
 clean:
 	rm -rf outputs
+
+# A real one-node SLURM cluster on this machine (needs root; the first run installs slurm-wlm,
+# munge, slurmdbd and mariadb-server with apt-get), then the tests marked `slurm`. The cluster
+# stays up afterwards: stop it with `bash scripts/slurm-local.sh stop`.
+.PHONY: slurm-test
+slurm-test: setup
+	bash scripts/slurm-local.sh start
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pytest -m slurm tests/test_slurm.py -v

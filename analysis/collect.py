@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ksir.records import iter_record_files, read_record
+from ksir.records import flat_row, from_wandb, iter_record_files, read_record
 
 METRIC_DEFAULT = "val_loss"
 
@@ -34,15 +34,6 @@ class Collected:
         lines = [f"{len(self.runs)} runs used, {len(self.skipped)} left out"]
         lines += [f"  left out {s.get('run_key') or s['source']}: {s['reason']}" for s in self.skipped]
         return "\n".join(lines)
-
-
-def flatten_record(rec: Mapping[str, Any], source: str) -> dict[str, Any]:
-    row = {k: v for k, v in rec.items() if not isinstance(v, dict | list) and k != "error"}
-    row.update({k: v for k, v in (rec.get("metrics") or {}).items() if not isinstance(v, dict | list)})
-    if row.get("job") == "quantize" and not row.get("regime"):
-        row["regime"] = "ptq"
-    row["source"] = source
-    return row
 
 
 def _expand(sources: Iterable[str | Path]) -> list[Path]:
@@ -63,7 +54,7 @@ def load_records(sources: Iterable[str | Path]) -> Collected:
         raise FileNotFoundError(f"no result records found in {list(map(str, sources))}")
     for f in files:
         try:
-            rows.append(flatten_record(read_record(f), str(f)))
+            rows.append(flat_row(read_record(f), str(f)))
         except ValueError as e:
             skipped.append({"source": str(f), "run_key": "", "reason": str(e)})
     return clean(pd.DataFrame(rows), skipped)
@@ -137,22 +128,8 @@ def load_wandb(project: str, filters: Mapping[str, Any] | None = None, group: st
         flt["group"] = group
     rows = []
     for run in api.runs(project, filters=flt or None):
-        summary = {k: v for k, v in dict(run.summary).items() if not k.startswith("_")}
-        row = {k: v for k, v in summary.items() if not isinstance(v, dict | list)}
-        cfg = dict(run.config)
-        row.update(run_key=run.id, status="done" if run.state == "finished" else str(run.state),
-                   created=str(getattr(run, "created_at", "")), source=f"wandb:{project}/{run.id}")
-        for key, path in (("family", ("model", "family")), ("size", ("model", "size")), ("bits", ("quant", "bits")),
-                          ("dtype", ("quant", "dtype")), ("blocksize", ("quant", "blocksize")), ("job", ("job",))):
-            if key not in row:
-                node: Any = cfg
-                for part in path:
-                    node = node.get(part) if isinstance(node, dict) else None
-                if node is not None:
-                    row[key] = node
-        if row.get("job") == "quantize" and not row.get("regime"):
-            row["regime"] = "ptq"
-        rows.append(row)
+        rec = from_wandb(run.id, dict(run.summary), dict(run.config), run.state, str(getattr(run, "created_at", "")))
+        rows.append(flat_row(rec, f"wandb:{project}/{run.id}"))
     return clean(pd.DataFrame(rows))
 
 

@@ -19,6 +19,24 @@ SCHEME_COLS = ("dtype", "blocksize", "method", "regime")
 JOINT_DEFAULT = ("precision",)
 
 
+def attach_baselines(df: pd.DataFrame) -> pd.DataFrame:
+    """Copies of each unquantized PTQ baseline (one job per base model, scheme-free in its record) for every
+    quantization scheme in the data, so that every scheme's curves and joint fits include their 16-bit point."""
+    is_base = (df.get("regime", pd.Series("", index=df.index)).astype(str) == "ptq") & (df["bits"] == 16)
+    cols = [c for c in SCHEME_COLS if c in df]
+    quant = df[~is_base]
+    combos = quant[cols].drop_duplicates() if cols and not quant.empty else pd.DataFrame()
+    if not is_base.any() or combos.empty:
+        return df
+    parts = [quant]
+    for _, combo in combos.iterrows():
+        b = df[is_base].copy()
+        for c in cols:
+            b[c] = combo[c]
+        parts.append(b)
+    return pd.concat(parts, ignore_index=True)
+
+
 def curve_keys(df: pd.DataFrame) -> list[str]:
     """k, plus every scheme column that varies in the data (so each curve is one scheme at one k)."""
     return ["bits"] + [c for c in SCHEME_COLS if c in df and df[c].astype(str).nunique() > 1]
@@ -48,9 +66,10 @@ def analyse(collected: Collected, out_dir: str | Path, *, metric: str = "val_los
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "runs.csv", index=False)
+    n_runs, desc = len(df), _describe(df, metric)
+    df = attach_baselines(df)
     keys = curve_keys(df)
-    desc = _describe(df, metric)
-    report: dict[str, Any] = {"metric": metric, "n_runs": int(len(df)), "description": desc,
+    report: dict[str, Any] = {"metric": metric, "n_runs": int(n_runs), "description": desc,
                               "left_out": collected.skipped, "curve_keys": keys,
                               "settings": {"loss": loss, "huber_delta": delta, "n_bootstrap": n_boot,
                                            "heldout_largest_sizes": holdout, "seed": seed},

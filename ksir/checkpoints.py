@@ -1,60 +1,38 @@
 """Where checkpoints live and how they are loaded / saved (Hugging Face `save_pretrained` format).
 
-An own-family checkpoint's folder name carries the identity of the train job that made it,
-so a quantize job finds exactly the model its config describes (same data, trainer, seed).
+An own-family checkpoint's folder name carries the model key of the train job that made it
+(`ksir.identity.checkpoint_dir`), so a quantize job finds exactly the model its config describes.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from ksir.config import run_key
-from ksir.families import get_family
+from ksir.identity import base_train_spec, checkpoint_dir, find_checkpoint
+from ksir.spec import JobSpec
 
 META_FILE = "ksir_train.json"
 
 
-def own_checkpoint_dir(cfg: DictConfig) -> Path:
-    return Path(cfg.paths.checkpoints).expanduser().absolute() / f"{cfg.model.family}-{cfg.model.size}-{run_key(cfg, 'train')}"
-
-
-def partial_dir(cfg: DictConfig) -> Path:
-    """Lightning checkpoints of an unfinished train job, keyed by its identity (for resume)."""
-    return Path(cfg.paths.checkpoints).expanduser().absolute() / ".partial" / run_key(cfg, "train")
-
-
-def resolve_checkpoint(cfg: DictConfig) -> str:
-    """An explicit model.checkpoint, else the own-family folder, else the family's hub id."""
-    if cfg.model.checkpoint:
-        p = Path(str(cfg.model.checkpoint)).expanduser()
-        return str(p.absolute()) if p.exists() else str(cfg.model.checkpoint)
-    family = get_family(cfg.model.family)
-    if family.kind == "own":
-        return str(own_checkpoint_dir(cfg))
-    return family.size(cfg.model.size).hub_id
-
-
-@contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """Inter-process lock, so parallel jobs needing the same base model train it once."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+def resolve_checkpoint(spec: JobSpec) -> str:
+    """An explicit model.checkpoint, else the own-family model (today's or a schema-1 folder), else the hub id."""
+    if spec.model.checkpoint:
+        p = Path(spec.model.checkpoint).expanduser()
+        return str(p.absolute()) if p.exists() else spec.model.checkpoint
+    if spec.family.kind == "own":
+        found = find_checkpoint(base_train_spec(spec))
+        if found is None:
+            raise FileNotFoundError(f"no intact base model at {checkpoint_dir(base_train_spec(spec))}: "
+                                    "its train job has not finished")
+        return str(found)
+    return spec.family.size(spec.model.size).hub_id
 
 
 def save_checkpoint(model: PreTrainedModel, tokenizer: Any, path: Path, meta: dict[str, Any]) -> None:

@@ -1,45 +1,211 @@
-"""The local results store: one self-contained JSON file per run, written atomically.
+"""The local results store: one self-contained JSON file per run, written atomically. This module alone
+knows the record's layout: jobs build records with its constructors, W&B gets `to_wandb_summary` (and
+`from_wandb_summary` turns a finished W&B run back into a record), analysis reads `flat_row`.
 
-This is the hand-off point of the one-way data flow (config -> run -> record -> analysis):
-jobs write records, `analysis` reads them. W&B offline runs cannot be read back through
-W&B's public API, so the local store is the primary source for analysis.
+Record layout (schema 2), one file ``<results_dir>/<run_key>.json``, readable by the group::
 
-Record layout (schema 1), one file ``<results_dir>/<run_key>.json``::
-
-    schema: 1
-    run_key: str            # deterministic hash of the result-affecting config
+    schema: 2
+    run_key: str            # ksir.identity.run_key: hash of the normalised identity below
+    identity: dict          # what the key hashes (what changes the result)
+    legacy_run_keys: [str]  # schema-1 keys of the files this record replaced (kept in `.v1/`)
     status: "done" | "failed"
     job: "train" | "quantize"
-    family, size: str       # model family and size name
+    family, size: str
     checkpoint: str         # hub id or local path the job loaded / wrote
-    n_params: int           # all parameters (embeddings included)
-    n_params_nonembedding: int
-    n_quantized_params: int # parameters stored at k bits (0 for a 16-bit baseline)
-    method: str             # "none" (train), "rtn", "gptq", ...
-    bits: float             # k (16 = unquantized baseline)
-    dtype: str              # quantization data type ("int", "nf", ...)
+    n_params, n_params_nonembedding, n_quantized_params: int
+    method: str             # "none" (16-bit), "rtn", "gptq", "qat", "qat-finetune"
+    regime: str             # "fp", "ptq", "qat", "qat-finetune"
+    bits: float             # k (16 = unquantized baseline, one per base model)
+    dtype, granularity: str | None   # "none" / None for the 16-bit baseline
     blocksize: int | None
-    total_bits: float       # whole model, quantization constants and 16-bit parts included
-    bits_per_param: float   # total_bits / n_params
-    train_tokens: int       # tokens the (base) model was trained on, when known
-    metrics: {val_loss, val_ppl, val_acc, eval_tokens, ...}
-    wall_time_s: float
-    git_commit: str | None
-    created: ISO-8601 UTC
+    total_bits, bits_per_param: float
+    train_tokens: int
+    metrics: {val_loss, val_ppl, val_acc, eval_tokens, zs_*, train_*, quant_time_s, ...}
+    resumed_from_step: int  # train jobs that resumed after an interruption (throughput covers the whole run)
+    wall_time_s: float      # the job's compute, W&B start-up and finish excluded
+    started, created: ISO-8601 UTC
+    git_commit, host: str | None
     error: str | None       # message and traceback of a failed run
-    config: dict            # the fully resolved Hydra config
+    config: dict            # the resolved config as composed
+
+Schema-1 records (no `identity`, keys hashed from the raw config) are upgraded when read (`upgrade`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
 import os
+import socket
 import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-SCHEMA_VERSION = 1
+if TYPE_CHECKING:
+    from ksir.spec import JobSpec
+
+SCHEMA_VERSION = 2
+FILE_MODE = 0o664  # group-readable (and writable): a results folder shared on a cluster
+FAILED_SUFFIX = ".failed.json"  # a failed rerun of a job whose done record is kept
+LEGACY_DIR = ".v1"  # schema-1 files replaced by their upgraded record are moved here, never deleted
+# Record fields mirrored into the W&B summary next to the metrics (and read back by from_wandb_summary).
+SCALARS = ("job", "family", "size", "checkpoint", "n_params", "n_params_nonembedding", "n_quantized_params",
+           "method", "regime", "bits", "dtype", "blocksize", "granularity", "total_bits", "bits_per_param",
+           "train_tokens", "git_commit")
+BASELINE_BITS = 16.0
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+# ----------------------------------------------------------------------------- constructors
+
+
+def new_record(spec: JobSpec, key: str, identity: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields every record has, from the job description."""
+    return {"schema": SCHEMA_VERSION, "run_key": key, "identity": dict(identity), "job": spec.job,
+            "family": spec.model.family, "size": spec.model.size, "git_commit": _git_commit(),
+            "host": socket.gethostname(), "config": spec.raw}
+
+
+def train_fields(*, checkpoint: str, n_params: int, n_nonemb: int, train_tokens: int, metrics: Mapping[str, Any],
+                 resumed_from_step: int | None) -> dict[str, Any]:
+    """A full-precision train job: 16 bits per parameter."""
+    return {"checkpoint": checkpoint, "n_params": n_params, "n_params_nonembedding": n_nonemb,
+            "train_tokens": train_tokens, "method": "none", "regime": "fp", "bits": BASELINE_BITS, "dtype": "none",
+            "blocksize": None, "granularity": None, "total_bits": BASELINE_BITS * n_params,
+            "bits_per_param": BASELINE_BITS, "n_quantized_params": 0, "metrics": dict(metrics),
+            "resumed_from_step": resumed_from_step}
+
+
+def qat_fields(spec: JobSpec, summary: Any, **train: Any) -> dict[str, Any]:
+    """A quantization-aware train job: accounted like PTQ at qat.bits."""
+    q = spec.qat
+    rec = train_fields(**train)
+    quantized = q.weights_quantized
+    rec.update(method=q.regime, regime=q.regime, bits=summary.bits, dtype=q.dtype if quantized else "none",
+               blocksize=q.blocksize if q.granularity == "block" and quantized else None,
+               granularity=q.granularity, total_bits=summary.total_bits, bits_per_param=summary.bits_per_param,
+               n_quantized_params=summary.n_quantized, quantizer=q.resolved_quantizer() if quantized else None,
+               scale=q.scale, act_bits=q.act_bits, attention_bits=summary.attention_bits,
+               init_from=train.get("init_from"), distill_weight=q.distill.weight, qat=summary.as_dict())
+    return rec
+
+
+def quantize_fields(spec: JobSpec, summary: Any, *, checkpoint: str, n_params: int, n_nonemb: int,
+                    train_tokens: int | None, metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """A post-training-quantized model; the 16-bit baseline is scheme-free (method/dtype "none")."""
+    q = spec.quant
+    baseline = float(q.bits) == BASELINE_BITS
+    return {"checkpoint": checkpoint, "regime": "ptq", "n_params": n_params, "n_params_nonembedding": n_nonemb,
+            "n_quantized_params": summary.n_quantized, "method": "none" if baseline else q.method,
+            "bits": float(q.bits), "dtype": "none" if baseline else q.dtype,
+            "blocksize": q.blocksize if q.granularity == "block" and not baseline else None,
+            "granularity": None if baseline else q.granularity, "total_bits": summary.total_bits,
+            "bits_per_param": summary.bits_per_param, "train_tokens": train_tokens, "quant": summary.as_dict(),
+            "metrics": dict(metrics)}
+
+
+def failure(error: str) -> dict[str, Any]:
+    return {"status": "failed", "error": error}
+
+
+# ----------------------------------------------------------------------------- W&B mirror
+
+
+def to_wandb_summary(rec: Mapping[str, Any]) -> dict[str, Any]:
+    return {**{k: rec[k] for k in SCALARS if rec.get(k) is not None}, **(rec.get("metrics") or {})}
+
+
+# Where a W&B run's config holds a record field its summary lacks (runs logged by other versions or tools).
+CONFIG_FALLBACK = {"family": ("model", "family"), "size": ("model", "size"), "bits": ("quant", "bits"),
+                   "dtype": ("quant", "dtype"), "blocksize": ("quant", "blocksize"), "job": ("job",)}
+
+
+def from_wandb(key: str, summary: Mapping[str, Any], config: Mapping[str, Any], state: str = "finished",
+               created: str | None = None) -> dict[str, Any]:
+    """A record from a W&B run: its summary mirrors the record's scalars and metrics (`to_wandb_summary`)."""
+    rec: dict[str, Any] = {k: summary[k] for k in SCALARS if k in summary}
+    for k, path in CONFIG_FALLBACK.items():
+        node: Any = config
+        for part in path:
+            node = node.get(part) if isinstance(node, Mapping) else None
+        if k not in rec and node is not None:
+            rec[k] = node
+    rec.update(schema=SCHEMA_VERSION, run_key=key, status="done" if state == "finished" else str(state),
+               error=None, config=dict(config), source="wandb", created=created or now(),
+               metrics={k: v for k, v in summary.items() if k not in SCALARS and not k.startswith("_")})
+    return rec
+
+
+def from_wandb_summary(key: str, summary: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The record of a finished W&B run, or None if it holds no result."""
+    return from_wandb(key, summary, config) if "val_loss" in summary else None
+
+
+# ----------------------------------------------------------------------------- analysis
+
+
+def flat_row(rec: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """One row for analysis: the record's scalars and its metrics as columns, plus `source`."""
+    row = {k: v for k, v in rec.items() if not isinstance(v, dict | list) and k != "error"}
+    row.update({k: v for k, v in (rec.get("metrics") or {}).items() if not isinstance(v, dict | list)})
+    if row.get("job") == "quantize" and not row.get("regime"):
+        row["regime"] = "ptq"
+    row["source"] = source
+    return row
+
+
+def is_baseline(row: Mapping[str, Any]) -> bool:
+    """An unquantized PTQ baseline (one per base model, whatever scheme it was launched under)."""
+    return row.get("regime") == "ptq" and _num(row.get("bits")) == BASELINE_BITS
+
+
+def is_done(rec: Mapping[str, Any] | None) -> bool:
+    """A finished result: status done and a finite validation loss (a NaN result is rerun)."""
+    if not rec or rec.get("status") != "done":
+        return False
+    loss = _num((rec.get("metrics") or {}).get("val_loss"))
+    return loss is not None and math.isfinite(loss)
+
+
+def _num(v: Any) -> float | None:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+# ----------------------------------------------------------------------------- schema upgrades
+
+
+def upgrade(rec: dict[str, Any]) -> dict[str, Any]:
+    """A record of any schema as schema 2: the key re-derived from its config (so that 4 and 4.0, or two
+    16-bit baselines of one model, are one run), 16-bit baselines made scheme-free. Pure: writes nothing."""
+    if rec.get("schema", 1) >= SCHEMA_VERSION:
+        return rec
+    rec = dict(rec)
+    rec["schema"] = SCHEMA_VERSION
+    try:
+        from ksir.identity import identity, run_key
+        from ksir.spec import JobSpec
+
+        spec = JobSpec.from_config(rec["config"], check_env=False)
+        rec.update(legacy_run_keys=[rec["run_key"]], run_key=run_key(spec), identity=identity(spec))
+    except Exception as e:  # noqa: BLE001 - an old config that no longer parses keeps its old key
+        rec["upgrade_note"] = f"kept the schema-1 key: {type(e).__name__}: {e}"
+    if is_baseline(rec) or (rec.get("job") == "quantize" and _num(rec.get("bits")) == BASELINE_BITS):
+        rec.update(method="none", dtype="none", blocksize=None, granularity=None)
+    return rec
+
+
+# ----------------------------------------------------------------------------- files
 
 
 def _json_safe(value: Any) -> Any:
@@ -53,7 +219,7 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str, mode: int = FILE_MODE) -> None:
     """Write via a temp file in the same folder + os.replace, so readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -62,6 +228,7 @@ def write_atomic(path: Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -73,14 +240,33 @@ def record_path(results_dir: str | Path, run_key: str) -> Path:
 
 
 def write_record(results_dir: str | Path, record: dict[str, Any]) -> Path:
+    """Write a record under its key. A failed record never replaces a done one: it goes beside it."""
     record = {"schema": SCHEMA_VERSION, **record}
     path = record_path(results_dir, record["run_key"])
+    if record.get("status") != "done" and path.exists():
+        try:
+            if is_done(read_record(path)):
+                path = Path(results_dir) / f"{record['run_key']}{FAILED_SUFFIX}"
+        except ValueError:
+            pass  # a corrupt file is no result to keep
     write_atomic(path, json.dumps(_json_safe(record), indent=2, sort_keys=True, default=str))
     return path
 
 
+def save_or_rescue(results_dir: str | Path, record: dict[str, Any]) -> Path:
+    """write_record; if the results folder refuses the file, the record goes to a temp file that is named in
+    the error, so a finished result is never lost to a permission or disk problem."""
+    try:
+        return write_record(results_dir, record)
+    except OSError as e:
+        rescue = Path(tempfile.gettempdir()) / "ksir-unsaved" / f"{record['run_key']}.json"
+        write_atomic(rescue, json.dumps(_json_safe({"schema": SCHEMA_VERSION, **record}), indent=2, default=str))
+        raise OSError(f"could not write the record into {results_dir} ({e.strerror or e}); "
+                      f"it was saved to {rescue}: move it there once the folder is writable") from e
+
+
 def read_record(path: str | Path) -> dict[str, Any]:
-    """Read one record; raises ValueError (with the path) for a corrupt or foreign file."""
+    """Read one record, upgraded to the current schema; ValueError (with the path) for a corrupt or foreign file."""
     path = Path(path)
     try:
         rec = json.loads(path.read_text())
@@ -88,8 +274,104 @@ def read_record(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path}: unreadable result record ({e})") from e
     if not isinstance(rec, dict) or "run_key" not in rec or "schema" not in rec:
         raise ValueError(f"{path}: not a ksir result record (no schema/run_key)")
-    return rec
+    return upgrade(rec)
 
 
 def iter_record_files(results_dir: str | Path) -> list[Path]:
     return sorted(p for p in Path(results_dir).glob("*.json") if not p.name.startswith("."))
+
+
+def schema1_index(results_dir: str | Path) -> dict[str, list[Path]]:
+    """{today's key: the schema-1 files of that job} for a folder. Old keys hashed the raw config, so one job
+    can have several old files (bits 4 and 4.0, one 16-bit baseline per scheme): all map to one key here."""
+    index: dict[str, list[Path]] = {}
+    for f in iter_record_files(results_dir):
+        try:
+            raw = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(raw, dict) and "run_key" in raw and raw.get("schema", 1) < SCHEMA_VERSION:
+            index.setdefault(upgrade(raw)["run_key"], []).append(f)
+    return index
+
+
+def adopt(results_dir: str | Path, key: str, files: list[Path]) -> dict[str, Any]:
+    """Replace schema-1 files of one job by one schema-2 record under `key` (the best: done, then newest);
+    the old files move into `.v1/`, never deleted. Returns the adopted record."""
+    recs = sorted((read_record(f) for f in files), key=lambda r: (is_done(r), str(r.get("created", ""))))
+    best = {**recs[-1], "run_key": key, "legacy_run_keys": sorted(f.stem for f in files)}
+    legacy = Path(results_dir) / LEGACY_DIR
+    legacy.mkdir(exist_ok=True)
+    for f in files:
+        os.replace(f, legacy / f.name)
+    write_record(results_dir, best)
+    return best
+
+
+def find_record(results_dir: str | Path, key: str, adopt_old: bool = True) -> tuple[dict[str, Any] | None, Path]:
+    """(record or None, its path) for a key. Schema-1 records of the same job are adopted on the way
+    (`adopt`; `adopt_old=False` only reads them), so a folder written by an earlier version never reruns a
+    finished job."""
+    path = record_path(results_dir, key)
+    if path.exists():
+        return read_record(path), path
+    if not Path(results_dir).is_dir():
+        return None, path
+    files = schema1_index(results_dir).get(key)
+    if not files:
+        return None, path
+    return (adopt(results_dir, key, files) if adopt_old else read_record(files[-1])), path
+
+
+def migrate(results_dir: str | Path) -> dict[str, list[str]]:
+    """Upgrade every schema-1 record of a folder in place (old files kept in `.v1/`): {new key: old keys}."""
+    return {key: [f.stem for f in files] for key, files in schema1_index(results_dir).items()
+            if adopt(results_dir, key, files)}
+
+
+# ----------------------------------------------------------------------------- one job at a time
+
+
+@contextlib.contextmanager
+def job_lock(results_dir: str | Path, key: str, announce: bool = True) -> Iterator[None]:
+    """Hold the lock of one identity while its job runs: a second process with the same job waits, then finds
+    the record. An flock is released by the kernel when its holder dies, so a killed job never blocks."""
+    folder = Path(results_dir) / ".locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{key}.lock"
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            if announce:
+                print(f"[{key}] held by {holder}: waiting for it to finish", flush=True)
+            t0 = time.time()
+            fcntl.flock(f, fcntl.LOCK_EX)
+            if announce:
+                print(f"[{key}] released after {time.time() - t0:.0f}s", flush=True)
+        try:
+            f.seek(0)
+            f.truncate()
+            f.write(f"{socket.gethostname()}:{os.getpid()} since {now()}\n")
+            f.flush()
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+_COMMIT: list[str | None] = []
+
+
+def _git_commit() -> str | None:
+    if not _COMMIT:
+        import subprocess
+
+        try:
+            out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                                 cwd=Path(__file__).parent)
+            _COMMIT.append(out.stdout.strip() or None)
+        except (OSError, subprocess.SubprocessError):
+            _COMMIT.append(None)
+    return _COMMIT[0]

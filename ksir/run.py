@@ -1,252 +1,168 @@
-"""One job, start to end: validate -> (train | load + quantize) -> evaluate -> record + W&B.
+"""The bodies of the two kinds of job (registered in `ksir.jobs`): train one model, or load + quantize one.
 
-The result record is written last and atomically: a job killed at any point leaves either no
-record or a complete one.
+Each takes a `JobSpec` and returns the job-specific fields of its result record (`ksir.records`);
+`ksir.jobs.execute` adds identity, status and timestamps and writes the record atomically, last.
+`wall_time_s` is the job's compute: W&B start-up and finish (which can stall on a network) are outside it.
 """
 
 from __future__ import annotations
 
-import logging
+import dataclasses
 import math
 import shutil
-import subprocess
 import time
-import traceback
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from transformers.utils import logging as hf_logging
 
-from ksir import checkpoints, config, records, tracking
+from ksir import checkpoints, identity, records, tracking
 from ksir.data import build_tokenizer, load_documents, load_token_data
 from ksir.data.tokenizer import load_pretrained_tokenizer
 from ksir.evaluate import evaluate_lm
-from ksir.families import count_params, get_family, own_config
+from ksir.families import count_params, own_config
+from ksir.spec import JobSpec
 
-log = logging.getLogger("ksir")
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).parent)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
+hf_logging.disable_progress_bar()  # ksir prints its own progress lines
 
 
-def eval_device(cfg: DictConfig) -> torch.device:
-    if cfg.eval.device == "auto":
+def eval_device(spec: JobSpec) -> torch.device:
+    if spec.eval.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(cfg.eval.device)
+    return torch.device(spec.eval.device)
 
 
-def _base_record(cfg: DictConfig, key: str, job: str) -> dict[str, Any]:
-    return {"run_key": key, "job": job, "family": cfg.model.family, "size": cfg.model.size,
-            "git_commit": git_commit(), "config": OmegaConf.to_container(cfg, resolve=True)}
-
-
-def evaluate_all(cfg: DictConfig, model: torch.nn.Module, tok: Any, data: Any, device: torch.device) -> dict[str, float]:
+def evaluate_all(spec: JobSpec, model: torch.nn.Module, tok: Any, data: Any, device: torch.device) -> dict[str, float]:
     """Held-out LM metrics, plus zero-shot task accuracy (lm-evaluation-harness) when enabled."""
-    metrics = evaluate_lm(model, data.eval_blocks(int(cfg.eval.sequences)), int(cfg.eval.batch_size), device)
-    _metrics_ok(metrics)
-    zs = cfg.eval.get("zeroshot")
-    if zs is not None and zs.enabled:
-        from ksir.zeroshot import evaluate_zeroshot
-
-        print(f"  zero-shot: {', '.join(zs.tasks)} (limit {zs.limit})", flush=True)
-        metrics.update(evaluate_zeroshot(model, tok, OmegaConf.to_container(zs, resolve=True), device))
-    return metrics
-
-
-def _metrics_ok(metrics: dict[str, float]) -> None:
+    metrics = evaluate_lm(model, data.eval_blocks(spec.eval.sequences), spec.eval.batch_size, device)
     bad = {k: v for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)}
     if bad:
         raise FloatingPointError(f"non-finite metrics: {bad}")
+    zs = spec.eval.zeroshot
+    if zs.enabled:
+        from ksir.zeroshot import evaluate_zeroshot
+
+        print(f"  zero-shot: {', '.join(zs.tasks)} (limit {zs.limit})", flush=True)
+        metrics.update(evaluate_zeroshot(model, tok, zs.as_dict(), device))
+    return metrics
 
 
-def run_train(cfg: DictConfig) -> dict[str, Any]:
+def run_train(spec: JobSpec) -> dict[str, Any]:
     """Train one own-family size, save it (HF format + tokenizer), evaluate it.
 
     With `qat.enabled`: quantization-aware training at qat.bits (from scratch, or fine-tuning the own-family
     full-precision checkpoint given by qat.init_from, optionally distilling from it); the export also holds the
     learned quantization constants (ksir.qat.save_qat_checkpoint) and the record is accounted like PTQ."""
-    from pytorch_lightning.loggers import WandbLogger
-
-    from ksir.qat import QATConfig, prepare_qat, save_qat_checkpoint
+    from ksir.qat import prepare_qat, save_qat_checkpoint
     from ksir.train import train_model
 
-    key = config.run_key(cfg, "train")
-    family = get_family(cfg.model.family)
-    qat = QATConfig.from_mapping(cfg.get("qat"))
-    cache = Path(cfg.paths.cache).expanduser()
-    docs = load_documents(cfg.data, cache)
-    tok = build_tokenizer(OmegaConf.to_container(cfg.data.tokenizer), docs["train"]["text"])
-    data = load_token_data(docs, tok, int(cfg.data.seq_len), cache)
-    torch.manual_seed(int(cfg.seed))
+    qat = spec.qat
+    cache = spec.paths.cache_dir
+    docs = load_documents(spec.data.as_dict(), cache)
+    tok = build_tokenizer(dataclasses.asdict(spec.data.tokenizer), docs["train"]["text"])
+    data = load_token_data(docs, tok, spec.data.seq_len, cache)
+    data.eval_blocks(spec.eval.sequences)  # too few validation blocks fails here, before any training
+    torch.manual_seed(spec.seed)
     init_ckpt, teacher = None, None
     if qat.enabled and qat.init_from:
-        init_ckpt = _qat_init_checkpoint(cfg, qat)
+        init_ckpt = _qat_init_checkpoint(spec)
         model = checkpoints.load_model(init_ckpt, torch.device("cpu")).train()
         if qat.distill.weight > 0:
             teacher = checkpoints.load_model(init_ckpt, torch.device("cpu"))
     else:
-        model = _new_model(cfg, family, tok)
+        model = _new_model(spec, tok)
     n_total, n_nonemb = count_params(model)
-    n_budget = n_total if cfg.trainer.param_count == "total" else n_nonemb
-    summary = None
-    if qat.enabled:
-        calib = data.train[: int(cfg.trainer.batch_size)]  # initial k-SIR alphas (absmax / L per head)
-        summary = prepare_qat(model, qat, calib)
-    rec = _base_record(cfg, key, "train")
-    run = tracking.start_run(cfg.logger, key, "train", f"{cfg.model.family}/train", rec["config"], cfg.paths.wandb)
+    n_budget = n_total if spec.trainer.param_count == "total" else n_nonemb
+    summary = prepare_qat(model, qat, data.train[: spec.trainer.batch_size]) if qat.enabled else None
+    key = identity.run_key(spec)
+    run = tracking.start_run(spec.logger, key, "train", f"{spec.model.family}/train", spec.raw, spec.paths.wandb)
     try:
-        loggers = [WandbLogger(experiment=run)] if run is not None else []
-        device = eval_device(cfg)
+        t0 = time.time()
+        loggers = tracking.lightning_loggers(run)
+        device = eval_device(spec)
         tag = f" QAT {qat.regime} {qat.bits:g}-bit {qat.dtype}" if qat.enabled else ""
-        print(f"[train] {cfg.model.family}-{cfg.model.size}{tag}: N={n_total:,} ({n_nonemb:,} non-embedding)", flush=True)
-        resume_dir = checkpoints.partial_dir(cfg)
-        info = train_model(model, data.train, cfg.trainer, n_budget, loggers, int(cfg.seed), resume_dir,
+        print(f"[train] {spec.model.family}-{spec.model.size}{tag}: N={n_total:,} ({n_nonemb:,} non-embedding)", flush=True)
+        resume_dir = identity.partial_dir(spec)
+        info = train_model(model, data.train, spec.trainer, n_budget, loggers, spec.seed, resume_dir,
                            teacher=teacher, distill_weight=qat.distill.weight if qat.enabled else 0.0,
                            distill_temperature=qat.distill.temperature, scale_lr=qat.scale_lr,
                            lr=qat.lr if qat.enabled else None)
+        resumed_from = info.pop("resumed_from_step", None)
         model = model.to(device)
-        metrics = evaluate_all(cfg, model, tok, data, device)  # QAT models get zero-shot accuracy too
-        path = checkpoints.own_checkpoint_dir(cfg)
-        meta = {"run_key": key, "family": cfg.model.family, "size": cfg.model.size, "train_tokens": info["train_tokens"],
-                "data_fingerprint": data.fingerprint}
+        metrics = evaluate_all(spec, model, tok, data, device)  # QAT models get zero-shot accuracy too
+        path = identity.checkpoint_dir(spec)
+        meta = {"run_key": key, "model_key": identity.model_key(spec), "family": spec.model.family,
+                "size": spec.model.size, "train_tokens": info["train_tokens"], "data_fingerprint": data.fingerprint}
+        common = {"checkpoint": str(path), "n_params": n_total, "n_nonemb": n_nonemb,
+                  "train_tokens": info["train_tokens"], "metrics": {**metrics, **info},
+                  "resumed_from_step": resumed_from}
         if summary is None:
             checkpoints.save_checkpoint(model.cpu(), tok, path, meta)
-            rec.update(method="none", regime="fp", bits=16.0, dtype="none", blocksize=None, total_bits=16.0 * n_total,
-                       bits_per_param=16.0, n_quantized_params=0)
+            fields = records.train_fields(**common)
         else:
             meta.update(qat=qat.as_dict(), init_from=init_ckpt)
             save_qat_checkpoint(model.cpu(), tok, path, meta, qat, summary)
-            block = qat.blocksize if qat.granularity == "block" and qat.weights_quantized else None
-            rec.update(method=qat.regime, regime=qat.regime, bits=summary.bits,
-                       dtype=qat.dtype if qat.weights_quantized else "none", blocksize=block,
-                       granularity=qat.granularity, total_bits=summary.total_bits,
-                       bits_per_param=summary.bits_per_param, n_quantized_params=summary.n_quantized,
-                       quantizer=qat.resolved_quantizer() if qat.weights_quantized else None, scale=qat.scale,
-                       act_bits=qat.act_bits, attention_bits=summary.attention_bits, init_from=init_ckpt,
-                       distill_weight=qat.distill.weight, qat=summary.as_dict())
+            fields = records.qat_fields(spec, summary, **common)
+            fields["init_from"] = init_ckpt
         shutil.rmtree(resume_dir, ignore_errors=True)  # finished: the resume state is no longer needed
-        rec.update(checkpoint=str(path), n_params=n_total, n_params_nonembedding=n_nonemb,
-                   train_tokens=info["train_tokens"], metrics={**metrics, **info})
-        tracking.finish_run(run, tracking.summary_of(rec))
+        fields["wall_time_s"] = time.time() - t0
+        tracking.finish_run(run, records.to_wandb_summary(fields))
         run = None
-        return rec
+        return fields
     finally:
         tracking.finish_run(run, {}, exit_code=1)
 
 
-def _qat_init_checkpoint(cfg: DictConfig, qat: Any) -> str:
+def _qat_init_checkpoint(spec: JobSpec) -> str:
     """qat.init_from: a checkpoint folder, or `auto` = this family/size's full-precision model trained with the
-    same data, trainer and seed (trained first if missing, once even with parallel jobs)."""
-    if qat.init_from != "auto":
-        p = Path(str(qat.init_from)).expanduser()
+    same data, trainer and seed (a declared dependency: run before this job, see ksir.jobs)."""
+    if spec.qat.init_from != "auto":
+        p = Path(str(spec.qat.init_from)).expanduser()
         if not (p / "config.json").exists():
-            raise FileNotFoundError(f"qat.init_from={qat.init_from!r}: no Hugging Face model folder there")
+            raise FileNotFoundError(f"qat.init_from={spec.qat.init_from!r}: no Hugging Face model folder there")
         return str(p.absolute())
-    fp_cfg = cfg.copy()
-    OmegaConf.update(fp_cfg, "qat", {"enabled": False}, merge=False)
-    OmegaConf.update(fp_cfg, "job", "train")
-    ensure_own_checkpoint(fp_cfg)
-    return str(checkpoints.own_checkpoint_dir(fp_cfg))
+    found = identity.find_checkpoint(identity.base_train_spec(spec))
+    if found is None:
+        raise FileNotFoundError("qat.init_from=auto: the full-precision model is not trained (its train job runs first)")
+    return str(found)
 
 
-def _new_model(cfg: DictConfig, family: Any, tok: Any) -> torch.nn.Module:
+def _new_model(spec: JobSpec, tok: Any) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
 
-    hf_cfg = own_config(family, cfg.model.size, vocab_size=len(tok), bos_token_id=tok.eos_token_id,
+    hf_cfg = own_config(spec.family, spec.model.size, vocab_size=len(tok), bos_token_id=tok.eos_token_id,
                         eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id)
     return AutoModelForCausalLM.from_config(hf_cfg)
 
 
-def ensure_own_checkpoint(cfg: DictConfig) -> None:
-    """Train the base model a quantize job needs, once, even with parallel jobs."""
-    path = checkpoints.own_checkpoint_dir(cfg)
-    with checkpoints.file_lock(path.with_name(path.name + ".lock")):
-        if (path / "config.json").exists():
-            return
-        print(f"[quantize] base checkpoint missing, training it first: {path.name}", flush=True)
-        train_cfg = cfg.copy()
-        OmegaConf.update(train_cfg, "job", "train")
-        execute(train_cfg)
+def run_quantize(spec: JobSpec) -> dict[str, Any]:
+    from ksir.quant import needs_calibration, quantize_model
 
-
-def run_quantize(cfg: DictConfig) -> dict[str, Any]:
-    from ksir.quant import QuantConfig, needs_calibration, quantize_model
-
-    key = config.run_key(cfg, "quantize")
-    family = get_family(cfg.model.family)
-    if family.kind == "own" and not cfg.model.checkpoint:
-        ensure_own_checkpoint(cfg)
-    ckpt = checkpoints.resolve_checkpoint(cfg)
-    qcfg = QuantConfig.from_mapping(OmegaConf.to_container(cfg.quant, resolve=True))
-    device = eval_device(cfg)
-    model = checkpoints.load_base_model(ckpt, device, cache=bool(cfg.model.get("cache_base", True)))
+    ckpt = checkpoints.resolve_checkpoint(spec)
+    qcfg = spec.quant
+    device = eval_device(spec)
+    model = checkpoints.load_base_model(ckpt, device, cache=spec.model.cache_base)
     tok = load_pretrained_tokenizer(ckpt)
-    cache = Path(cfg.paths.cache).expanduser()
-    data = load_token_data(load_documents(cfg.data, cache), tok, int(cfg.data.seq_len), cache)
+    cache = spec.paths.cache_dir
+    data = load_token_data(load_documents(spec.data.as_dict(), cache), tok, spec.data.seq_len, cache)
+    data.eval_blocks(spec.eval.sequences)  # checked before quantizing
     n_total, n_nonemb = count_params(model)
-    rec = _base_record(cfg, key, "quantize")
-    run = tracking.start_run(cfg.logger, key, "quantize", f"{cfg.model.family}/quantize", rec["config"], cfg.paths.wandb)
+    key = identity.run_key(spec)
+    run = tracking.start_run(spec.logger, key, "quantize", f"{spec.model.family}/quantize", spec.raw, spec.paths.wandb)
     try:
-        calib = data.calibration_blocks(int(qcfg.calib_sequences), int(cfg.seed)).to(device) if needs_calibration(qcfg) else None
         t0 = time.time()
+        calib = data.calibration_blocks(qcfg.calib_sequences, spec.seed).to(device) if needs_calibration(qcfg) else None
         summary = quantize_model(model, qcfg, calib)
         quant_time = time.time() - t0
-        metrics = evaluate_all(cfg, model, tok, data, device)
+        metrics = evaluate_all(spec, model, tok, data, device)
         meta = checkpoints.read_meta(ckpt)
-        rec.update(checkpoint=ckpt, regime="ptq", n_params=n_total, n_params_nonembedding=n_nonemb,
-                   n_quantized_params=summary.n_quantized, method=qcfg.method, bits=float(qcfg.bits),
-                   dtype=qcfg.dtype, blocksize=qcfg.blocksize if qcfg.granularity == "block" else None,
-                   granularity=qcfg.granularity, total_bits=summary.total_bits, bits_per_param=summary.bits_per_param,
-                   train_tokens=meta.get("train_tokens") or family.train_tokens,
-                   quant=summary.as_dict(), metrics={**metrics, "quant_time_s": quant_time})
-        tracking.finish_run(run, tracking.summary_of(rec))
+        fields = records.quantize_fields(spec, summary, checkpoint=ckpt, n_params=n_total, n_nonemb=n_nonemb,
+                                         train_tokens=meta.get("train_tokens") or spec.family.train_tokens,
+                                         metrics={**metrics, "quant_time_s": quant_time})
+        fields["wall_time_s"] = time.time() - t0
+        tracking.finish_run(run, records.to_wandb_summary(fields))
         run = None
-        return rec
+        return fields
     finally:
         tracking.finish_run(run, {}, exit_code=1)
-
-
-JOB_FUNCTIONS = {"train": run_train, "quantize": run_quantize}
-
-
-def execute(cfg: DictConfig) -> dict[str, Any]:
-    """Run one job unless its done record exists (then return it); record failures too."""
-    config.validate(cfg)
-    key = config.run_key(cfg)
-    path = records.record_path(Path(cfg.paths.results), key)
-    if path.exists() and not cfg.force:
-        try:
-            rec = records.read_record(path)
-            if rec.get("status") == "done":
-                print(f"[{cfg.job}] {key} done already, skipped ({path})", flush=True)
-                return {**rec, "skipped": True}
-        except ValueError as e:
-            log.warning("%s; rerunning", e)
-    elif not cfg.force and (remote := tracking.finished_remote_run(cfg.logger, key)) is not None:
-        records.write_record(cfg.paths.results, remote)
-        print(f"[{cfg.job}] {key} finished on W&B already, skipped (record restored to {path})", flush=True)
-        return {**remote, "skipped": True}
-    t0 = time.time()
-    try:
-        rec = JOB_FUNCTIONS[cfg.job](cfg)
-        rec.update(status="done", error=None)
-    except Exception as e:
-        rec = {**_base_record(cfg, key, cfg.job), "status": "failed",
-               "error": f"{type(e).__name__}: {e}\n{traceback.format_exc()}"}
-        rec.update(wall_time_s=time.time() - t0, created=datetime.now(timezone.utc).isoformat())
-        records.write_record(cfg.paths.results, rec)
-        raise
-    rec.update(wall_time_s=time.time() - t0, created=datetime.now(timezone.utc).isoformat())
-    records.write_record(cfg.paths.results, rec)
-    m = rec.get("metrics", {})
-    print(f"[{cfg.job}] {rec['family']}-{rec['size']} bits={rec.get('bits')} val_loss={m.get('val_loss', float('nan')):.4f} "
-          f"total_bits={rec.get('total_bits', 0):.3e} ({time.time() - t0:.1f}s) -> {path}", flush=True)
-    return rec

@@ -1,7 +1,9 @@
-"""Weights & Biases for one job: offline unless the user is logged in; never fatal.
+"""Weights & Biases for one job: offline unless the user is logged in; never fatal, never slow.
 
-W&B is a mirror of the local record, so a W&B failure is logged and the job goes on. Every
-job ends with `wandb.finish()`: Hydra's basic launcher runs all jobs of a sweep in one process
+W&B is a mirror of the local record (`ksir.records.to_wandb_summary`), so a W&B failure is logged and the
+job goes on. An unreachable server costs one timeout (`INIT_TIMEOUT_S`) per sweep: the first failure leaves
+a marker in the W&B folder, and every later job of any process that shares the folder goes offline at
+once. Every job ends with `wandb.finish()`: Hydra's basic launcher runs all jobs of a sweep in one process
 and a leftover `wandb.run` would swallow the next job's logs.
 """
 
@@ -10,10 +12,14 @@ from __future__ import annotations
 import logging
 import netrc
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
+INIT_TIMEOUT_S = 10.0
+UNREACHABLE_MARKER = ".wandb-unreachable"  # in the W&B folder; honoured for MARKER_TTL_S
+MARKER_TTL_S = 3600.0
 
 
 def has_credentials() -> bool:
@@ -33,22 +39,55 @@ def resolve_mode(mode: str) -> str:
     return mode
 
 
-def start_run(logger_cfg: Any, run_key: str, job: str, group: str, config: dict[str, Any], out_dir: str | Path) -> Any:
+def _marker(out_dir: str | Path) -> Path:
+    return Path(out_dir) / UNREACHABLE_MARKER
+
+
+def server_unreachable(out_dir: str | Path) -> bool:
+    m = _marker(out_dir)
+    return m.exists() and time.time() - m.stat().st_mtime < MARKER_TTL_S
+
+
+def _mark_unreachable(out_dir: str | Path, why: object) -> None:
+    try:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        _marker(out_dir).write_text(f"{why}\n")
+    except OSError:
+        pass
+    print(f"W&B server unreachable ({str(why)[:160]}): logging offline for the next hour "
+          f"(delete {_marker(out_dir)} to retry)", flush=True)
+
+
+def start_run(logger: Any, run_key: str, job: str, group: str, config: dict[str, Any], out_dir: str | Path) -> Any:
     """A wandb Run, or None when disabled or when W&B fails to start."""
-    if not logger_cfg.enabled or resolve_mode(logger_cfg.mode) == "disabled":
+    if not logger.enabled or resolve_mode(logger.mode) == "disabled":
         return None
+    mode = resolve_mode(logger.mode)
+    if mode == "online" and server_unreachable(out_dir):
+        mode = "offline"
     try:
         import wandb
 
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         # id=run_key + resume="allow": a relaunched job continues the same W&B run.
-        return wandb.init(project=logger_cfg.project, entity=logger_cfg.entity, group=logger_cfg.group or group,
+        return wandb.init(project=logger.project, entity=logger.entity, group=logger.group or group,
                           job_type=job, id=run_key, name=run_key, resume="allow", config=config,
-                          dir=str(out_dir), mode=resolve_mode(logger_cfg.mode), reinit="finish_previous",
-                          settings=wandb.Settings(silent=True, console="off"))
+                          dir=str(out_dir), mode=mode, reinit="finish_previous",
+                          settings=wandb.Settings(silent=True, console="off", init_timeout=INIT_TIMEOUT_S))
     except Exception as e:  # noqa: BLE001 - W&B must never take the job down
+        if mode == "online":
+            _mark_unreachable(out_dir, e)
+            return start_run(logger, run_key, job, group, config, out_dir)  # now offline
         log.warning("W&B unavailable, continuing with the local record only: %s", e)
         return None
+
+
+def lightning_loggers(run: Any) -> list[Any]:
+    if run is None:
+        return []
+    from pytorch_lightning.loggers import WandbLogger
+
+    return [WandbLogger(experiment=run)]
 
 
 def finish_run(run: Any, summary: dict[str, Any], exit_code: int = 0) -> None:
@@ -61,37 +100,26 @@ def finish_run(run: Any, summary: dict[str, Any], exit_code: int = 0) -> None:
         log.warning("W&B failed while finishing the run: %s", e)
 
 
-# Record fields mirrored into the W&B summary next to the metrics, so that a finished run can be
-# turned back into a local record (idempotent relaunch when the local store was lost).
-RECORD_SCALARS = ("job", "family", "size", "checkpoint", "n_params", "n_params_nonembedding", "n_quantized_params",
-                  "method", "regime", "bits", "dtype", "blocksize", "granularity", "total_bits", "bits_per_param",
-                  "train_tokens", "git_commit")
-
-
-def summary_of(rec: dict[str, Any]) -> dict[str, Any]:
-    return {**{k: rec[k] for k in RECORD_SCALARS if rec.get(k) is not None}, **rec.get("metrics", {})}
-
-
-def finished_remote_run(logger_cfg: Any, run_key: str, api: Any = None) -> dict[str, Any] | None:
+def finished_remote_run(logger: Any, run_key: str, api: Any = None, out_dir: str | Path | None = None) -> dict[str, Any] | None:
     """The record of a finished W&B run with this identity, or None (offline, absent, or unreachable)."""
-    if not logger_cfg.enabled or (api is None and resolve_mode(logger_cfg.mode) != "online"):
+    from ksir.records import from_wandb_summary
+
+    if not logger.enabled or (api is None and resolve_mode(logger.mode) != "online"):
+        return None
+    if api is None and out_dir is not None and server_unreachable(out_dir):
         return None
     try:
         if api is None:
             import wandb
 
-            api = wandb.Api(timeout=20)
-        entity = logger_cfg.entity or api.default_entity
-        run = api.run(f"{entity}/{logger_cfg.project}/{run_key}")
+            api = wandb.Api(timeout=int(INIT_TIMEOUT_S))
+        entity = logger.entity or api.default_entity
+        run = api.run(f"{entity}/{logger.project}/{run_key}")
         if getattr(run, "state", None) != "finished":
             return None
-        summary = dict(run.summary)
-        if "val_loss" not in summary:
-            return None
-        rec = {k: summary[k] for k in RECORD_SCALARS if k in summary}
-        rec.update(run_key=run_key, status="done", error=None, config=dict(run.config), source="wandb",
-                   metrics={k: v for k, v in summary.items() if k not in RECORD_SCALARS and not k.startswith("_")})
-        return rec
+        return from_wandb_summary(run_key, dict(run.summary), dict(run.config))
     except Exception as e:  # noqa: BLE001 - a missing or unreachable run just means "run it"
+        if out_dir is not None and "404" not in str(e) and "not found" not in str(e).lower():
+            _mark_unreachable(out_dir, e)
         log.info("no finished W&B run %s (%s)", run_key, e)
         return None

@@ -4,6 +4,7 @@ that scales with the parameter count (tokens = tokens_per_param * N)."""
 from __future__ import annotations
 
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -93,34 +94,62 @@ def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, beta
 
 
 class ProgressPrinter(pl.Callback):
-    """One plain line every ~10% of training: readable in logs and CI, unlike a live bar."""
+    """Training time that survives a resume (kept in the Lightning checkpoint), and one plain line every ~10%
+    of training for logs (step, loss, tokens/s); on a terminal Lightning's own progress bar shows instead."""
 
-    def __init__(self, max_steps: int, tokens_per_step: int, every: int | None = None):
-        self.max_steps, self.tokens_per_step = max_steps, tokens_per_step
+    def __init__(self, max_steps: int, tokens_per_step: int, every: int | None = None, lines: bool = True):
+        self.max_steps, self.tokens_per_step, self.lines = max_steps, tokens_per_step, lines
         self.every = every or max(1, max_steps // 10)
         self.t0 = time.time()
+        self.before = 0.0  # seconds trained before this process (restored on resume)
+        self.start_step = 0
+
+    def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self.t0, self.start_step = time.time(), trainer.global_step
+
+    @property
+    def elapsed(self) -> float:
+        return self.before + time.time() - self.t0
+
+    def state_dict(self) -> dict[str, float]:
+        return {"elapsed_s": self.elapsed}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.before = float(state.get("elapsed_s", 0.0))
 
     def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any, idx: int) -> None:
         step = trainer.global_step
-        if step % self.every == 0 or step == self.max_steps:
+        if self.lines and (step % self.every == 0 or step == self.max_steps):
             dt = time.time() - self.t0
             loss = float(outputs["loss"]) if isinstance(outputs, dict) else float(outputs)
             print(f"  train step {step}/{self.max_steps}  loss {loss:.4f}  "
-                  f"{step * self.tokens_per_step / max(dt, 1e-9):,.0f} tok/s", flush=True)
+                  f"{(step - self.start_step) * self.tokens_per_step / max(dt, 1e-9):,.0f} tok/s", flush=True)
 
 
 def plan_steps(n_params: int, cfg: Any, seq_len: int) -> tuple[int, int]:
     """(steps, tokens): the token budget tokens_per_param * N rounded up to whole batches."""
     tokens_per_step = int(cfg.batch_size) * seq_len
     steps = max(int(cfg.min_steps), math.ceil(float(cfg.tokens_per_param) * n_params / tokens_per_step))
-    if cfg.get("max_steps"):
+    if cfg.max_steps:
         steps = min(steps, int(cfg.max_steps))
     return steps, steps * tokens_per_step
 
 
 def last_checkpoint(resume_dir: Path | None) -> Path | None:
-    p = resume_dir / "last.ckpt" if resume_dir else None
-    return p if p is not None and p.exists() else None
+    """The newest intact Lightning checkpoint of an interrupted run: last.ckpt, else the periodic one. A
+    truncated file is set aside (renamed *.corrupt) with one warning line naming it; none left = fresh start."""
+    if resume_dir is None or not resume_dir.is_dir():
+        return None
+    from ksir.integrity import verify_torch_file
+
+    candidates = sorted(resume_dir.glob("*.ckpt"), key=lambda p: (p.name != "last.ckpt", -p.stat().st_mtime))
+    for p in candidates:
+        problem = verify_torch_file(p)
+        if problem is None:
+            return p
+        print(f"  warning: corrupt resume checkpoint set aside ({problem})", flush=True)
+        p.rename(p.with_suffix(".corrupt"))
+    return None
 
 
 def train_model(model: torch.nn.Module, train_blocks: torch.Tensor, cfg: Any, n_params: int,
@@ -135,7 +164,8 @@ def train_model(model: torch.nn.Module, train_blocks: torch.Tensor, cfg: Any, n_
     scheduler and step restored; the data order restarts, which only reshuffles the remaining batches).
     QAT: `model` is already prepared (ksir.qat.prepare_qat); `teacher`/`distill_*` add distillation,
     `scale_lr` multiplies the learning rate of the quantization constants, `lr` overrides cfg.lr.
-    `cfg.compile` (optional, default false) runs the training forward through torch.compile;
+    `cfg` is a `ksir.spec.TrainerSpec` (or anything with its attributes); `cfg.compile` runs the training
+    forward through torch.compile;
     `callbacks` are extra Lightning callbacks (benchmarks time the steady state with one)."""
     seq_len = train_blocks.shape[1]
     steps, tokens = plan_steps(n_params, cfg, seq_len)
@@ -144,27 +174,34 @@ def train_model(model: torch.nn.Module, train_blocks: torch.Tensor, cfg: Any, n_
                       betas=tuple(cfg.betas), warmup_steps=max(1, int(float(cfg.warmup_fraction) * steps)),
                       max_steps=steps, teacher=teacher, distill_weight=float(distill_weight),
                       distill_temperature=float(distill_temperature), scale_lr=float(scale_lr),
-                      compile_model=bool(cfg.get("compile", False)))
+                      compile_model=bool(cfg.compile))
     sampler = RandomSampler(train_blocks, num_samples=steps * int(cfg.batch_size),
                             generator=torch.Generator().manual_seed(seed))
     loader = DataLoader(TensorDataset(train_blocks), batch_size=int(cfg.batch_size), sampler=sampler,
                         num_workers=0, drop_last=True)
-    cbs: list[pl.Callback] = [ProgressPrinter(steps, int(cfg.batch_size) * seq_len)]
-    every = int(cfg.get("checkpoint_every_n_steps") or 0)
+    on_terminal = sys.stderr.isatty()
+    clock = ProgressPrinter(steps, int(cfg.batch_size) * seq_len, lines=not on_terminal)
+    cbs: list[pl.Callback] = [clock]
+    every = int(cfg.checkpoint_every_n_steps or 0)
     checkpointing = resume_dir is not None and every > 0
     if checkpointing:
         cbs.append(ModelCheckpoint(dirpath=resume_dir, filename="step{step}", every_n_train_steps=every,
                                    save_top_k=1, save_last=True))
     trainer = pl.Trainer(max_steps=steps, logger=loggers or False, enable_checkpointing=checkpointing,
-                         enable_model_summary=False, enable_progress_bar=False, callbacks=cbs + list(callbacks or []),
+                         enable_model_summary=False, enable_progress_bar=on_terminal, callbacks=cbs + list(callbacks or []),
                          **dict(cfg.lightning))
     ckpt = last_checkpoint(resume_dir)
+    resumed_from = None
     if ckpt is not None:
-        print(f"  resuming from {ckpt} (step {torch.load(ckpt, map_location='cpu', weights_only=False)['global_step']})",
-              flush=True)
-    t0 = time.time()
-    trainer.fit(module, loader, ckpt_path=str(ckpt) if ckpt else None)
-    wall = time.time() - t0
+        resumed_from = int(torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"])
+        print(f"  resuming from {ckpt} (step {resumed_from})", flush=True)
+    try:
+        trainer.fit(module, loader, ckpt_path=str(ckpt) if ckpt else None)
+    except SystemExit:
+        if trainer.interrupted:  # Lightning turns Ctrl-C into exit(1); a sweep needs the interrupt to end well
+            raise KeyboardInterrupt from None
+        raise
+    wall = clock.elapsed  # the whole run, the part before an interruption included
     return {"train_tokens": tokens, "train_steps": steps, "train_time_s": wall,
-            "train_tokens_per_s": tokens / max(wall, 1e-9),
+            "train_tokens_per_s": tokens / max(wall, 1e-9), "resumed_from_step": resumed_from,
             "final_train_loss": float(trainer.callback_metrics.get("train/loss", float("nan")))}

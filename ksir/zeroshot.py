@@ -14,10 +14,8 @@ Metric names do not depend on the data source: `zs_<task>_acc`, ... (see `zerosh
 
 from __future__ import annotations
 
-import functools
 import math
 import random
-import re
 import string
 import tempfile
 import time
@@ -29,18 +27,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from ksir.errors import ConfigError
+from ksir.dataconfig import from_mapping
+from ksir.spec import (
+    SHIPPED_TASK_DIR,
+    ZEROSHOT_LOCAL_PREFIX,
+    ZEROSHOT_SHIPPED,
+    ZEROSHOT_SPLITS,
+    ZeroShotSpec,
+)
 
-# Tasks ksir knows how to run from local files: harness task -> the split the harness evaluates.
-TASK_SPLITS: dict[str, str] = {"lambada_openai": "test", "piqa": "validation", "hellaswag": "validation",
-                               "winogrande": "validation"}
+TASK_SPLITS = ZEROSHOT_SPLITS
 PAPER_TASKS: tuple[str, ...] = ("lambada_openai", "piqa", "hellaswag", "winogrande")
-LOCAL_PREFIX = "ksir_"
-SHIPPED = "shipped"  # data_dir value for the task files that ship with ksir
+LOCAL_PREFIX = ZEROSHOT_LOCAL_PREFIX
+SHIPPED = ZEROSHOT_SHIPPED
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
-SHIPPED_DATA_DIR = TASKS_DIR / "data"
+SHIPPED_DATA_DIR = SHIPPED_TASK_DIR
 TEMPLATE_DIR = TASKS_DIR / "templates"
-CONFIG_KEYS = ("enabled", "tasks", "limit", "batch_size", "data_dir", "num_fewshot")
 # Harness metrics copied into the record (`<metric>,none` in the harness's results).
 METRICS = ("acc", "acc_norm", "perplexity")
 
@@ -60,76 +62,19 @@ def _zeroshot_section(cfg: Mapping[str, Any] | None) -> Mapping[str, Any] | None
 
 
 def resolve_data_dir(data_dir: str | Path | None) -> Path | None:
-    if data_dir is None:
-        return None
-    if str(data_dir) == SHIPPED:
-        return SHIPPED_DATA_DIR
-    return Path(str(data_dir)).expanduser().resolve()
+    return ZeroShotSpec(data_dir=None if data_dir is None else str(data_dir)).resolved_data_dir
 
 
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-@functools.lru_cache(maxsize=1)
-def harness_task_names() -> frozenset[str]:
-    """Task, group and tag names of the installed harness, read off its YAMLs (~2 s once, no TaskManager)."""
-    import lm_eval.tasks
-
-    pattern = re.compile(r"^(?:task|group|tag):\s*['\"]?([\w\-.]+)", re.M)
-    root = Path(lm_eval.tasks.__file__).resolve().parent
-    return frozenset(n for p in root.rglob("*.yaml") for n in pattern.findall(p.read_text(errors="ignore")))
-
-
-def validate_zeroshot_config(cfg: Mapping[str, Any] | None) -> None:
-    """Check `eval.zeroshot` (or a job config holding it) before any compute: reads no data, loads no model.
-
-    Raises ConfigError naming the key, the bad value and what is allowed."""
+def validate_zeroshot_config(cfg: Mapping[str, Any] | None) -> ZeroShotSpec | None:
+    """Check `eval.zeroshot` (or a job config / eval section holding it) before any compute: reads no data,
+    loads no model. The checks are `ksir.spec.ZeroShotSpec`'s; raises ConfigError naming the key."""
     zs = _zeroshot_section(cfg)
     if zs is None:
-        return
-    k = "eval.zeroshot"
-    unknown = sorted(set(zs) - set(CONFIG_KEYS))
-    if unknown:
-        raise ConfigError(f"{k}.{unknown[0]}", zs[unknown[0]], CONFIG_KEYS, "unknown key")
-    enabled = zs.get("enabled", False)
-    if not isinstance(enabled, bool):
-        raise ConfigError(f"{k}.enabled", enabled, ["true", "false"])
-    tasks = zs.get("tasks", PAPER_TASKS)
-    if isinstance(tasks, str) or not isinstance(tasks, Sequence) or len(tasks) == 0:
-        raise ConfigError(f"{k}.tasks", tasks, sorted(TASK_SPLITS), "a non-empty list of task names")
-    data_dir = zs.get("data_dir")
-    for t in tasks:
-        if t in TASK_SPLITS or (data_dir is None and t in harness_task_names()):
-            continue  # local files exist for the paper's tasks; with hub data any harness task runs
-        why = "give the harness task name, without the local prefix" if str(t).startswith(LOCAL_PREFIX) \
-            else "unknown zero-shot task" if data_dir is None else "no local task files for it"
-        allowed = sorted(TASK_SPLITS) if data_dir is not None else f"{', '.join(sorted(TASK_SPLITS))} or any " \
-            "lm-evaluation-harness task (with data_dir: null)"
-        raise ConfigError(f"{k}.tasks", t, allowed, why)
-    if len(set(tasks)) != len(tasks):
-        raise ConfigError(f"{k}.tasks", list(tasks), why="a task is listed twice")
-    limit = zs.get("limit")
-    if limit is not None and not (_is_int(limit) and limit >= 1):
-        raise ConfigError(f"{k}.limit", limit, "null (all examples) or an integer >= 1",
-                          "number of examples per task")
-    bs = zs.get("batch_size", 32)
-    if not ((_is_int(bs) and bs >= 1) or bs == "auto"):
-        raise ConfigError(f"{k}.batch_size", bs, "an integer >= 1 or 'auto'")
-    shots = zs.get("num_fewshot", 0)
-    if not (_is_int(shots) and shots >= 0):
-        raise ConfigError(f"{k}.num_fewshot", shots, "an integer >= 0")
-    if data_dir is not None and not isinstance(data_dir, (str, Path)):
-        raise ConfigError(f"{k}.data_dir", data_dir, f"null (hub datasets), '{SHIPPED}' or a folder")
-    if data_dir is not None and shots:
-        raise ConfigError(f"{k}.num_fewshot", shots, [0], "local task files hold only the evaluated split; "
-                          "few-shot examples need the hub datasets (data_dir: null)")
-    if enabled and data_dir is not None:
-        root = resolve_data_dir(data_dir)
-        for t in tasks:
-            f = root / t / f"{TASK_SPLITS[t]}.jsonl"
-            if not f.is_file():
-                raise ConfigError(f"{k}.data_dir", str(data_dir), why=f"missing {f} (layout: <data_dir>/<task>/<split>.jsonl)")
+        return None
+    spec = from_mapping(ZeroShotSpec, zs, "eval.zeroshot")
+    spec.check()
+    spec.check_files()
+    return spec
 
 
 # ----------------------------------------------------------------------------- tasks
@@ -206,7 +151,7 @@ def run_harness(model: torch.nn.Module, tokenizer: Any, cfg: Mapping[str, Any],
     """`lm_eval.simple_evaluate` on the in-memory model; returns the harness's own results dict."""
     import lm_eval
 
-    validate_zeroshot_config(cfg)
+    cfg = validate_zeroshot_config(cfg).as_dict()
     model_device = next(model.parameters()).device
     if device is not None and torch.device(device) != model_device:
         model.to(device)

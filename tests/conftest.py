@@ -20,9 +20,10 @@ from .helpers import TINY
 
 
 def compose(overrides: list[str]):
-    from ksir.config import compose_config
+    """A validated JobSpec, composed by real Hydra exactly as ksir-run does."""
+    from ksir.config import compose_spec
 
-    return compose_config(overrides)
+    return compose_spec(overrides)
 
 
 @pytest.fixture(scope="session")
@@ -49,13 +50,13 @@ def trained_tiny(tiny_cfg):
     from ksir.checkpoints import load_model
     from ksir.data import load_documents, load_token_data
     from ksir.data.tokenizer import load_pretrained_tokenizer
-    from ksir.run import execute
+    from ksir.jobs import execute
 
     cfg = tiny_cfg("job=train", "model.size=xs")
     record = execute(cfg)
     model = load_model(record["checkpoint"], torch.device("cpu"))
     tok = load_pretrained_tokenizer(record["checkpoint"])
-    data = load_token_data(load_documents(cfg.data, cfg.paths.cache), tok, int(cfg.data.seq_len), cfg.paths.cache)
+    data = load_token_data(load_documents(cfg.data.as_dict(), cfg.paths.cache), tok, cfg.data.seq_len, cfg.paths.cache)
     return SimpleNamespace(model=model, tokenizer=tok, data=data, calib=data.calibration_blocks(16, seed=0),
                            eval_blocks=data.eval_blocks(int(cfg.eval.sequences)), record=record, cfg=cfg,
                            checkpoint=record["checkpoint"])

@@ -1,29 +1,30 @@
+"""Config -> JobSpec: composition by real Hydra, validation as construction, one-line errors naming the key."""
+
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from ksir.config import CONF_DIR, run_key, validate
-from ksir.config import compose_config as compose
+from ksir.config import CONF_DIR, compose_config, compose_spec
 from ksir.errors import ConfigError
+from ksir.spec import JobSpec
 
 
-def test_default_config_composes_and_validates():
-    cfg = compose([])
-    validate(cfg)
-    assert cfg.job == "train" and cfg.model.family == "llama" and cfg.quant.bits == 16
+def test_default_config_composes_into_a_typed_spec():
+    spec = compose_spec([])
+    assert spec.job == "train" and spec.model.family == "llama" and spec.quant.bits == 16.0
+    assert isinstance(spec.eval.sequences, int) and isinstance(spec.trainer.lr, float)
+    assert spec.raw["model"]["size"] == "xs" and "hydra" not in spec.raw
 
 
-def test_run_key_ignores_paths_logging_and_launcher_but_not_results():
-    base = compose(["job=quantize", "quant.bits=4"])
-    same = compose(["job=quantize", "quant.bits=4", "out_dir=/elsewhere", "logger=none", "launcher=joblib",
-                    "eval.batch_size=3", "force=true"])
-    assert run_key(base) == run_key(same)
-    for change in (["quant.bits=3"], ["quant.blocksize=128"], ["model.size=s"], ["data.seq_len=64"],
-                   ["seed=1"], ["eval.sequences=8"], ["trainer.tokens_per_param=2"]):
-        assert run_key(compose(["job=quantize", "quant.bits=4", *change])) != run_key(base), change
-    # A train job's identity ignores quantization settings: every k shares one base model.
-    assert run_key(compose(["quant.bits=4"]), "train") == run_key(compose(["quant.bits=8"]), "train")
-    assert run_key(base).startswith("q-") and run_key(base, "train").startswith("t-")
+def test_numbers_are_typed_once(tmp_path):
+    spec = compose_spec(["job=quantize", "quant.bits=4", "quant.blocksize=64.0", "trainer.tokens_per_param=1",
+                         f"out_dir={tmp_path}"])
+    assert spec.quant.blocksize == 64 and isinstance(spec.quant.blocksize, int)
+    assert spec.quant.bits == 4.0 and isinstance(spec.quant.bits, float)
+    assert spec.trainer.tokens_per_param == 1.0 and isinstance(spec.trainer.tokens_per_param, float)
 
 
 @pytest.mark.parametrize("overrides,key", [
@@ -34,40 +35,65 @@ def test_run_key_ignores_paths_logging_and_launcher_but_not_results():
     (["job=quantize", "quant.bits=4", "quant.blocksize=96"], "quant.blocksize"),
     (["job=quantize", "quant.dtype=posit", "quant.bits=4"], "quant.dtype"),
     (["job=quantize", "model.checkpoint=/nonexistent/model"], "model.checkpoint"),
-    (["job=quantize", "model.train_if_missing=false", "out_dir=/nonexistent"], "model.checkpoint"),
+    (["job=quantize", "model.train_if_missing=false", "paths.checkpoints=/nonexistent"], "model.checkpoint"),
     (["job=quantize", "quant.bits=4", "quant.dtype=int_asym", "quant.zero_point=bf16"], "quant.zero_point"),
     (["trainer.lr=0"], "trainer.lr"),
     (["trainer=gpu"], "trainer.lightning.accelerator"),
     (["eval.sequences=0"], "eval.sequences"),
+    (["eval.sequences=abc"], "eval.sequences"),
+    (["eval.batch_size=2.5"], "eval.batch_size"),
+    (["trainer.max_steps=-5"], "trainer.max_steps"),
+    (["trainer.max_steps=0"], "trainer.max_steps"),
+    (["seed=abc"], "seed"),
+    (["quant.bits=four", "job=quantize"], "quant.bits"),
     (["data=files"], "data.files"),  # data.files.train left at ??? (missing)
     (["data=files", "data.files.train=/no/such.txt"], "data.files.train"),
+    (["out_dir=/etc/passwd/out"], "out_dir"),  # a file where the folder must go
 ])
 def test_invalid_values_name_the_key(overrides, key):
-    cfg = compose(overrides)
     with pytest.raises(ConfigError) as e:
-        validate(cfg)
+        compose_spec(overrides)
     assert e.value.key.startswith(key), str(e.value)
     assert "\n" not in str(e.value)
 
 
-def test_zero_point_changes_the_key_only_for_int_asym():
-    def key(*o):
-        return run_key(compose(["job=quantize", "quant.bits=4", *o]))
+@pytest.mark.parametrize("content,why", [(b"", "empty"), (b"\x00\x01\x02binary" * 50, "binary")])
+def test_empty_or_binary_data_file_is_one_line_before_compute(tmp_path, content, why):
+    f = tmp_path / "corpus.txt"
+    f.write_bytes(content)
+    with pytest.raises(ConfigError, match=why) as e:
+        compose_spec(["data=files", f"data.files.train={f}", f"out_dir={tmp_path}"])
+    assert e.value.key == "data.files.train"
 
-    assert key("quant.zero_point=int") == key()  # int: no zero-point, so results (and keys) are unchanged
-    assert key("quant.dtype=int_asym", "quant.zero_point=int") != key("quant.dtype=int_asym")
-    qat = ["qat=lsq", "qat.dtype=int_asym"]
-    assert run_key(compose([*qat, "qat.zero_point=int"])) != run_key(compose(qat))
+
+def test_results_folder_that_cannot_be_created_fails_before_compute(tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the results folder must go")  # fails for root too, unlike chmod
+    with pytest.raises(ConfigError, match="cannot create") as e:  # nothing is created before compute
+        compose_spec([f"paths.results={blocker}/results", f"out_dir={tmp_path}"])
+    assert e.value.key == "paths.results"
 
 
-def test_zeroshot_block_changes_the_key_only_when_enabled():
-    base = run_key(compose(["job=quantize", "quant.bits=4"]))
-    assert run_key(compose(["job=quantize", "quant.bits=4", "eval.zeroshot.limit=5"])) == base  # disabled
-    zs = run_key(compose(["job=quantize", "quant.bits=4", "eval=zeroshot"]))
-    assert zs != base
-    assert run_key(compose(["job=quantize", "quant.bits=4", "eval=zeroshot", "eval.zeroshot.batch_size=4"])) == zs
-    with pytest.raises(ConfigError, match="eval.zeroshot.tasks"):
-        validate(compose(["eval=zeroshot", "eval.zeroshot.tasks=[piqa,no_such_task]"]))
+def test_spec_from_a_stored_config_needs_no_files():
+    """Records written long ago are re-described from their config without the files they used."""
+    cfg = compose_config(["job=quantize", "model.checkpoint=/gone/model", "quant.bits=4"])
+    from omegaconf import OmegaConf
+
+    raw = OmegaConf.to_container(cfg, resolve=True)
+    spec = JobSpec.from_config(raw, check_env=False)
+    assert spec.model.checkpoint == "/gone/model"
+    with pytest.raises(ConfigError):
+        JobSpec.from_config(raw)
+
+
+def test_the_config_layer_imports_no_ml_stack():
+    """Parsing, validating and keying a sweep's jobs must not pay torch's (or transformers'...) import."""
+    code = ("import sys; import hydra_plugins.ksir_sweeper, ksir.cli, ksir.jobs; from ksir.config import compose_spec; "
+            "from ksir.identity import run_key; run_key(compose_spec(['job=quantize', 'quant.bits=4', 'eval=zeroshot'])); "
+            "import json; print(json.dumps(sorted(m for m in ('torch','transformers','datasets','lm_eval',"
+            "'pytorch_lightning','wandb','numpy','pandas','scipy') if m in sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml")))
@@ -84,4 +110,4 @@ def test_every_experiment_preset_composes_and_its_own_family_sweeps_validate(nam
 
         keys = list(params)
         for values in itertools.product(*(str(params[k]).split(",") for k in keys)):
-            validate(compose([f"experiment={name}", *(f"{k}={v}" for k, v in zip(keys, values, strict=True))]))
+            compose_spec([f"experiment={name}", *(f"{k}={v}" for k, v in zip(keys, values, strict=True))])

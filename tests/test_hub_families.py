@@ -6,10 +6,11 @@ import pytest
 import torch
 import transformers
 
-from ksir.config import compose_config, validate
+from ksir.config import compose_config
 from ksir.errors import ConfigError
 from ksir.evaluate import evaluate_lm
-from ksir.run import execute
+from ksir.jobs import execute
+from ksir.spec import JobSpec
 
 from .helpers import TINY
 
@@ -60,7 +61,7 @@ def _eval_blocks(tiny_cfg, path):
 
     cfg = tiny_cfg()
     tok = load_pretrained_tokenizer(path)
-    data = load_token_data(load_documents(cfg.data, cfg.paths.cache), tok, int(cfg.data.seq_len), cfg.paths.cache)
+    data = load_token_data(load_documents(cfg.data.as_dict(), cfg.paths.cache), tok, int(cfg.data.seq_len), cfg.paths.cache)
     return data.eval_blocks(int(cfg.eval.sequences))
 
 
@@ -69,4 +70,4 @@ def test_hub_id_not_cached_offline_fails_before_loading(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     cfg = compose_config(["job=quantize", "model=pythia", "model.size=70m", "quant.bits=4", *TINY])
     with pytest.raises(ConfigError, match="EleutherAI/pythia-70m.*not in the local Hugging Face cache"):
-        validate(cfg)
+        JobSpec.from_config(cfg)

@@ -289,7 +289,7 @@ def test_invalid_qat_values_name_the_key(over, key):
 
 
 def test_qat_group_changes_the_train_key_only_when_enabled(tiny_cfg):
-    from ksir.config import run_key, validate
+    from ksir.identity import run_key
 
     plain = tiny_cfg("job=train")
     assert run_key(tiny_cfg("job=train", "qat=none")) == run_key(plain)
@@ -297,9 +297,9 @@ def test_qat_group_changes_the_train_key_only_when_enabled(tiny_cfg):
                                                         ["qat=absmax"], ["qat=lsq", "qat.init_from=auto"])}
     assert len(keys) == 4 and run_key(plain) not in keys
     for preset in ("lsq", "absmax", "paretoq", "ksir", "none"):
-        validate(tiny_cfg("job=train", f"qat={preset}"))
+        tiny_cfg("job=train", f"qat={preset}")  # composing a JobSpec validates it
     with pytest.raises(ConfigError, match="qat.bits"):
-        validate(tiny_cfg("job=train", "qat=lsq", "qat.bits=9"))
+        tiny_cfg("job=train", "qat=lsq", "qat.bits=9")
 
 
 def test_quantized_weights_use_k_bit_codes_per_block():

@@ -6,6 +6,7 @@ k-SIR's alpha / beta get gradients and move, 16-bit QAT is plain training, expor
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import pytest
@@ -13,9 +14,9 @@ import torch
 
 from ksir.checkpoints import load_model
 from ksir.evaluate import evaluate_lm
-from ksir.qat import KSIRQuant, QATConfig, is_qat_checkpoint, load_qat_model, prepare_qat
+from ksir.jobs import execute
+from ksir.qat import KSIRQuant, is_qat_checkpoint, load_qat_model, prepare_qat
 from ksir.quant import QuantConfig, quantize_model
-from ksir.run import execute
 
 FT_STEPS = 30
 
@@ -91,7 +92,6 @@ def test_sixteen_bit_qat_is_plain_training(tiny_cfg):
 
 def test_ksir_job_learns_alpha_beta_exports_and_reloads_exactly(tiny_cfg):
     from ksir.data import build_tokenizer, load_documents, load_token_data
-    from ksir.families import get_family
     from ksir.run import _new_model
 
     cfg = tiny_cfg("job=train", "logger=none", "qat=ksir", "trainer.max_steps=20")
@@ -100,17 +100,16 @@ def test_ksir_job_learns_alpha_beta_exports_and_reloads_exactly(tiny_cfg):
     assert rec["total_bits"] > 0 and is_qat_checkpoint(rec["checkpoint"])
     # Export: reload and evaluate -> the very same validation loss.
     model = load_qat_model(rec["checkpoint"])
-    docs = load_documents(cfg.data, cfg.paths.cache)
-    from omegaconf import OmegaConf
+    docs = load_documents(cfg.data.as_dict(), cfg.paths.cache)
 
-    tok = build_tokenizer(OmegaConf.to_container(cfg.data.tokenizer), docs["train"]["text"])
+    tok = build_tokenizer(dataclasses.asdict(cfg.data.tokenizer), docs["train"]["text"])
     data = load_token_data(docs, tok, int(cfg.data.seq_len), cfg.paths.cache)
     again = evaluate_lm(model, data.eval_blocks(int(cfg.eval.sequences)), 32)
     assert abs(again["val_loss"] - rec["metrics"]["val_loss"]) < 1e-6
     # The learned constants moved away from their initial values (rebuilt: same seed, same calibration batch).
     torch.manual_seed(int(cfg.seed))
-    init = _new_model(cfg, get_family("llama"), tok)
-    prepare_qat(init, QATConfig.from_mapping(cfg.qat), data.train[: int(cfg.trainer.batch_size)])
+    init = _new_model(cfg, tok)
+    prepare_qat(init, cfg.qat, data.train[: int(cfg.trainer.batch_size)])
     moved = {}
     for (n, p0), (n1, p1) in zip(init.named_parameters(), model.named_parameters(), strict=True):
         assert n == n1

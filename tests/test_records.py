@@ -8,7 +8,7 @@ from ksir.records import iter_record_files, read_record, write_atomic, write_rec
 def test_record_roundtrip_nan_becomes_null(tmp_path):
     p = write_record(tmp_path, {"run_key": "q-1", "status": "done", "metrics": {"val_loss": float("nan"), "x": 1.5}})
     rec = read_record(p)
-    assert rec["schema"] == 1 and rec["metrics"] == {"val_loss": None, "x": 1.5}
+    assert rec["schema"] == 2 and rec["metrics"] == {"val_loss": None, "x": 1.5}
     json.loads(p.read_text())  # strict JSON
 
 

@@ -10,10 +10,9 @@ import time
 import pytest
 import torch
 
-from ksir.checkpoints import partial_dir
-from ksir.config import run_key
+from ksir.identity import partial_dir, run_key
+from ksir.jobs import execute
 from ksir.records import iter_record_files, read_record, record_path
-from ksir.run import execute
 
 from .helpers import BIN, TINY, run_cli
 
@@ -66,9 +65,9 @@ def test_failed_job_does_not_stop_the_sweep(tmp_path, cache_dir):
 def test_sigkill_mid_training_leaves_no_record_and_relaunch_resumes(tmp_path, cache_dir):
     args = ["job=train", "model.size=s", *TINY, "trainer.max_steps=400", "trainer.min_steps=400",
             "trainer.checkpoint_every_n_steps=20", "logger=none", f"out_dir={tmp_path}", f"paths.cache={cache_dir}"]
-    from ksir.config import compose_config
+    from ksir.config import compose_spec
 
-    cfg = compose_config(args)
+    cfg = compose_spec(args)
     last = partial_dir(cfg) / "last.ckpt"
     env = {**os.environ, "WANDB_MODE": "offline"}
     proc = subprocess.Popen([str(BIN / "ksir-run"), *args], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
@@ -100,7 +99,7 @@ def test_parallel_launchers_share_one_results_folder(tmp_path, cache_dir, traine
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     recs = [read_record(p) for p in iter_record_files(tmp_path / "results")]
     assert sorted(x["bits"] for x in recs) == [3, 4, 5] and all(x["status"] == "done" for x in recs)
-    assert not list((tmp_path / "results").glob(".*")), "no temp files left"
+    assert not list((tmp_path / "results").glob(".*.tmp")), "no temp files left"
 
 
 def test_slurm_launcher_config_composes_and_submitit_accepts_it(tmp_path):

@@ -46,7 +46,7 @@ def test_evaluate_matches_direct_cross_entropy_and_ignores_batch_size(trained_ti
 
 
 def test_rerun_of_done_job_is_skipped(trained_tiny, capsys):
-    from ksir.run import execute
+    from ksir.jobs import execute
 
     rec = execute(trained_tiny.cfg)
     assert rec["created"] == trained_tiny.record["created"]

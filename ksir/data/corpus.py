@@ -20,9 +20,8 @@ from typing import Any
 import datasets
 
 from ksir.errors import ConfigError
-
-SOURCES = ("embedded", "hub", "files")
-FILE_BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+from ksir.spec import DATA_SOURCES as SOURCES
+from ksir.spec import FILE_FORMATS as FILE_BUILDERS
 
 
 def _stable_fraction(key: str) -> float:
@@ -104,26 +103,12 @@ def load_documents(cfg: Mapping[str, Any], cache_dir: str | Path) -> datasets.Da
 
 
 def validate_data_config(cfg: Mapping[str, Any]) -> None:
-    """Checks that need no data read: unknown source, missing local files, bad fractions."""
-    source = cfg.get("source")
-    if source not in SOURCES:
-        raise ConfigError("data.source", source, SOURCES)
-    vf = cfg.get("validation_fraction")
-    if vf is None or not 0 < float(vf) < 1:
-        raise ConfigError("data.validation_fraction", vf, "a number in (0, 1)")
-    if int(cfg.get("seq_len", 0)) < 2:
-        raise ConfigError("data.seq_len", cfg.get("seq_len"), ">= 2")
-    if source == "files":
-        files = cfg.get("files") or {}
-        if "train" not in files:
-            raise ConfigError("data.files", dict(files), why="needs at least a 'train' entry (and optionally 'validation')")
-        for split, paths in files.items():
-            for p in paths if isinstance(paths, list | tuple) else [paths]:
-                if not Path(str(p)).exists():
-                    raise ConfigError(f"data.files.{split}", str(p), why="file not found")
-        suffix = Path(str(next(iter(files.values())) if not isinstance(next(iter(files.values())), list | tuple)
-                          else next(iter(files.values()))[0])).suffix
-        if not cfg.get("format") and suffix not in FILE_BUILDERS:
-            raise ConfigError("data.format", None, sorted(set(FILE_BUILDERS.values())), why=f"cannot infer from {suffix!r}")
-    if source == "hub" and not cfg.get("path"):
-        raise ConfigError("data.path", None, why="hub datasets need a dataset path, e.g. wikitext")
+    """Checks that need no data read (`ksir.spec.DataSpec`'s): unknown source, bad fractions, missing or
+    unusable local files. Raises ConfigError naming the key."""
+    from ksir.dataconfig import from_mapping
+    from ksir.spec import DataSpec, check_data_file
+
+    spec = from_mapping(DataSpec, cfg, "data")
+    spec.check()
+    for split, p in spec.file_paths():
+        check_data_file(f"data.files.{split}", Path(p).expanduser(), spec.format)

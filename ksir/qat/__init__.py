@@ -9,7 +9,6 @@ The data types, codebooks, layer selection and total-bit accounting are those of
 
 from __future__ import annotations
 
-from ksir.qat.attention import ATTN_IMPLEMENTATION, KSIRQuant, calibrate_ksir, enable_ksir_attention, register
 from ksir.qat.config import (
     TERNARY_EXACT_BITS,
     AttentionQATConfig,
@@ -17,18 +16,24 @@ from ksir.qat.config import (
     QATConfig,
     validate_qat_config,
 )
-from ksir.qat.fake_quant import fake_quant_activation, fake_quant_weight, stretched_round
-from ksir.qat.model import (
-    QATLinear,
-    QATSummary,
-    attention_constants,
-    is_qat_checkpoint,
-    is_qat_param_name,
-    load_qat_model,
-    prepare_qat,
-    save_qat_checkpoint,
-    split_state,
-)
+
+# Torch-backed names load on first use (PEP 562): `ksir.qat.config` stays importable without torch.
+_LAZY = {
+    **dict.fromkeys(["ATTN_IMPLEMENTATION", "KSIRQuant", "calibrate_ksir", "enable_ksir_attention", "register"],
+                    "ksir.qat.attention"),
+    **dict.fromkeys(["fake_quant_activation", "fake_quant_weight", "stretched_round"], "ksir.qat.fake_quant"),
+    **dict.fromkeys(["QATLinear", "QATSummary", "attention_constants", "is_qat_checkpoint", "is_qat_param_name",
+                     "load_qat_model", "prepare_qat", "save_qat_checkpoint", "split_state"], "ksir.qat.model"),
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ATTN_IMPLEMENTATION",

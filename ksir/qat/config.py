@@ -22,7 +22,7 @@ from ksir.quant.config import (
     QuantConfig,
     validate_quant_config,
 )
-from ksir.quant.dtypes import DTYPES, TERNARY_BITS
+from ksir.quant.vocab import DTYPE_BITS, TERNARY_BITS
 
 SCALES = ("lsq", "absmax")
 SCALE_INITS = ("absmax", "lsq")
@@ -152,8 +152,8 @@ def validate_qat_config(m: Mapping[str, Any] | QATConfig | Any, row_sizes: list[
         raise ConfigError("qat.scale_init", q.scale_init, SCALE_INITS)
     if q.quantizer not in QUANTIZERS:
         raise ConfigError("qat.quantizer", q.quantizer, QUANTIZERS)
-    if q.dtype not in DTYPES:
-        raise ConfigError("qat.dtype", q.dtype, list(DTYPES))
+    if q.dtype not in DTYPE_BITS:
+        raise ConfigError("qat.dtype", q.dtype, list(DTYPE_BITS))
     if not _num(q.bits) or not 1 <= q.bits <= UNQUANTIZED_BITS:
         raise ConfigError("qat.bits", q.bits, "1 (binary), 1.58 (ternary), 2..8, or 16 (off)")
     if q.weights_quantized:

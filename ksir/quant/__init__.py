@@ -6,15 +6,15 @@ summary = quantize_model(model, q, calib)   # in place; summary.total_bits is th
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
-from ksir.errors import ConfigError
-from ksir.quant.bits import QuantSummary, summarize
-from ksir.quant.blockwise import make_grid, quantize_weight
-from ksir.quant.config import UNQUANTIZED_BITS, GPTQConfig, OutlierConfig, QuantConfig, validate_quant_config
-from ksir.quant.dtypes import DTYPES
-from ksir.quant.select import get_weight, quantized_linear_names, row_size, set_weight
+from ksir.quant.config import GPTQConfig, OutlierConfig, QuantConfig, validate_quant_config
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from ksir.quant.bits import QuantSummary
 
 __all__ = [
     "DTYPES",
@@ -27,6 +27,17 @@ __all__ = [
     "quantized_linear_names",
     "validate_quant_config",
 ]
+# Torch-backed names load on first use (PEP 562): `ksir.quant.config` stays importable without torch.
+_LAZY = {"DTYPES": "ksir.quant.dtypes", "QuantSummary": "ksir.quant.bits",
+         "quantized_linear_names": "ksir.quant.select"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def needs_calibration(q: QuantConfig) -> bool:
@@ -34,11 +45,23 @@ def needs_calibration(q: QuantConfig) -> bool:
     return q.method == "gptq" or q.outlier.mode == "activation"
 
 
-@torch.no_grad()
 def quantize_model(model: nn.Module, q: QuantConfig, calib: torch.Tensor | None = None) -> QuantSummary:
     """Fake-quantize the selected linear layers of `model` in place and return the bit accounting.
 
     calib: LongTensor [n_sequences, seq_len] of token ids, needed by GPTQ and activation outliers."""
+    import torch
+
+    with torch.no_grad():
+        return _quantize_model(model, q, calib)
+
+
+def _quantize_model(model: nn.Module, q: QuantConfig, calib: torch.Tensor | None) -> QuantSummary:
+    from ksir.errors import ConfigError
+    from ksir.quant.bits import summarize
+    from ksir.quant.blockwise import make_grid, quantize_weight
+    from ksir.quant.select import get_weight, quantized_linear_names, row_size, set_weight
+    from ksir.quant.vocab import UNQUANTIZED_BITS
+
     names = quantized_linear_names(model, q)
     modules = dict(model.named_modules())
     validate_quant_config(q, [row_size(modules[n]) for n in names])

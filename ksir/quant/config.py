@@ -11,10 +11,8 @@ from typing import Any
 
 from ksir.dataconfig import from_mapping
 from ksir.errors import ConfigError
-from ksir.quant.dtypes import DTYPES, FLOAT_DEFAULT_EXPONENT_BITS
+from ksir.quant.vocab import DTYPE_BITS, FLOAT_DEFAULT_EXPONENT_BITS, GRANULARITIES, METHODS, UNQUANTIZED_BITS
 
-METHODS = ("rtn", "gptq")
-GRANULARITIES = ("block", "channel", "tensor")
 SCALE_BITS = (16, 8)  # 8 = double quantization of the block scales (QLoRA)
 SCALE_SEARCHES = ("absmax", "mse")
 # int_asym zero-point: float = a 16-bit offset (the block minimum; HQQ, llama.cpp Q4_1, torchao tinygemm), the only
@@ -22,7 +20,6 @@ SCALE_SEARCHES = ("absmax", "mse")
 # cheaper by 16 - k bits per block but not idempotent with 16-bit scales (docs/quantization.md has the proof).
 ZERO_POINTS = ("float", "int")
 OUTLIER_MODES = ("none", "proxy", "activation")
-UNQUANTIZED_BITS = 16
 # Default layer selection (Dettmers & Zettlemoyer 2023): every linear layer inside the transformer blocks,
 # i.e. inside a numbered ModuleList (`model.layers.3.mlp.up_proj`, `gpt_neox.layers.0...`, `transformer.h.0...`);
 # embeddings and the output head stay in 16 bit.
@@ -88,8 +85,8 @@ def validate_quant_config(q: QuantConfig, row_sizes: Iterable[int] | None = None
     """Raise ConfigError for any value that cannot run; `row_sizes` are the in_features of the layers to quantize."""
     if q.method not in METHODS:
         raise ConfigError("quant.method", q.method, METHODS)
-    if q.dtype not in DTYPES:
-        raise ConfigError("quant.dtype", q.dtype, list(DTYPES))
+    if q.dtype not in DTYPE_BITS:
+        raise ConfigError("quant.dtype", q.dtype, list(DTYPE_BITS))
     for key, pats in (("quant.include", q.include), ("quant.exclude", q.exclude)):
         for p in pats or []:
             try:
@@ -100,12 +97,12 @@ def validate_quant_config(q: QuantConfig, row_sizes: Iterable[int] | None = None
         raise ConfigError("quant.bits", q.bits, "a number in 1..16 (16 = unquantized)")
     if q.bits == UNQUANTIZED_BITS:
         return  # identity: nothing else is used
-    d = DTYPES[q.dtype]
-    if q.bits not in d.bits:
+    dtype_bits = DTYPE_BITS[q.dtype]
+    if q.bits not in dtype_bits:
         why = "post-training quantization needs integer bits (fractional bits such as 1.58 are for QAT)"
         if float(q.bits).is_integer():
             why = f"dtype {q.dtype} is not defined at {q.bits} bits"
-        raise ConfigError("quant.bits", q.bits, [*d.bits, UNQUANTIZED_BITS], f"{why} (quant.dtype={q.dtype})")
+        raise ConfigError("quant.bits", q.bits, [*dtype_bits, UNQUANTIZED_BITS], f"{why} (quant.dtype={q.dtype})")
     k = int(q.bits)
     if q.granularity not in GRANULARITIES:
         raise ConfigError("quant.granularity", q.granularity, GRANULARITIES)

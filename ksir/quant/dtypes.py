@@ -15,15 +15,14 @@ from dataclasses import dataclass
 
 import torch
 
-# Ternary weights (BitNet b1.58 / ParetoQ): the symmetric integer grid {-1, 0, 1}, counted at log2(3) bits.
-TERNARY_BITS = 1.58
+from ksir.quant.vocab import DTYPE_BITS, FLOAT_DEFAULT_EXPONENT_BITS, TERNARY_BITS
+
+__all__ = ["DTYPES", "FLOAT_DEFAULT_EXPONENT_BITS", "TERNARY_BITS"]  # re-exported vocabulary
+
 # Normal-float offset: outermost quantile of N(0, 1) used by bitsandbytes for NF4
 # (`create_normal_map(offset=0.9677083)`, QLoRA, Dettmers et al. 2023). It is the mean of 1 - 1/(2*15)
 # and 1 - 1/(2*16); `nf_offset(k)` generalises it to 2^k - 1 and 2^k levels.
 NF4_OFFSET = 0.9677083
-# Default exponent bits of the float type per k: 2 for 3-bit, 3 for 4- to 8-bit (Dettmers & Zettlemoyer
-# 2023, sec. 3); 2-bit float has one exponent bit and no mantissa ({-1, 0, 1} up to the subnormal).
-FLOAT_DEFAULT_EXPONENT_BITS = {2: 1, 3: 2, 4: 3, 5: 3, 6: 3, 7: 3, 8: 3}
 # Dynamic exponent type: decimal exponents with a linear fraction in [0.1, 1] (Dettmers 2016,
 # bitsandbytes `create_dynamic_map`).
 DYNAMIC_FRACTION_LOW = 0.1
@@ -155,31 +154,30 @@ def user_code(k: float, opts: CodeOptions) -> torch.Tensor:
     return (code / code.abs().max()).float()
 
 
-PTQ_BITS = tuple(range(2, 9))
 DTYPES: dict[str, DType] = {
     d.name: d
     for d in [
         DType(
             "int",
-            (TERNARY_BITS, *PTQ_BITS),
+            DTYPE_BITS["int"],
             "symmetric absmax integer -L..L, L = 2^(k-1)-1",
             int_code,
             uniform=True,
         ),
         DType(
             "int_asym",
-            (1, *PTQ_BITS),
+            DTYPE_BITS["int_asym"],
             "asymmetric integer 0..2^k-1 with a k-bit zero-point (min/max)",
             affine=True,
             uniform=True,
         ),
-        DType("float", PTQ_BITS, "signed ExMy float, bias 2^(e-1), optional subnormals", float_code),
-        DType("dynamic", PTQ_BITS, "dynamic exponent (dynamic tree), k-1 exponent bits", dynamic_code),
-        DType("nf", PTQ_BITS, "normal float (NF4 generalised to k bits)", nf_code),
+        DType("float", DTYPE_BITS["float"], "signed ExMy float, bias 2^(e-1), optional subnormals", float_code),
+        DType("dynamic", DTYPE_BITS["dynamic"], "dynamic exponent (dynamic tree), k-1 exponent bits", dynamic_code),
+        DType("nf", DTYPE_BITS["nf"], "normal float (NF4 generalised to k bits)", nf_code),
         DType(
-            "quantile", PTQ_BITS, "empirical quantiles of the tensor plus zero", build_from_data=quantile_code
+            "quantile", DTYPE_BITS["quantile"], "empirical quantiles of the tensor plus zero", build_from_data=quantile_code
         ),
-        DType("codebook", (1, *PTQ_BITS), "explicit codebook from quant.codebook", user_code),
+        DType("codebook", DTYPE_BITS["codebook"], "explicit codebook from quant.codebook", user_code),
     ]
 }
 

@@ -1,0 +1,73 @@
+"""Start-up cost of the command line, side by side in one run: what a user waits for before any compute.
+
+    python benchmarks/bench_cli.py            # 5 rounds, medians
+    python benchmarks/bench_cli.py --jobs 1000 --rounds 3
+
+Rows (each a whole process, timed from outside, rounds interleaved so that machine drift hits all alike):
+- `import hydra, omegaconf, yaml`: the floor any Hydra app pays (the yardstick: goal <= 3x for the next two);
+- `ksir-run --help`;
+- `ksir-run model.family=nope`: a one-line config error;
+- `ksir-run -m ... dry_run=true` over N jobs: parse, validate and key every job of an N-job sweep and plan
+  its dependencies (the pre-flight every sweep pays before its first job).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+
+def timed(cmd: list[str], cwd: str) -> float:
+    env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    t0 = time.perf_counter()
+    subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    return time.perf_counter() - t0
+
+
+def sweep_args(n_jobs: int) -> list[str]:
+    """An N-job quantize sweep of the own family: sizes x bit-widths x data types x seeds (seed changes no RTN
+    result, so many jobs share keys: the dedup is part of what is measured)."""
+    sizes, bits, dtypes = "xs,s,m,l,xl", "2,3,4,5,6,8,16", "int,float,nf,quantile"
+    per_seed = 5 * 7 * 4
+    seeds = ",".join(str(i) for i in range(max(1, -(-n_jobs // per_seed))))
+    return ["-m", "job=quantize", f"model.size={sizes}", f"quant.bits={bits}", f"quant.dtype={dtypes}",
+            f"seed={seeds}", "dry_run=true", "logger=none"]
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--jobs", type=int, default=1000, help="jobs in the pre-flight sweep (rounded up to 140s)")
+    a = p.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = {
+            "import hydra, omegaconf, yaml": [sys.executable, "-c", "import hydra, omegaconf, yaml"],
+            "ksir-run --help": [str(BIN / "ksir-run"), "--help"],
+            "ksir-run model.family=nope (config error)": [str(BIN / "ksir-run"), "model.family=nope", f"out_dir={tmp}"],
+            f"pre-flight of a {a.jobs}-job sweep (dry_run)": [str(BIN / "ksir-run"), *sweep_args(a.jobs),
+                                                              f"out_dir={tmp}"],
+        }
+        times: dict[str, list[float]] = {k: [] for k in rows}
+        for _ in range(a.rounds):
+            for name, cmd in rows.items():
+                times[name].append(timed(cmd, tmp))
+    floor = statistics.median(times["import hydra, omegaconf, yaml"])
+    print(f"{'command':52} {'median s':>9} {'min s':>7} {'max s':>7} {'x floor':>8}")
+    out = {}
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        out[name] = med
+        print(f"{name:52} {med:9.2f} {min(ts):7.2f} {max(ts):7.2f} {med / floor:8.1f}")
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""The job registry: each kind of job names how it runs and which jobs it needs first.
+
+A quantize job of the own family needs the train job that makes its base model; a QAT fine-tune
+(`qat.init_from=auto`) needs the full-precision train job. Dependencies are declared, never run inside
+the job that needs them: a sweep runs every missing dependency once, as its own job, before the jobs
+that need it (hydra_plugins.ksir_sweeper); a single `ksir-run` runs them first and says so
+(`run_with_dependencies`). Every job runs under the lock of its identity, so two identical sweeps never
+compute the same job twice and never resume from a checkpoint that a live process is writing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ksir import identity, records, tracking
+from ksir.spec import JobSpec
+
+log = logging.getLogger("ksir")
+
+
+@dataclass(frozen=True)
+class JobKind:
+    name: str
+    runner: str  # "module:function" taking a JobSpec, returning the record's job-specific fields
+    requires: Callable[[JobSpec], list[JobSpec]]
+
+    def run(self, spec: JobSpec) -> dict[str, Any]:
+        module, fn = self.runner.split(":")
+        return getattr(importlib.import_module(module), fn)(spec)  # torch loads here, not at import
+
+
+def _train_requires(spec: JobSpec) -> list[JobSpec]:
+    return [identity.base_train_spec(spec)] if spec.qat.enabled and spec.qat.init_from == "auto" else []
+
+
+def _quantize_requires(spec: JobSpec) -> list[JobSpec]:
+    return [identity.base_train_spec(spec)] if spec.uses_own_checkpoint else []
+
+
+JOB_KINDS: dict[str, JobKind] = {k.name: k for k in (
+    JobKind("train", "ksir.run:run_train", _train_requires),
+    JobKind("quantize", "ksir.run:run_quantize", _quantize_requires),
+)}
+
+
+class DependencyMissing(RuntimeError):
+    """A job's dependency has no usable result (it failed, or was never run)."""
+
+
+def describe(spec: JobSpec) -> str:
+    """A short human label: `llama-xs train`, `llama-m quantize int4 b64 rtn`."""
+    name = f"{spec.model.family}-{spec.model.size}"
+    if spec.job == "train":
+        q = spec.qat
+        return f"{name} train" + (f" QAT {q.bits:g}-bit {q.dtype}" if q.enabled else "")
+    q = spec.quant
+    if float(q.bits) == records.BASELINE_BITS:
+        return f"{name} quantize 16-bit baseline"
+    scheme = f"b{q.blocksize}" if q.granularity == "block" else q.granularity
+    return f"{name} quantize {q.dtype}{q.bits:g} {scheme} {q.method}"
+
+
+def satisfied(dep: JobSpec) -> bool:
+    """A train dependency is satisfied by its model: an intact checkpoint (today's or a schema-1 one)."""
+    return identity.find_checkpoint(dep) is not None
+
+
+def missing_dependencies(spec: JobSpec) -> list[JobSpec]:
+    return [d for d in JOB_KINDS[spec.job].requires(spec) if not satisfied(d)]
+
+
+def _usable(spec: JobSpec, rec: dict[str, Any] | None) -> tuple[bool, str]:
+    """(skip?, why not) for an existing record: done, finite, and for a train job its checkpoint intact."""
+    if rec is None:
+        return False, ""
+    if not records.is_done(rec):
+        return False, "its record is not a finished, finite result" if rec.get("status") == "done" else ""
+    if spec.job == "train" and not satisfied(spec):
+        from ksir.integrity import verify_checkpoint
+
+        folder = identity.checkpoint_dir(spec)
+        return False, f"its checkpoint is unusable ({verify_checkpoint(folder) if folder.exists() else f'{folder} missing'})"
+    return True, ""
+
+
+def execute(spec: JobSpec) -> dict[str, Any]:
+    """Run one job unless its finished record exists (then return it); record failures too."""
+    key = identity.run_key(spec)
+    results = spec.paths.results_dir
+    with records.job_lock(results, key):
+        try:
+            rec, path = records.find_record(results, key)
+        except ValueError as e:
+            log.warning("%s; rerunning", e)
+            print(f"[{spec.job}] {key}: {e}; rerunning", flush=True)
+            rec, path = None, records.record_path(results, key)
+        usable, why = _usable(spec, rec)
+        if usable and not spec.force:
+            print(f"[{spec.job}] {key} done already, skipped ({path})", flush=True)
+            return {**rec, "skipped": True}
+        if why:
+            print(f"[{spec.job}] {key} rerun: {why}", flush=True)
+        if rec is None and not spec.force and (remote := tracking.finished_remote_run(spec.logger, key, out_dir=spec.paths.wandb)) is not None:
+            path = records.save_or_rescue(results, remote)
+            print(f"[{spec.job}] {key} finished on W&B already, skipped (record restored to {path})", flush=True)
+            return {**remote, "skipped": True}
+        missing = missing_dependencies(spec)
+        if missing:
+            raise DependencyMissing(f"{describe(spec)} needs the model of {describe(missing[0])} "
+                                    f"({identity.run_key(missing[0])}), which is not trained: its train job failed "
+                                    "or was not run (a sweep runs it first; see its record)")
+        base = {**records.new_record(spec, key, identity.identity(spec)), "started": records.now()}
+        try:
+            fields = JOB_KINDS[spec.job].run(spec)
+        except Exception as e:
+            failed = {**base, **records.failure(f"{type(e).__name__}: {e}\n{traceback.format_exc()}"),
+                      "created": records.now()}
+            records.save_or_rescue(results, failed)
+            raise
+        rec = {**base, **fields, "status": "done", "error": None, "created": records.now()}
+        path = records.save_or_rescue(results, rec)
+    m = rec.get("metrics", {})
+    print(f"[{spec.job}] {describe(spec)}: val_loss={m.get('val_loss', float('nan')):.4f} "
+          f"total_bits={rec.get('total_bits', 0):.3e} ({rec.get('wall_time_s', 0):.1f}s) -> {path}", flush=True)
+    return rec
+
+
+def run_with_dependencies(spec: JobSpec) -> dict[str, Any]:
+    """One job from the command line: its missing dependencies first (said so), then the job."""
+    for dep in missing_dependencies(spec):
+        print(f"[{spec.job}] {describe(spec)} needs {describe(dep)} ({identity.run_key(dep)}), not trained yet: "
+              "running it first", flush=True)
+        run_with_dependencies(dep)
+    return execute(spec)

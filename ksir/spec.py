@@ -1,0 +1,491 @@
+"""The typed job description: a Hydra config in, a validated `JobSpec` out. Validation is construction.
+
+    spec = JobSpec.from_config(cfg)   # ConfigError (one line: key, value, what is allowed) or a runnable job
+
+Everything downstream (identity, jobs, training, quantization, evaluation, records) takes a `JobSpec`,
+never the raw config. This module imports no torch, transformers, datasets or lm-eval, so `--help`, a
+config error and a sweep's pre-flight check cost only Hydra's own start-up (a test checks the imports).
+
+Two kinds of checks, both before any compute:
+- values (`from_config(..., check_env=False)`): types, ranges, names, combinations; pure, so records
+  written long ago can be re-described without their files;
+- the environment (`check_environment`): files and folders exist and are usable, checkpoints are intact,
+  the results folder is writable, a CUDA device exists where one is asked for.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ksir.dataconfig import from_mapping
+from ksir.errors import ConfigError
+from ksir.families import Family, get_family, linear_row_sizes
+from ksir.qat.config import QATConfig, validate_qat_config
+from ksir.quant.config import QuantConfig, validate_quant_config
+
+JOBS = ("train", "quantize")
+DATA_SOURCES = ("embedded", "hub", "files")
+FILE_FORMATS = {".txt": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+LOGGER_MODES = ("auto", "offline", "online", "disabled")
+PARAM_COUNTS = ("total", "nonembedding")
+TOKENIZER_KINDS = ("bytes", "pretrained")
+# Tasks ksir can run from local files: harness task -> the split the harness evaluates.
+ZEROSHOT_SPLITS: dict[str, str] = {"lambada_openai": "test", "piqa": "validation", "hellaswag": "validation",
+                                   "winogrande": "validation"}
+ZEROSHOT_SHIPPED = "shipped"  # eval.zeroshot.data_dir value for the task files that ship with ksir
+ZEROSHOT_LOCAL_PREFIX = "ksir_"
+SHIPPED_TASK_DIR = Path(__file__).resolve().parent / "tasks" / "data"
+
+
+def _fail(key: str, value: Any, allowed: Any = None, why: str = "") -> None:
+    raise ConfigError(key, value, allowed, why)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    family: str = "llama"
+    size: str = "xs"
+    checkpoint: str | None = None  # a local folder or hub id; null = own checkpoint / the family's hub id
+    train_if_missing: bool = True  # quantize jobs of the own family: run the base train job first if needed
+    cache_base: bool = True  # PTQ sweeps: keep the fp weights in memory and restore them between jobs
+
+    def check(self) -> Family:
+        family = get_family(self.family)
+        family.size(self.size)
+        return family
+
+    @property
+    def checkpoint_is_path(self) -> bool:
+        s = self.checkpoint or ""
+        return s.startswith(("/", ".", "~")) or s.count("/") > 1 or Path(s).expanduser().exists()
+
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    kind: str = "bytes"  # bytes: ksir's byte-level BPE, trained and saved with the checkpoint | pretrained
+    vocab_size: int = 257
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    source: str = "embedded"
+    seq_len: int = 128
+    validation_fraction: float = 0.05
+    tokenizer: TokenizerSpec = field(default_factory=TokenizerSpec)
+    max_documents: int | None = None  # embedded only
+    path: str | None = None  # hub only
+    name: str | None = None  # hub only
+    text_column: str = "text"  # hub and files
+    files: dict[str, Any] | None = None  # files only: {train: path | [paths], validation: ...}
+    format: str | None = None  # files only: text | json | parquet | csv (null = from the extension)
+
+    def check(self) -> None:
+        if self.source not in DATA_SOURCES:
+            _fail("data.source", self.source, DATA_SOURCES)
+        if not 0 < self.validation_fraction < 1:
+            _fail("data.validation_fraction", self.validation_fraction, "a number in (0, 1)")
+        if self.seq_len < 2:
+            _fail("data.seq_len", self.seq_len, "an integer >= 2")
+        if self.tokenizer.kind not in TOKENIZER_KINDS:
+            _fail("data.tokenizer.kind", self.tokenizer.kind, TOKENIZER_KINDS)
+        if self.max_documents is not None and self.max_documents < 1:
+            _fail("data.max_documents", self.max_documents, "null (all) or an integer >= 1")
+        if self.source == "hub" and not self.path:
+            _fail("data.path", self.path, why="hub datasets need a dataset path, e.g. wikitext")
+        if self.source == "files":
+            if not self.files or "train" not in self.files:
+                _fail("data.files", self.files, why="needs at least a 'train' entry (and optionally 'validation')")
+            if not self.format and Path(self.file_paths()[0][1]).suffix not in FILE_FORMATS:
+                _fail("data.format", self.format, sorted(set(FILE_FORMATS.values())),
+                      f"cannot infer it from {Path(self.file_paths()[0][1]).suffix!r}")
+            if self.format and self.format not in set(FILE_FORMATS.values()):
+                _fail("data.format", self.format, sorted(set(FILE_FORMATS.values())))
+
+    def file_paths(self) -> list[tuple[str, str]]:
+        """(split, path) for every local file, in config order."""
+        return [(split, str(p)) for split, ps in (self.files or {}).items()
+                for p in (ps if isinstance(ps, list | tuple) else [ps])]
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class LightningSpec:
+    """Keys passed to `pytorch_lightning.Trainer` as they are; the ones that change results are named."""
+
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def precision(self) -> Any:
+        return self.options.get("precision")
+
+    @property
+    def accelerator(self) -> str:
+        return str(self.options.get("accelerator", "auto"))
+
+
+@dataclass(frozen=True)
+class TrainerSpec:
+    tokens_per_param: float = 20.0  # token budget D = tokens_per_param * N
+    param_count: str = "total"  # N for the budget: total | nonembedding
+    batch_size: int = 32
+    lr: float = 3.0e-3
+    weight_decay: float = 0.1
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    warmup_fraction: float = 0.05
+    min_steps: int = 10
+    max_steps: int | None = None  # null = no cap
+    checkpoint_every_n_steps: int = 100  # 0 = no resume checkpoints
+    compile: bool = False
+    lightning: dict[str, Any] = field(default_factory=dict)
+
+    def check(self) -> None:
+        for key in ("tokens_per_param", "batch_size", "lr", "min_steps"):
+            if not getattr(self, key) > 0:
+                _fail(f"trainer.{key}", getattr(self, key), "> 0")
+        if self.weight_decay < 0:
+            _fail("trainer.weight_decay", self.weight_decay, ">= 0")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            _fail("trainer.betas", self.betas, "two numbers in [0, 1)")
+        if self.param_count not in PARAM_COUNTS:
+            _fail("trainer.param_count", self.param_count, PARAM_COUNTS)
+        if not 0 <= self.warmup_fraction < 1:
+            _fail("trainer.warmup_fraction", self.warmup_fraction, "[0, 1)")
+        if self.max_steps is not None and self.max_steps < 1:
+            _fail("trainer.max_steps", self.max_steps, "null (no cap) or an integer >= 1")
+        if self.checkpoint_every_n_steps < 0:
+            _fail("trainer.checkpoint_every_n_steps", self.checkpoint_every_n_steps, "0 (off) or an integer >= 1")
+
+    @property
+    def accelerator(self) -> str:
+        return str(self.lightning.get("accelerator", "auto"))
+
+
+@dataclass(frozen=True)
+class ZeroShotSpec:
+    enabled: bool = False
+    tasks: list[str] = field(default_factory=lambda: list(ZEROSHOT_SPLITS))
+    limit: int | None = field(default=None, metadata={"allowed": "null (all examples) or an integer >= 1"})
+    batch_size: int | str = 32  # harness batch size, or 'auto'
+    data_dir: str | None = None  # null = hub datasets | shipped | <dir>/<task>/<split>.jsonl
+    num_fewshot: int = 0
+
+    def check(self) -> None:
+        k = "eval.zeroshot"
+        if not self.tasks:
+            _fail(f"{k}.tasks", self.tasks, sorted(ZEROSHOT_SPLITS), "a non-empty list of task names")
+        for t in self.tasks:
+            if t in ZEROSHOT_SPLITS or (self.data_dir is None and t in harness_task_names()):
+                continue  # local files exist for the paper's tasks; with hub data any harness task runs
+            why = ("give the harness task name, without the local prefix" if t.startswith(ZEROSHOT_LOCAL_PREFIX)
+                   else "unknown zero-shot task" if self.data_dir is None else "no local task files for it")
+            allowed = (sorted(ZEROSHOT_SPLITS) if self.data_dir is not None
+                       else f"{', '.join(sorted(ZEROSHOT_SPLITS))} or any lm-evaluation-harness task (with data_dir: null)")
+            _fail(f"{k}.tasks", t, allowed, why)
+        if len(set(self.tasks)) != len(self.tasks):
+            _fail(f"{k}.tasks", list(self.tasks), why="a task is listed twice")
+        if self.limit is not None and self.limit < 1:
+            _fail(f"{k}.limit", self.limit, "null (all examples) or an integer >= 1", "number of examples per task")
+        if not ((isinstance(self.batch_size, int) and self.batch_size >= 1) or self.batch_size == "auto"):
+            _fail(f"{k}.batch_size", self.batch_size, "an integer >= 1 or 'auto'")
+        if self.num_fewshot < 0:
+            _fail(f"{k}.num_fewshot", self.num_fewshot, "an integer >= 0")
+        if self.data_dir is not None and self.num_fewshot:
+            _fail(f"{k}.num_fewshot", self.num_fewshot, [0], "local task files hold only the evaluated split; "
+                  "few-shot examples need the hub datasets (data_dir: null)")
+
+    def check_files(self) -> None:
+        if not self.enabled or self.data_dir is None:
+            return
+        root = self.resolved_data_dir
+        for t in self.tasks:
+            f = root / t / f"{ZEROSHOT_SPLITS[t]}.jsonl"
+            if not f.is_file():
+                _fail("eval.zeroshot.data_dir", self.data_dir, why=f"missing {f} (layout: <data_dir>/<task>/<split>.jsonl)")
+
+    @property
+    def resolved_data_dir(self) -> Path | None:
+        if self.data_dir is None:
+            return None
+        return SHIPPED_TASK_DIR if self.data_dir == ZEROSHOT_SHIPPED else Path(self.data_dir).expanduser().resolve()
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@functools.lru_cache(maxsize=1)
+def harness_task_names() -> frozenset[str]:
+    """Task, group and tag names of the installed harness, read off its YAML files without importing it."""
+    import importlib.util
+    import re
+
+    spec = importlib.util.find_spec("lm_eval")
+    if spec is None or not spec.submodule_search_locations:
+        return frozenset()
+    root = Path(next(iter(spec.submodule_search_locations))) / "tasks"
+    pattern = re.compile(r"^(?:task|group|tag):\s*['\"]?([\w\-.]+)", re.M)
+    return frozenset(n for p in root.rglob("*.yaml") for n in pattern.findall(p.read_text(errors="ignore")))
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    sequences: int = 256  # the first `sequences` validation blocks
+    batch_size: int = 32
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    zeroshot: ZeroShotSpec = field(default_factory=ZeroShotSpec)
+
+    def check(self) -> None:
+        if self.sequences < 1:
+            _fail("eval.sequences", self.sequences, "an integer >= 1")
+        if self.batch_size < 1:
+            _fail("eval.batch_size", self.batch_size, "an integer >= 1")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            _fail("eval.device", self.device, ["auto", "cpu", "cuda", "cuda:N"])
+        self.zeroshot.check()
+
+
+@dataclass(frozen=True)
+class LoggerSpec:
+    enabled: bool = True
+    mode: str = "auto"  # auto | offline | online | disabled
+    project: str = "ksir"
+    entity: str | None = None
+    group: str | None = None
+
+    def check(self) -> None:
+        if self.mode not in LOGGER_MODES:
+            _fail("logger.mode", self.mode, LOGGER_MODES)
+
+
+@dataclass(frozen=True)
+class PathsSpec:
+    results: str = "outputs/results"
+    checkpoints: str = "outputs/checkpoints"
+    wandb: str = "outputs"
+    cache: str = "~/.cache/ksir"
+
+    @property
+    def results_dir(self) -> Path:
+        return Path(self.results).expanduser()
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return Path(self.checkpoints).expanduser().absolute()
+
+    @property
+    def cache_dir(self) -> Path:
+        return Path(self.cache).expanduser()
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One job, typed and validated. `raw` is the resolved config as composed (stored in the record)."""
+
+    job: str
+    model: ModelSpec
+    data: DataSpec
+    trainer: TrainerSpec
+    eval: EvalSpec
+    logger: LoggerSpec
+    paths: PathsSpec
+    quant: QuantConfig
+    qat: QATConfig
+    seed: int = 0
+    force: bool = False
+    out_dir: str = "outputs"
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def family(self) -> Family:
+        return get_family(self.model.family)
+
+    @property
+    def uses_own_checkpoint(self) -> bool:
+        """A quantize job of the own family without an explicit checkpoint quantizes ksir's own train job's model."""
+        return self.family.kind == "own" and not self.model.checkpoint
+
+    @property
+    def trains(self) -> bool:
+        """Needs the trainer section: a train job, or a job whose base model is ksir's own."""
+        return self.job == "train" or self.uses_own_checkpoint
+
+    def replace(self, **changes: Any) -> JobSpec:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_config(cls, cfg: Any, *, check_env: bool = True) -> JobSpec:
+        """Parse and validate a composed config (DictConfig or plain mapping, with or without `hydra`)."""
+        plain = _plain(cfg)
+        raw = {k: v for k, v in plain.items() if k != "hydra"}
+        job = raw.get("job")
+        if job not in JOBS:
+            _fail("job", job, JOBS)
+        for key in ("seed",):
+            if isinstance(raw.get(key), bool) or not isinstance(raw.get(key, 0), int):
+                _fail(key, raw.get(key), "an integer")
+        spec = cls(
+            job=job,
+            model=from_mapping(ModelSpec, raw.get("model"), "model"),
+            data=from_mapping(DataSpec, raw.get("data"), "data"),
+            trainer=from_mapping(TrainerSpec, raw.get("trainer"), "trainer"),
+            eval=from_mapping(EvalSpec, raw.get("eval"), "eval"),
+            logger=from_mapping(LoggerSpec, raw.get("logger"), "logger"),
+            paths=from_mapping(PathsSpec, raw.get("paths"), "paths"),
+            quant=QuantConfig.from_mapping(raw.get("quant")),
+            qat=QATConfig.from_mapping(raw.get("qat")),
+            seed=int(raw.get("seed", 0)),
+            force=bool(raw.get("force", False)),
+            out_dir=str(raw.get("out_dir", "outputs")),
+            raw=raw,
+        )
+        spec.check()
+        if check_env:
+            check_environment(spec)
+        return spec
+
+    def check(self) -> None:
+        family = self.model.check()
+        self.data.check()
+        self.eval.check()
+        self.logger.check()
+        if self.job == "train" and family.kind != "own":
+            _fail("job", "train", why=f"family {family.name!r} is a hub family; train jobs build ksir's own "
+                  "families (quantize a hub checkpoint instead)")
+        if self.trains:
+            if self.data.tokenizer.kind != "bytes":
+                _fail("data.tokenizer.kind", self.data.tokenizer.kind, ["bytes"],
+                      why="own-family training trains its own tokenizer")
+            self.trainer.check()
+        rows = self.row_sizes()
+        if self.job == "train":
+            validate_qat_config(self.qat, rows)
+        else:
+            validate_quant_config(self.quant, rows)
+
+    def row_sizes(self) -> list[int] | None:
+        """in_features of the linear layers to quantize, from the architecture alone (no weights, no torch)."""
+        family = self.family
+        if family.kind == "own" and not (self.model.checkpoint and self.model.checkpoint_is_path):
+            arch = {**family.base_arch, **family.size(self.model.size).arch}
+            return linear_row_sizes(_Namespace(arch))
+        local = Path(self.model.checkpoint).expanduser() if self.model.checkpoint else None
+        if local is not None and (local / "config.json").is_file():
+            try:
+                return linear_row_sizes(_Namespace(json.loads((local / "config.json").read_text())))
+            except (OSError, ValueError):
+                return None  # reported by check_environment
+        return None  # a hub model: its row sizes are checked once its config is loaded
+
+
+class _Namespace:
+    """Attribute access to a config mapping (what `linear_row_sizes` reads off a transformers config)."""
+
+    def __init__(self, d: Mapping[str, Any]):
+        self.__dict__.update(d)
+
+    def __getattr__(self, name: str) -> Any:
+        return None
+
+
+def _plain(cfg: Any) -> dict[str, Any]:
+    if isinstance(cfg, Mapping) and not hasattr(cfg, "_metadata"):
+        return dict(cfg)
+    from omegaconf import OmegaConf
+
+    masked = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]) if "hydra" in cfg else cfg
+    missing = sorted(OmegaConf.missing_keys(masked))
+    if missing:
+        _fail(missing[0], "???", why="a required value is missing; set it on the command line")
+    return OmegaConf.to_container(masked, resolve=True)  # type: ignore[return-value]
+
+
+# ----------------------------------------------------------------------------- the environment
+
+
+def check_environment(spec: JobSpec) -> None:
+    """What a job needs from this machine, checked before any compute (files, folders, devices). Writes
+    nothing: folders are created by the job that writes into them."""
+    if spec.data.source == "files":
+        for split, p in spec.data.file_paths():
+            check_data_file(f"data.files.{split}", Path(p).expanduser(), spec.data.format)
+    spec.eval.zeroshot.check_files()
+    if spec.trains and spec.trainer.accelerator in ("gpu", "cuda") or spec.eval.device.startswith("cuda"):
+        import torch  # only GPU configs pay for this import
+
+        if not torch.cuda.is_available():
+            key = "eval.device" if spec.eval.device.startswith("cuda") else "trainer.lightning.accelerator"
+            _fail(key, spec.eval.device if key == "eval.device" else spec.trainer.accelerator, ["cpu", "auto"],
+                  why="no CUDA device on this machine (use trainer=cpu)")
+    if spec.job == "quantize":
+        _check_quantize_source(spec)
+    for key, folder in (("out_dir", Path(spec.out_dir)), ("paths.results", Path(spec.paths.results)),
+                        ("paths.checkpoints", Path(spec.paths.checkpoints))):
+        _check_creatable(key, folder.expanduser().absolute())
+
+
+def _check_creatable(key: str, folder: Path) -> None:
+    """The folder exists and is writable, or the nearest existing ancestor is a writable folder."""
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        _fail(key, str(folder), why=f"cannot create the folder: {probe} is not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        _fail(key, str(folder), why=f"{probe} is not writable")
+
+
+def check_data_file(key: str, path: Path, fmt: str | None) -> None:
+    """A local data file exists, is not empty, and (for text formats) is text, not binary."""
+    if not path.is_file():
+        _fail(key, str(path), why="file not found")
+    if path.stat().st_size == 0:
+        _fail(key, str(path), why="the file is empty")
+    fmt = fmt or FILE_FORMATS.get(path.suffix)
+    head = path.open("rb").read(65536)
+    if fmt == "parquet":
+        if not head.startswith(b"PAR1"):
+            _fail(key, str(path), why="not a Parquet file (no PAR1 header)")
+    elif b"\x00" in head:
+        _fail(key, str(path), why=f"a binary file, but data.format is {fmt!r} (text)")
+    else:
+        try:
+            head.decode("utf-8")
+        except UnicodeDecodeError as e:
+            if e.start < len(head) - 4:  # not just a character cut at the 64 KiB boundary
+                _fail(key, str(path), why=f"not UTF-8 text (byte {e.start})")
+
+
+def _check_quantize_source(spec: JobSpec) -> None:
+    from ksir import identity
+    from ksir.integrity import verify_checkpoint
+
+    ckpt = spec.model.checkpoint
+    if ckpt and spec.model.checkpoint_is_path:
+        folder = Path(ckpt).expanduser()
+        if not (folder / "config.json").is_file():
+            _fail("model.checkpoint", ckpt, why="no Hugging Face model folder (config.json) there")
+        problem = verify_checkpoint(folder)
+        if problem:
+            _fail("model.checkpoint", ckpt, why=f"corrupt checkpoint: {problem}")
+        return
+    family = spec.family
+    if family.kind == "hub":
+        hub_id = ckpt or family.size(spec.model.size).hub_id
+        if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
+            from huggingface_hub import try_to_load_from_cache
+
+            if not isinstance(try_to_load_from_cache(str(hub_id), "config.json"), str):
+                _fail("model.checkpoint", hub_id, why="not in the local Hugging Face cache and HF_HUB_OFFLINE is "
+                      "set; point model.checkpoint at a local copy")
+        return
+    if not spec.model.train_if_missing and not identity.own_checkpoint_ready(spec):
+        _fail("model.checkpoint", None, why=f"no trained checkpoint at {identity.own_checkpoint_dir(spec)} and "
+              "model.train_if_missing=false; run job=train first")

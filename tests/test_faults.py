@@ -1,0 +1,211 @@
+"""Nothing lost, ever: fault injection on the real job path (failing reruns, NaN results, truncated
+checkpoints, unwritable stores, parallel identical sweeps, Ctrl-C, an unreachable W&B server).
+
+Each of these failed on the version before typed identities (v1): it overwrote the done record, skipped
+NaN results forever, crashed on truncated files with tracebacks naming no file, lost the record of a
+finished job, let two sweeps train the same model, and exited without its table on Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from ksir import records
+from ksir.config import compose_spec
+from ksir.errors import ConfigError
+from ksir.identity import checkpoint_dir, partial_dir, run_key
+from ksir.jobs import execute
+from ksir.records import FAILED_SUFFIX, read_record, record_path
+
+from .helpers import BIN, TINY, run_cli
+
+
+def _spec(out: Path, cache_dir: Path, *overrides: str):
+    return compose_spec([*TINY, f"out_dir={out}", f"paths.cache={cache_dir}", "logger=none", *overrides])
+
+
+def test_failed_force_rerun_keeps_the_done_record(tiny_cfg, trained_tiny, monkeypatch):
+    spec = tiny_cfg("job=quantize", "model.size=xs", "quant.bits=3", "eval.sequences=8", "logger=none")
+    done = execute(spec)
+    path = record_path(spec.paths.results, done["run_key"])
+    import ksir.run
+
+    def broken(*a, **k):
+        raise RuntimeError("injected evaluation failure")
+
+    monkeypatch.setattr(ksir.run, "evaluate_lm", broken)
+    with pytest.raises(RuntimeError, match="injected"):
+        execute(spec.replace(force=True))
+    kept = read_record(path)
+    assert kept["status"] == "done" and kept["metrics"] == done["metrics"]
+    failed = read_record(path.with_name(path.stem + FAILED_SUFFIX))
+    assert failed["status"] == "failed" and "injected evaluation failure" in failed["error"]
+
+
+def test_done_record_with_nan_metrics_is_rerun(tiny_cfg, trained_tiny):
+    spec = tiny_cfg("job=quantize", "model.size=xs", "quant.bits=5", "eval.sequences=8", "logger=none")
+    key = run_key(spec)
+    records.write_record(spec.paths.results, {"run_key": key, "status": "done", "job": "quantize",
+                                              "metrics": {"val_loss": float("nan")}})
+    rec = execute(spec)
+    assert not rec.get("skipped") and rec["metrics"]["val_loss"] > 0
+    assert read_record(record_path(spec.paths.results, key))["metrics"]["val_loss"] == rec["metrics"]["val_loss"]
+
+
+def test_records_are_group_readable(tiny_cfg, trained_tiny):
+    rec = execute(tiny_cfg("job=quantize", "model.size=xs", "quant.bits=16", "logger=none"))
+    mode = record_path(rec["config"]["paths"]["results"], rec["run_key"]).stat().st_mode
+    assert mode & stat.S_IRGRP and mode & stat.S_IROTH
+
+
+def test_unwritable_store_at_the_end_rescues_the_finished_record(tiny_cfg, trained_tiny, monkeypatch):
+    spec = tiny_cfg("job=quantize", "model.size=xs", "quant.bits=7", "eval.sequences=8", "logger=none")
+
+    def disk_full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(records, "write_record", disk_full)
+    with pytest.raises(OSError, match="it was saved to (\\S+): move it") as e:
+        execute(spec)
+    rescued = Path(str(e.value).split("it was saved to ")[1].split(":")[0])
+    rec = json.loads(rescued.read_text())
+    assert rec["status"] == "done" and rec["metrics"]["val_loss"] > 0 and rec["run_key"] == run_key(spec)
+    rescued.unlink()
+
+
+def test_too_few_validation_blocks_fail_before_training(tmp_path, cache_dir, capsys):
+    spec = _spec(tmp_path, cache_dir, "job=train", "model.size=s", "eval.sequences=100000")
+    with pytest.raises(ConfigError, match="eval.sequences"):
+        execute(spec)
+    assert "train step" not in capsys.readouterr().out
+    assert not checkpoint_dir(spec).exists() and not partial_dir(spec).exists()
+
+
+def test_corrupt_resume_checkpoint_falls_back_to_a_fresh_start(tmp_path, cache_dir, capsys):
+    spec = _spec(tmp_path, cache_dir, "job=train", "model.size=xs", "trainer.checkpoint_every_n_steps=10")
+    part = partial_dir(spec)
+    part.mkdir(parents=True)
+    (part / "last.ckpt").write_bytes(b"PK\x03\x04 truncated by a full disk")
+    rec = execute(spec)
+    out = capsys.readouterr().out
+    assert f"corrupt resume checkpoint set aside ({part / 'last.ckpt'}" in out
+    assert rec["status"] == "done" and rec["resumed_from_step"] is None and rec["metrics"]["train_steps"] == 60
+
+
+def test_corrupt_own_base_checkpoint_is_retrained(tmp_path, cache_dir):
+    args = ["job=quantize", "model.size=xs", *TINY, "logger=none", f"out_dir={tmp_path}", f"paths.cache={cache_dir}"]
+    r = run_cli("ksir-run", *args, "quant.bits=4", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "not trained yet: running it first" in r.stdout  # a single job runs its dependency first, and says so
+    weights = checkpoint_dir(compose_spec(args + ["quant.bits=4"])) / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # truncated
+    r = run_cli("ksir-run", *args, "quant.bits=3", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "not trained yet: running it first" in r.stdout
+    from ksir.integrity import verify_checkpoint
+
+    assert verify_checkpoint(weights.parent) is None
+
+
+def test_corrupt_hub_family_checkpoint_is_one_line(tmp_path, trained_tiny):
+    copy = tmp_path / "pythia-copy"
+    shutil.copytree(trained_tiny.checkpoint, copy)  # any HF folder: a local copy of a "hub" model
+    w = copy / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:-100])
+    r = run_cli("ksir-run", "job=quantize", "model=pythia", f"model.checkpoint={copy}", "quant.bits=4",
+                f"out_dir={tmp_path}", cwd=tmp_path, timeout=120)
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert "model.checkpoint" in lines[0] and "corrupt" in lines[0] and str(w) in lines[0]
+
+
+def test_sigkill_then_resume_is_recorded_with_whole_run_throughput(tmp_path, cache_dir):
+    import torch
+
+    args = ["job=train", "model.size=s", *TINY, "trainer.max_steps=400", "trainer.min_steps=400",
+            "trainer.checkpoint_every_n_steps=20", "logger=none", f"out_dir={tmp_path}", f"paths.cache={cache_dir}"]
+    spec = compose_spec(args)
+    last = partial_dir(spec) / "last.ckpt"
+    proc = subprocess.Popen([str(BIN / "ksir-run"), *args], cwd=tmp_path, env={**os.environ, "WANDB_MODE": "offline"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    while not last.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    state = torch.load(last, map_location="cpu", weights_only=False)
+    step_at_kill = state["global_step"]
+    trained_before = next(v["elapsed_s"] for k, v in state["callbacks"].items() if "ProgressPrinter" in k)
+    assert 0 < step_at_kill < 400 and trained_before > 0
+    assert not (tmp_path / "results").exists() or not records.iter_record_files(tmp_path / "results")
+    r = run_cli("ksir-run", *args, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"resuming from {last}" in r.stdout
+    rec = read_record(record_path(spec.paths.results, run_key(spec)))
+    m = rec["metrics"]
+    assert rec["status"] == "done" and m["train_steps"] == 400 and rec["resumed_from_step"] >= step_at_kill
+    assert m["train_time_s"] > trained_before  # the time before the kill counts
+    assert m["train_tokens_per_s"] == pytest.approx(m["train_tokens"] / m["train_time_s"])
+    assert not partial_dir(spec).exists(), "resume state is removed once the job is done"
+
+
+def test_two_identical_sweeps_at_once_train_each_model_once(tmp_path, cache_dir):
+    args = ["-m", "job=train", "model.size=s", "seed=0,1", *TINY, "trainer.max_steps=150", "trainer.min_steps=150",
+            "logger=none", f"out_dir={tmp_path}", f"paths.cache={cache_dir}"]
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    procs = [subprocess.Popen([str(BIN / "ksir-run"), *args, f"hydra.sweep.dir={tmp_path}/multirun{i}"], cwd=tmp_path,
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    trained = sum(o.count("[train] llama-s: N=") for o in outs)
+    assert trained == 2, outs  # two models, each trained by exactly one of the two sweeps
+    assert sum(o.count("done already, skipped") for o in outs) == 2
+    recs = [read_record(p) for p in records.iter_record_files(tmp_path / "results")]
+    assert len(recs) == 2 and all(r["status"] == "done" and r["resumed_from_step"] is None for r in recs)
+
+
+def test_ctrl_c_ends_a_sweep_with_its_table_and_exit_130(tmp_path, cache_dir):
+    args = ["-m", "job=train", "model.size=xs", "seed=0,1,2", *TINY, "trainer.max_steps=3000", "trainer.min_steps=20",
+            "logger=none", f"out_dir={tmp_path}", f"paths.cache={cache_dir}"]
+    proc = subprocess.Popen([str(BIN / "ksir-run"), *args[:3], "seed=0", *args[4:], "trainer.max_steps=40"],
+                            cwd=tmp_path, env={**os.environ, "WANDB_MODE": "offline"})
+    assert proc.wait(timeout=300) == 0  # seed=0 finishes first: the table must show it as skipped
+    proc = subprocess.Popen([str(BIN / "ksir-run"), *args, "trainer.max_steps=40"], cwd=tmp_path,
+                            env={**os.environ, "WANDB_MODE": "offline"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines = []
+    for line in proc.stdout:  # wait until the second job trains, then press Ctrl-C (SIGINT to the group)
+        lines.append(line)
+        if "[sweep 2/3]" in line:
+            time.sleep(3)
+            os.killpg(proc.pid, signal.SIGINT)
+            break
+    out = "".join(lines) + proc.stdout.read()
+    assert proc.wait(timeout=120) == 130, out[-3000:]
+    assert "interrupted: the rest did not run" in out and " skipped " in out, out[-3000:]
+    assert len(records.iter_record_files(tmp_path / "results")) == 1, "no record for the interrupted job"
+
+
+def test_unreachable_wandb_costs_one_timeout_per_sweep(tmp_path, trained_tiny, cache_dir):
+    """An online W&B whose server does not answer: the sweep goes offline after the first failure."""
+    env_over = {"WANDB_MODE": "", "WANDB_API_KEY": "x" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9"}
+    t0 = time.time()
+    env = {**os.environ, **env_over, "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([str(BIN / "ksir-run"), "-m", "job=quantize", f"model.checkpoint={trained_tiny.checkpoint}",
+                        "quant.bits=2,3,4", *TINY, "logger.mode=online", f"out_dir={tmp_path}",
+                        f"paths.cache={cache_dir}"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    wall = time.time() - t0
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert (tmp_path / ".wandb-unreachable").exists() and r.stdout.count("W&B server unreachable") == 1
+    recs = [read_record(p) for p in records.iter_record_files(tmp_path / "results")]
+    assert len(recs) == 3 and all(x["wall_time_s"] < 10 for x in recs)  # logging stalls are not compute
+    assert wall < 90, wall
