@@ -78,7 +78,49 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
+HELP = """ksir-run: train or post-training-quantize one model, or sweep any config key with -m.
+
+  ksir-run [KEY=VALUE ...]                one job (job=train by default)
+  ksir-run -m KEY=A,B,C ...               a sweep: every job validated first, dependencies run first
+  ksir-run -m experiment=demo             a named preset (conf/experiment/)
+  ksir-run ... dry_run=true               print the plan (keys, dependencies), run nothing
+  ksir-run [KEY=VALUE ...] --cfg job      print the composed config of a job
+  ksir-run [KEY=VALUE ...] --help         this help; with overrides, Hydra's help for that config
+  ksir-run --hydra-help                   Hydra's own options (launchers, sweepers, logging)
+
+Config groups (choose with GROUP=OPTION, e.g. quant=gptq model=pythia):
+{groups}
+
+Every value: ksir-run --cfg job. Details: README.md and docs/runs.md.
+"""
+
+
+def _fast_help() -> str:
+    """The help text from the config folder alone: Hydra's --help deep-copies its config repository once per
+    group option (~1 s here), which is most of what `ksir-run --help` would otherwise cost."""
+    from pathlib import Path
+
+    import yaml
+
+    conf = Path(CONF_DIR)
+    defaults = {}
+    for item in yaml.safe_load((conf / "config.yaml").read_text()).get("defaults", []):
+        if isinstance(item, dict):
+            defaults.update({str(k): str(v) for k, v in item.items()})
+    lines = []
+    for group in sorted(p for p in conf.iterdir() if p.is_dir()):
+        options = sorted(f.stem for f in group.glob("*.yaml"))
+        default = defaults.get(group.name)
+        shown = ", ".join(f"{o} (default)" if o == default else o for o in options)
+        lines.append(f"  {group.name:11} {shown}")
+    return HELP.format(groups="\n".join(lines))
+
+
 def main() -> None:
+    args = sys.argv[1:]
+    if args and all(a in ("--help", "-h") for a in args):
+        print(_fast_help())
+        return
     _app()
 
 

@@ -235,7 +235,3 @@ def find_checkpoint(train: JobSpec) -> Path | None:
 def own_checkpoint_dir(spec: JobSpec) -> Path:
     """Where the base model of an own-family quantize job lives (or will, once its train job ran)."""
     return checkpoint_dir(base_train_spec(spec))
-
-
-def own_checkpoint_ready(spec: JobSpec) -> bool:
-    return find_checkpoint(base_train_spec(spec)) is not None

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ksir import identity, records, tracking
+from ksir.errors import ConfigError
 from ksir.spec import JobSpec
 
 log = logging.getLogger("ksir")
@@ -72,6 +73,16 @@ def satisfied(dep: JobSpec) -> bool:
 
 def missing_dependencies(spec: JobSpec) -> list[JobSpec]:
     return [d for d in JOB_KINDS[spec.job].requires(spec) if not satisfied(d)]
+
+
+def check_dependencies(spec: JobSpec) -> list[JobSpec]:
+    """The missing dependencies, or a ConfigError if the config forbids running them (before any compute)."""
+    missing = missing_dependencies(spec)
+    if missing and not spec.model.train_if_missing:
+        raise ConfigError("model.train_if_missing", False, why=f"{describe(spec)} needs the model of "
+                          f"{describe(missing[0])}, not trained at {identity.checkpoint_dir(missing[0])}; run "
+                          "job=train first or set model.train_if_missing=true")
+    return missing
 
 
 def _usable(spec: JobSpec, rec: dict[str, Any] | None) -> tuple[bool, str]:
@@ -132,7 +143,7 @@ def execute(spec: JobSpec) -> dict[str, Any]:
 
 def run_with_dependencies(spec: JobSpec) -> dict[str, Any]:
     """One job from the command line: its missing dependencies first (said so), then the job."""
-    for dep in missing_dependencies(spec):
+    for dep in check_dependencies(spec):
         print(f"[{spec.job}] {describe(spec)} needs {describe(dep)} ({identity.run_key(dep)}), not trained yet: "
               "running it first", flush=True)
         run_with_dependencies(dep)

@@ -464,7 +464,8 @@ def check_data_file(key: str, path: Path, fmt: str | None) -> None:
 
 
 def _check_quantize_source(spec: JobSpec) -> None:
-    from ksir import identity
+    """The model a quantize job loads: an intact local folder, or a hub id that can be had (own-family base
+    models are dependencies: `ksir.jobs.check_dependencies`)."""
     from ksir.integrity import verify_checkpoint
 
     ckpt = spec.model.checkpoint
@@ -485,7 +486,3 @@ def _check_quantize_source(spec: JobSpec) -> None:
             if not isinstance(try_to_load_from_cache(str(hub_id), "config.json"), str):
                 _fail("model.checkpoint", hub_id, why="not in the local Hugging Face cache and HF_HUB_OFFLINE is "
                       "set; point model.checkpoint at a local copy")
-        return
-    if not spec.model.train_if_missing and not identity.own_checkpoint_ready(spec):
-        _fail("model.checkpoint", None, why=f"no trained checkpoint at {identity.own_checkpoint_dir(spec)} and "
-              "model.train_if_missing=false; run job=train first")

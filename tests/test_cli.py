@@ -20,6 +20,7 @@ from .helpers import run_cli
     (["job=quantize", "model.checkpoint=/no/such/model"], "model.checkpoint"),
     (["job=quantize", "model=pythia", "model.checkpoint=./missing-pythia"], "model.checkpoint"),
     (["job=train", "model=opt"], "hub family"),
+    (["job=quantize", "model.train_if_missing=false"], "model.train_if_missing"),  # base model not trained
 ])
 def test_invalid_values_fail_at_once_with_one_line(tmp_path, args, needle):
     r = run_cli("ksir-run", *args, f"out_dir={tmp_path}", cwd=tmp_path, timeout=120)
@@ -45,6 +46,10 @@ def test_end_to_end_sweep_then_fit(tmp_path, cache_dir):
     quant = [x for x in recs if x["job"] == "quantize"]
     train = [x for x in recs if x["job"] == "train"]
     assert len(quant) == 4 * 3 and len(train) == 4  # sizes xs,s,m,l x bits 2,4,16; each size trained once
+    # ... as its own job, in a first wave: every base model was saved before any quantize job started.
+    assert "12 jobs validated" in r.stdout and "4 train job(s) they need run first" in r.stdout
+    assert max(x["created"] for x in train) <= min(x["started"] for x in quant)
+    assert "[sweep 16/16]" in r.stdout and "ETA" in r.stdout and "train step" in r.stdout
     for x in quant:  # the 16-bit baseline is scheme-free: one job per base model whatever the scheme
         scheme = ("rtn", "int", 64) if x["bits"] < 16 else ("none", "none", None)
         assert x["status"] == "done" and (x["method"], x["dtype"], x["blocksize"]) == scheme

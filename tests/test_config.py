@@ -35,7 +35,6 @@ def test_numbers_are_typed_once(tmp_path):
     (["job=quantize", "quant.bits=4", "quant.blocksize=96"], "quant.blocksize"),
     (["job=quantize", "quant.dtype=posit", "quant.bits=4"], "quant.dtype"),
     (["job=quantize", "model.checkpoint=/nonexistent/model"], "model.checkpoint"),
-    (["job=quantize", "model.train_if_missing=false", "paths.checkpoints=/nonexistent"], "model.checkpoint"),
     (["job=quantize", "quant.bits=4", "quant.dtype=int_asym", "quant.zero_point=bf16"], "quant.zero_point"),
     (["trainer.lr=0"], "trainer.lr"),
     (["trainer=gpu"], "trainer.lightning.accelerator"),

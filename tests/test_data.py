@@ -64,3 +64,32 @@ def test_bad_data_configs_fail_before_reading(tmp_path):
                               "validation_fraction": 0.1, "seq_len": 8})
     with pytest.raises(ConfigError, match="validation_fraction"):
         validate_data_config({"source": "embedded", "validation_fraction": 1.5, "seq_len": 8})
+
+
+def test_parallel_jobs_build_a_cache_once_and_never_read_it_half_written(tmp_path):
+    """Two jobs start on a fresh cache (a SLURM array): the second waits for the first's complete copy."""
+    import threading
+    import time
+
+    import datasets
+
+    from ksir.data.cache import cached
+
+    built, got = [], {}
+
+    def slow_build():
+        built.append(threading.current_thread().name)
+        time.sleep(1.0)  # the window in which a reader used to find half-written Arrow files
+        return datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": ["a", "b", "c"]})})
+
+    def job(name):
+        got[name] = cached(tmp_path / "corpus", slow_build)["train"]["text"]
+
+    threads = [threading.Thread(target=job, args=(n,), name=n) for n in ("first", "second")]
+    threads[0].start()
+    time.sleep(0.3)
+    threads[1].start()
+    for t in threads:
+        t.join()
+    assert built == ["first"] and got == {"first": ["a", "b", "c"], "second": ["a", "b", "c"]}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".corpus.lock", "corpus"]  # no temp folder left

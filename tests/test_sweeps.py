@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import time
-
 import pytest
-import torch
 
-from ksir.identity import partial_dir, run_key
+from ksir.identity import run_key
 from ksir.jobs import execute
 from ksir.records import iter_record_files, read_record, record_path
 
-from .helpers import BIN, TINY, run_cli
+from .helpers import TINY, run_cli
 
 
 def test_ptq_jobs_share_one_base_model_and_restore_it(trained_tiny, tiny_cfg):
@@ -49,45 +43,43 @@ def test_corrupt_record_is_reported_and_the_job_reruns(tiny_cfg, trained_tiny, c
     assert "unreadable result record" in caplog.text
 
 
-def test_failed_job_does_not_stop_the_sweep(tmp_path, cache_dir):
-    # lr=1e9 makes the loss non-finite within a few steps: a real failure, not a mock.
-    r = run_cli("ksir-run", "-m", "job=train", "model.size=xs", "trainer.lr=3e-3,1e9", *TINY,
+def test_failed_dependency_stops_only_the_jobs_that_need_it(tmp_path, cache_dir):
+    """Base models train first, once each, as their own jobs; lr=1e9 makes one of them fail for real
+    (non-finite loss): the quantize jobs that need it are not launched, the others run, the sweep goes on."""
+    r = run_cli("ksir-run", "-m", "job=quantize", "model.size=xs", "trainer.lr=3e-3,1e9", "quant.bits=2,16", *TINY,
                 f"out_dir={tmp_path}", f"paths.cache={cache_dir}", "logger=none", cwd=tmp_path)
     assert r.returncode != 0
-    assert "1 done, 0 skipped, 1 failed" in r.stdout
-    recs = {x["config"]["trainer"]["lr"]: x for x in map(read_record, iter_record_files(tmp_path / "results"))}
-    assert recs[3e-3]["status"] == "done"
-    assert recs[1e9]["status"] == "failed" and "FloatingPointError" in recs[1e9]["error"]
-    assert "Traceback" in recs[1e9]["error"]
-    assert "1 of 2 jobs failed" in r.stderr
+    assert "4 jobs validated" in r.stdout and "2 train job(s) they need run first" in r.stdout
+    assert "6 jobs, 3 done, 0 skipped, 3 failed" in r.stdout, r.stdout[-3000:]
+    assert r.stdout.count("not run: the train job of its base model") == 2
+    assert "[sweep 1/6]" in r.stdout and "[sweep 4/6]" in r.stdout and "[sweep 5/6]" not in r.stdout
+    recs = [read_record(p) for p in iter_record_files(tmp_path / "results")]
+    train = {x["config"]["trainer"]["lr"]: x for x in recs if x["job"] == "train"}
+    quant = [x for x in recs if x["job"] == "quantize"]
+    assert train[3e-3]["status"] == "done" and train[1e9]["status"] == "failed"
+    assert "FloatingPointError" in train[1e9]["error"] and "Traceback" in train[1e9]["error"]
+    assert len(quant) == 2 and {x["config"]["trainer"]["lr"] for x in quant} == {3e-3}
+    assert all(x["status"] == "done" and x["started"] >= train[3e-3]["created"] for x in quant)
+    assert "1 failed" not in r.stderr and "3 of 6 jobs failed" in r.stderr
 
 
-def test_sigkill_mid_training_leaves_no_record_and_relaunch_resumes(tmp_path, cache_dir):
-    args = ["job=train", "model.size=s", *TINY, "trainer.max_steps=400", "trainer.min_steps=400",
-            "trainer.checkpoint_every_n_steps=20", "logger=none", f"out_dir={tmp_path}", f"paths.cache={cache_dir}"]
+def test_dry_run_plans_with_the_keys_the_jobs_will_have(tmp_path):
+    """The sweeper's fast pre-flight composition (Hydra once per config-group choice, values applied with
+    OmegaConf) gives every job exactly the key that full Hydra composition gives it."""
     from ksir.config import compose_spec
 
-    cfg = compose_spec(args)
-    last = partial_dir(cfg) / "last.ckpt"
-    env = {**os.environ, "WANDB_MODE": "offline"}
-    proc = subprocess.Popen([str(BIN / "ksir-run"), *args], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 240
-    while not last.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    time.sleep(1.0)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert last.exists(), "the job wrote a resumable checkpoint before it was killed"
-    step_at_kill = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
-    assert 0 < step_at_kill < 400
-    assert not list(iter_record_files(tmp_path / "results")) if (tmp_path / "results").exists() else True
-    r = run_cli("ksir-run", *args, cwd=tmp_path)
+    args = ["-m", "job=quantize", "quant=rtn,gptq", "quant.bits=3,16", "model.size=xs,s", "eval.sequences=16",
+            "logger=none", f"out_dir={tmp_path}"]
+    r = run_cli("ksir-run", *args, "dry_run=true", cwd=tmp_path, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert f"resuming from {last}" in r.stdout
-    rec = read_record(record_path(cfg.paths.results, run_key(cfg)))
-    assert rec["status"] == "done" and rec["metrics"]["train_steps"] == 400
-    assert not partial_dir(cfg).exists(), "resume state is removed once the job is done"
+    assert "dry run: 10 jobs planned, none run" in r.stdout  # 8 jobs + the 2 base models they need
+    planned = [ln.split(None, 1) for ln in r.stdout.splitlines() if ln.startswith("  ") and ln.strip()[1] == "-"]
+    assert len(planned) == 10
+    for key, rest in planned:
+        overrides = rest.split("  ")[-1].split()
+        assert run_key(compose_spec([*overrides, "dry_run=true"])) == key, overrides
+    assert len({k for k, _ in planned}) == 10 - 2  # the two 16-bit jobs per size are one (rtn == gptq at 16 bits)
+    assert not (tmp_path / "results").exists() and not (tmp_path / "checkpoints").exists()
 
 
 @pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])

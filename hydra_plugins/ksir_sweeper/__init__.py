@@ -118,6 +118,11 @@ class ValidatingSweeper(BasicSweeper):
         for i, overrides in enumerate(jobs):
             spec = self.spec_of(overrides)
             for dep in registry.JOB_KINDS[spec.job].requires(spec):
+                if not spec.model.train_if_missing:
+                    try:
+                        registry.check_dependencies(spec)
+                    except ConfigError as e:
+                        raise ConfigError(e.key, e.value, why=f"{e} [in sweep job: {' '.join(overrides)}]") from None
                 mkey = identity.model_key(dep)
                 if mkey not in ready:
                     ready[mkey] = registry.satisfied(dep)

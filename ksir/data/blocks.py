@@ -17,6 +17,7 @@ import datasets
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from ksir.data.cache import cached
 from ksir.errors import ConfigError
 
 
@@ -63,10 +64,8 @@ def load_token_data(docs: datasets.DatasetDict, tok: PreTrainedTokenizerBase, se
         f"{docs['train']._fingerprint}|{docs['validation']._fingerprint}|{tokenizer_fingerprint(tok)}|{seq_len}".encode()
     ).hexdigest()[:16]
     path = Path(cache_dir) / f"blocks-{fp}"
-    if not (path / "dataset_dict.json").exists():
-        dd = datasets.DatasetDict({split: _blocks(docs[split], tok, seq_len) for split in ("train", "validation")})
-        dd.save_to_disk(str(path))
-    dd = datasets.load_from_disk(str(path)).with_format("torch")
+    dd = cached(path, lambda: datasets.DatasetDict({split: _blocks(docs[split], tok, seq_len)
+                                                    for split in ("train", "validation")})).with_format("torch")
     train, val = (dd[s][:]["input_ids"] if len(dd[s]) else torch.empty(0, seq_len) for s in ("train", "validation"))
     if len(train) == 0 or len(val) == 0:
         raise ConfigError("data", f"{len(train)} train / {len(val)} validation blocks",

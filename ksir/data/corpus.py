@@ -19,6 +19,7 @@ from typing import Any
 
 import datasets
 
+from ksir.data.cache import cached
 from ksir.errors import ConfigError
 from ksir.spec import DATA_SOURCES as SOURCES
 from ksir.spec import FILE_FORMATS as FILE_BUILDERS
@@ -54,17 +55,15 @@ def _split_by_document(names: list[str], texts: list[str], validation_fraction: 
 
 
 def _load_embedded(cfg: Mapping[str, Any], cache_dir: Path) -> datasets.DatasetDict:
-    path = cache_dir / f"embedded-{embedded_fingerprint(cfg)}"
-    if (path / "dataset_dict.json").exists():
-        return datasets.load_from_disk(str(path))
-    root, files = embedded_files()
-    if cfg.get("max_documents"):
-        files = files[: int(cfg["max_documents"])]
-    names = [str(f.relative_to(root)) for f in files]
-    texts = [f.read_text(encoding="utf-8", errors="replace") for f in files]
-    dd = _split_by_document(names, texts, float(cfg["validation_fraction"]))
-    dd.save_to_disk(str(path))  # datasets writes to a temp dir and renames: safe for parallel jobs
-    return datasets.load_from_disk(str(path))
+    def build() -> datasets.DatasetDict:
+        root, files = embedded_files()
+        if cfg.get("max_documents"):
+            files = files[: int(cfg["max_documents"])]
+        names = [str(f.relative_to(root)) for f in files]
+        texts = [f.read_text(encoding="utf-8", errors="replace") for f in files]
+        return _split_by_document(names, texts, float(cfg["validation_fraction"]))
+
+    return cached(cache_dir / f"embedded-{embedded_fingerprint(cfg)}", build)
 
 
 def _ensure_validation(dd: datasets.DatasetDict, cfg: Mapping[str, Any]) -> datasets.DatasetDict:
