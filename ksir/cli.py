@@ -13,6 +13,7 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
@@ -20,6 +21,21 @@ from ksir.errors import ConfigError
 from ksir.paths import CONF_DIR
 
 SWEEP_TOTAL_ENV, SWEEP_START_ENV = "KSIR_SWEEP_TOTAL", "KSIR_SWEEP_START"  # set by the sweeper for progress
+
+
+class ValidateFirst(Callback):
+    """A single job's config is parsed and checked as soon as Hydra has composed it, before Hydra creates the
+    job's run folder, saves its config there and sets up logging: a bad value writes nothing and costs only
+    composition (conf/config.yaml registers this under hydra.callbacks; sweeps check every job in the sweeper)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from ksir.spec import JobSpec
+
+        try:
+            JobSpec.from_config(config)
+        except ConfigError as e:
+            print(e, file=sys.stderr)
+            sys.exit(2)
 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")

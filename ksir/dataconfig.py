@@ -9,6 +9,7 @@ built from their sub-mappings, so a typo anywhere fails before any compute.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 import typing
@@ -77,6 +78,12 @@ def coerce(tp: Any, value: Any, key: str) -> Any:
     raise ConfigError(key, value, _describe(tp))
 
 
+@functools.cache
+def _schema(cls: type) -> tuple[dict[str, dataclasses.Field], dict[str, Any]]:
+    """Fields and resolved type hints of a dataclass, once per class (get_type_hints is slow)."""
+    return {f.name: f for f in dataclasses.fields(cls)}, typing.get_type_hints(cls)
+
+
 def from_mapping(cls: type[T], m: Mapping[str, Any] | Any, prefix: str) -> T:
     """`cls(**m)` with typed values and nested dataclasses built recursively; `prefix` names the group in errors."""
     if m is None:
@@ -85,8 +92,7 @@ def from_mapping(cls: type[T], m: Mapping[str, Any] | Any, prefix: str) -> T:
         from omegaconf import OmegaConf
 
         m = OmegaConf.to_container(m, resolve=True)
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    hints = typing.get_type_hints(cls)
+    fields, hints = _schema(cls)
     kwargs: dict[str, Any] = {}
     for key, value in dict(m).items():
         if key not in fields:

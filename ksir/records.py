@@ -281,17 +281,29 @@ def iter_record_files(results_dir: str | Path) -> list[Path]:
     return sorted(p for p in Path(results_dir).glob("*.json") if not p.name.startswith("."))
 
 
+_SCHEMA1_SEEN: dict[Path, tuple[int, str | None]] = {}  # file -> (mtime_ns, today's key if schema 1)
+
+
 def schema1_index(results_dir: str | Path) -> dict[str, list[Path]]:
     """{today's key: the schema-1 files of that job} for a folder. Old keys hashed the raw config, so one job
-    can have several old files (bits 4 and 4.0, one 16-bit baseline per scheme): all map to one key here."""
+    can have several old files (bits 4 and 4.0, one 16-bit baseline per scheme): all map to one key here.
+    Each file is read once per process (and again only if it changes): a lookup costs a directory listing."""
     index: dict[str, list[Path]] = {}
     for f in iter_record_files(results_dir):
         try:
-            raw = json.loads(f.read_text())
-        except (OSError, ValueError):
+            mtime = f.stat().st_mtime_ns
+        except OSError:
             continue
-        if isinstance(raw, dict) and "run_key" in raw and raw.get("schema", 1) < SCHEMA_VERSION:
-            index.setdefault(upgrade(raw)["run_key"], []).append(f)
+        seen = _SCHEMA1_SEEN.get(f)
+        if seen is None or seen[0] != mtime:
+            try:
+                raw = json.loads(f.read_text())
+            except (OSError, ValueError):
+                continue
+            old = isinstance(raw, dict) and "run_key" in raw and raw.get("schema", 1) < SCHEMA_VERSION
+            seen = _SCHEMA1_SEEN[f] = (mtime, upgrade(raw)["run_key"] if old else None)
+        if seen[1] is not None:
+            index.setdefault(seen[1], []).append(f)
     return index
 
 

@@ -13,12 +13,15 @@
 
 from __future__ import annotations
 
+import copy
+import json
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -27,12 +30,12 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import CompactHydraException
 from omegaconf import OmegaConf
 
-from ksir import identity
 from ksir.cli import SWEEP_START_ENV, SWEEP_TOTAL_ENV
 from ksir.errors import ConfigError
-from ksir.jobs import describe
 from ksir.paths import CONF_DIR
-from ksir.spec import JobSpec
+
+if TYPE_CHECKING:  # Hydra imports every plugin at start-up: the job modules load only when a sweep runs
+    from ksir.spec import JobSpec
 
 
 class SweepFailed(CompactHydraException):
@@ -71,29 +74,75 @@ def with_job(overrides: Sequence[str], job: str, extra: Sequence[str] = ()) -> l
 CONFIG_GROUPS = frozenset(p.name for p in Path(CONF_DIR).iterdir() if p.is_dir())
 
 
+INTERPOLATED = re.compile(r"\$\{([\w.]+)\}")  # ${out_dir}: a key that other values are computed from
+
+
 class ValidatingSweeper(BasicSweeper):
     _specs: dict[tuple[str, ...], JobSpec]
-    _bases: dict[tuple[str, ...], Any]
+    _bases: dict[tuple[str, ...], tuple[dict[str, Any], frozenset[str]]]
+    _parsed: dict[str, Any]
 
-    def compose(self, overrides: Sequence[str]) -> Any:
-        """The job's config as Hydra composes it, fast: Hydra composes once per distinct set of config-group
-        overrides (model=..., quant=gptq, hydra/...), and plain value overrides (quant.bits=4) are applied to a
-        copy with OmegaConf, as Hydra applies them. A 1,000-job sweep is checked in seconds, not minutes."""
+    def compose(self, overrides: Sequence[str]) -> dict[str, Any]:
+        """The job's resolved config as Hydra composes it, fast. Hydra composes (and OmegaConf resolves) once
+        per distinct base: the config-group choices (model=..., quant=gptq, hydra/...) and the values that
+        interpolations read (out_dir=...). Every other override (quant.bits=4, seed=3) is a plain value, set
+        on a copy of the resolved dict. A 1,000-job sweep is checked in seconds; a test checks that every
+        job gets the key that full composition gives it."""
         assert self.hydra_context is not None and self.config is not None
-        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
-        parsed = parser.parse_overrides(list(overrides))
-        plain = [o for o in parsed if o.key_or_group.split("/")[0] not in CONFIG_GROUPS
-                 and not o.key_or_group.startswith("hydra") and not o.is_delete() and not o.is_force_add()]
-        groups = tuple(o.input_line for o in parsed if o not in plain)
-        if groups not in self._bases:
-            full = self.hydra_context.config_loader.load_sweep_config(self.config, list(groups))
-            self._bases[groups] = OmegaConf.masked_copy(full, [k for k in full if k != "hydra"])
-        cfg = self._bases[groups].copy()
-        for o in plain:
-            OmegaConf.update(cfg, o.key_or_group, o.value(), merge=True, force_add=o.is_add())
+        parsed = [self._parse(o) for o in overrides]
+        if not self._bases:
+            self._base(())
+        sources = next(iter(self._bases.values()))[1]
+        fast = [o for o in parsed if self._is_plain(o, sources)]
+        base, _ = self._base(tuple(o.input_line for o in parsed if o not in fast))
+        cfg = copy.deepcopy(base)
+        for o in fast:
+            *path, last = o.key_or_group.split(".")
+            node = cfg
+            for part in path:
+                node = node.get(part) if isinstance(node, dict) else None
+            if not isinstance(node, dict) or (last not in node and not o.is_add()):
+                return self._full(overrides)  # not a plain value override after all: Hydra decides
+            node[last] = o.value()
         return cfg
 
+    def _parse(self, line: str) -> Any:
+        if line not in self._parsed:
+            assert self.hydra_context is not None
+            parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+            (self._parsed[line],) = parser.parse_overrides([line])
+        return self._parsed[line]
+
+    @staticmethod
+    def _is_plain(o: Any, sources: frozenset[str]) -> bool:
+        key = o.key_or_group
+        return (key.split("/")[0] not in CONFIG_GROUPS and not key.startswith("hydra") and not o.is_delete()
+                and not o.is_force_add() and "${" not in str(o.get_value_element_as_str())
+                and not any(s == key or s.startswith(key + ".") or key.startswith(s + ".") for s in sources))
+
+    def _base(self, lines: tuple[str, ...]) -> tuple[dict[str, Any], frozenset[str]]:
+        if lines not in self._bases:
+            cfg = self._full(lines, resolve=False)
+            sources = frozenset(INTERPOLATED.findall(json.dumps(OmegaConf.to_container(cfg, resolve=False))))
+            self._bases[lines] = (self._resolve(cfg), sources)
+        return self._bases[lines]
+
+    def _full(self, overrides: Sequence[str], resolve: bool = True) -> Any:
+        assert self.hydra_context is not None and self.config is not None
+        full = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        cfg = OmegaConf.masked_copy(full, [k for k in full if k != "hydra"])
+        return self._resolve(cfg) if resolve else cfg
+
+    @staticmethod
+    def _resolve(cfg: Any) -> dict[str, Any]:
+        missing = sorted(OmegaConf.missing_keys(cfg))
+        if missing:  # a required value (???) left unset: one line naming it, before any compute
+            raise ConfigError(missing[0], "???", why="a required value is missing; set it on the command line")
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
     def spec_of(self, overrides: Sequence[str]) -> JobSpec:
+        from ksir.spec import JobSpec
+
         key = tuple(overrides)
         if key not in self._specs:
             try:
@@ -109,31 +158,24 @@ class ValidatingSweeper(BasicSweeper):
 
     def plan(self, jobs: list[list[str]]) -> tuple[list[list[str]], dict[int, str]]:
         """(dependency jobs to run first, {job index: model key of its dependency}) for jobs not yet done."""
-        from ksir import identity, records
+        from ksir import identity
         from ksir import jobs as registry
-
         deps: dict[str, list[str]] = {}
         needs: dict[int, str] = {}
         ready: dict[str, bool] = {}
         for i, overrides in enumerate(jobs):
             spec = self.spec_of(overrides)
             for dep in registry.JOB_KINDS[spec.job].requires(spec):
+                mkey = identity.model_key(dep)
+                if mkey not in ready:
+                    ready[mkey] = registry.satisfied(dep)
+                if ready[mkey] or self.finished(spec):
+                    continue  # the model exists, or the job's result does: nothing to train for it
                 if not spec.model.train_if_missing:
                     try:
                         registry.check_dependencies(spec)
                     except ConfigError as e:
                         raise ConfigError(e.key, e.value, why=f"{e} [in sweep job: {' '.join(overrides)}]") from None
-                mkey = identity.model_key(dep)
-                if mkey not in ready:
-                    ready[mkey] = registry.satisfied(dep)
-                if ready[mkey]:
-                    continue
-                try:
-                    rec, _ = records.find_record(spec.paths.results_dir, identity.run_key(spec), adopt_old=False)
-                except ValueError:
-                    rec = None  # a corrupt record: the job reruns, and needs its model
-                if records.is_done(rec) and not spec.force:
-                    continue  # its result exists: nothing to train for it
                 needs[i] = mkey
                 if mkey not in deps:
                     dep_overrides = with_job(overrides, "train", ["qat.enabled=false"] if spec.job == "train" else [])
@@ -143,10 +185,22 @@ class ValidatingSweeper(BasicSweeper):
                     deps[mkey] = dep_overrides
         return list(deps.values()), needs
 
+    @staticmethod
+    def finished(spec: JobSpec) -> bool:
+        """The job's result exists (read only: schema-1 records are adopted by the job itself, not here)."""
+        from ksir import identity, records
+        if spec.force:
+            return False
+        try:
+            rec, _ = records.find_record(spec.paths.results_dir, identity.run_key(spec), adopt_old=False)
+        except ValueError:
+            return False  # a corrupt record: the job reruns, and needs its model
+        return records.is_done(rec)
+
     def sweep(self, arguments: list[str]) -> Any:
         """BasicSweeper.sweep, plus pre-flight validation, dependency waves, progress and a summary table."""
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
-        self._specs, self._bases = {}, {}
+        self._specs, self._bases, self._parsed = {}, {}, {}
         params_conf = self._parse_config()
         params_conf.extend(arguments)
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
@@ -163,9 +217,12 @@ class ValidatingSweeper(BasicSweeper):
         print(f"[sweep] {len(jobs)} jobs validated in {time.time() - t_check:.1f}s"
               + (f"; {len(dep_jobs)} train job(s) they need run first" if dep_jobs else "") + "; launching", flush=True)
         if self.config.get("dry_run"):
+            from ksir import identity
+            from ksir import jobs as registry
+
             for o in dep_jobs + jobs:
                 spec = self.spec_of(o)
-                print(f"  {identity.run_key(spec)}  {describe(spec):40}  {' '.join(o)}")
+                print(f"  {identity.run_key(spec)}  {registry.describe(spec):40}  {' '.join(o)}")
             print(f"[sweep] dry run: {len(dep_jobs) + len(jobs)} jobs planned, none run", flush=True)
             return []
         os.environ[SWEEP_TOTAL_ENV] = str(len(dep_jobs) + len(jobs))
