@@ -32,28 +32,31 @@ def timed(cmd: list[str], cwd: str) -> float:
     return time.perf_counter() - t0
 
 
-def sweep_args(n_jobs: int) -> list[str]:
-    """An N-job quantize sweep of the own family: sizes x bit-widths x data types x seeds (seed changes no RTN
-    result, so many jobs share keys: the dedup is part of what is measured)."""
-    sizes, bits, dtypes = "xs,s,m,l,xl", "2,3,4,5,6,8,16", "int,float,nf,quantile"
-    per_seed = 5 * 7 * 4
-    seeds = ",".join(str(i) for i in range(max(1, -(-n_jobs // per_seed))))
-    return ["-m", "job=quantize", f"model.size={sizes}", f"quant.bits={bits}", f"quant.dtype={dtypes}",
-            f"seed={seeds}", "dry_run=true", "logger=none"]
+PER_SEED = 5 * 7 * 4  # sizes x bit-widths x data types
+
+
+def sweep_args(n_jobs: int) -> tuple[int, list[str]]:
+    """(jobs, arguments) of a quantize sweep of the own family with at least n_jobs jobs: sizes x bit-widths x
+    data types x seeds (the seed changes no RTN result, so many jobs share keys: the dedup is part of what is
+    measured, and so is planning the 5 base models per seed that the jobs need)."""
+    seeds = max(1, -(-n_jobs // PER_SEED))
+    return seeds * PER_SEED, ["-m", "job=quantize", "model.size=xs,s,m,l,xl", "quant.bits=2,3,4,5,6,8,16",
+                              "quant.dtype=int,float,nf,quantile", f"seed={','.join(map(str, range(seeds)))}",
+                              "dry_run=true", "logger=none"]
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--jobs", type=int, default=1000, help="jobs in the pre-flight sweep (rounded up to 140s)")
+    p.add_argument("--jobs", type=int, default=1000, help=f"jobs in the pre-flight sweep (a multiple of {PER_SEED})")
     a = p.parse_args(argv)
+    n_jobs, args = sweep_args(a.jobs)
     with tempfile.TemporaryDirectory() as tmp:
         rows = {
             "import hydra, omegaconf, yaml": [sys.executable, "-c", "import hydra, omegaconf, yaml"],
             "ksir-run --help": [str(BIN / "ksir-run"), "--help"],
             "ksir-run model.family=nope (config error)": [str(BIN / "ksir-run"), "model.family=nope", f"out_dir={tmp}"],
-            f"pre-flight of a {a.jobs}-job sweep (dry_run)": [str(BIN / "ksir-run"), *sweep_args(a.jobs),
-                                                              f"out_dir={tmp}"],
+            f"pre-flight of a {n_jobs:,}-job sweep (dry_run)": [str(BIN / "ksir-run"), *args, f"out_dir={tmp}"],
         }
         times: dict[str, list[float]] = {k: [] for k in rows}
         for _ in range(a.rounds):
