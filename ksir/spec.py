@@ -417,6 +417,13 @@ def check_environment(spec: JobSpec) -> None:
         for split, p in spec.data.file_paths():
             check_data_file(f"data.files.{split}", Path(p).expanduser(), spec.data.format)
     spec.eval.zeroshot.check_files()
+    if spec.data.source == "embedded" and spec.data.tokenizer.kind == "bytes":
+        from ksir.data.embedded import validation_block_bound
+
+        bound = validation_block_bound(spec.data.max_documents, spec.data.validation_fraction, spec.data.seq_len)
+        if spec.eval.sequences > bound:
+            _fail("eval.sequences", spec.eval.sequences, f"<= {bound} (the validation blocks of data.seq_len="
+                  f"{spec.data.seq_len} tokens that the corpus can give, at most)")
     if spec.trains and spec.trainer.accelerator in ("gpu", "cuda") or spec.eval.device.startswith("cuda"):
         import torch  # only GPU configs pay for this import
 

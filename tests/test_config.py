@@ -40,6 +40,7 @@ def test_numbers_are_typed_once(tmp_path):
     (["trainer=gpu"], "trainer.lightning.accelerator"),
     (["eval.sequences=0"], "eval.sequences"),
     (["eval.sequences=abc"], "eval.sequences"),
+    (["eval.sequences=100000", "data.max_documents=50"], "eval.sequences"),  # more than the corpus can give
     (["eval.batch_size=2.5"], "eval.batch_size"),
     (["trainer.max_steps=-5"], "trainer.max_steps"),
     (["trainer.max_steps=0"], "trainer.max_steps"),

@@ -82,7 +82,15 @@ def test_unwritable_store_at_the_end_rescues_the_finished_record(tiny_cfg, train
 
 
 def test_too_few_validation_blocks_fail_before_training(tmp_path, cache_dir, capsys):
-    spec = _spec(tmp_path, cache_dir, "job=train", "model.size=s", "eval.sequences=100000")
+    # The embedded corpus: bounded from its file sizes in pre-flight, before anything is read.
+    with pytest.raises(ConfigError, match="eval.sequences"):
+        _spec(tmp_path, cache_dir, "job=train", "model.size=s", "eval.sequences=100000")
+    # A local corpus: its size is known once tokenized, which is still before any training.
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(f"document {i}: " + "some words " * 30 for i in range(300)))
+    spec = compose_spec(["job=train", "model.size=s", "data=files", f"data.files.train={corpus}", "data.seq_len=64",
+                         "eval.sequences=100000", "trainer.tokens_per_param=1", "logger=none", f"out_dir={tmp_path}",
+                         f"paths.cache={cache_dir}"])
     with pytest.raises(ConfigError, match="eval.sequences"):
         execute(spec)
     assert "train step" not in capsys.readouterr().out
@@ -179,8 +187,11 @@ def test_ctrl_c_ends_a_sweep_with_its_table_and_exit_130(tmp_path, cache_dir):
     env = {**os.environ, "WANDB_MODE": "offline"}
     first = subprocess.run([str(BIN / "ksir-run"), *job, "seed=0"], cwd=tmp_path, env=env, capture_output=True)
     assert first.returncode == 0  # seed=0 is done before the sweep: its table must show it as skipped
+    # A terminal's Ctrl-C: SIGINT at its default disposition (a shell's background job, as CI may be, would
+    # otherwise hand the child an ignored SIGINT, and Python keeps an inherited "ignore").
     proc = subprocess.Popen([str(BIN / "ksir-run"), "-m", *job, "seed=0,1,2"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = []
     for line in proc.stdout:  # once the second job trains, press Ctrl-C (SIGINT to the process group)
         lines.append(line)

@@ -51,3 +51,32 @@ def test_rerun_of_done_job_is_skipped(trained_tiny, capsys):
     rec = execute(trained_tiny.cfg)
     assert rec["created"] == trained_tiny.record["created"]
     assert "skipped" in capsys.readouterr().out
+
+
+def test_train_job_on_a_terminal_shows_lightnings_progress_bar(tmp_path, cache_dir):
+    """On a terminal (a real pseudo-terminal here) a train job shows Lightning's bar; in logs, plain lines."""
+    import os
+    import pty
+    import subprocess
+
+    from .helpers import BIN, TINY
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([str(BIN / "ksir-run"), "job=train", "model.size=xs", *TINY, "logger=none",
+                             f"out_dir={tmp_path}", f"paths.cache={cache_dir}"], cwd=tmp_path, stdin=slave,
+                            stdout=slave, stderr=slave, env={**os.environ, "WANDB_MODE": "offline"})
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the job closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(master)
+    text = b"".join(chunks).decode(errors="replace")
+    assert proc.wait(timeout=60) == 0, text[-2000:]
+    assert "Epoch 0" in text and "60/60" in text and "it/s" in text, text[-2000:]  # tqdm or rich bar
+    assert "train step" not in text, text[-2000:]  # the log lines are for logs

@@ -151,15 +151,11 @@ class ValidatingSweeper(BasicSweeper):
                 raise ConfigError(e.key, e.value, why=f"{e} [in sweep job: {' '.join(overrides)}]") from None
         return self._specs[key]
 
-    def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
-        super().validate_batch_is_legal(batch)
-        for overrides in batch:
-            self.spec_of(overrides)
-
     def plan(self, jobs: list[list[str]]) -> tuple[list[list[str]], dict[int, str]]:
         """(dependency jobs to run first, {job index: model key of its dependency}) for jobs not yet done."""
         from ksir import identity
         from ksir import jobs as registry
+
         deps: dict[str, list[str]] = {}
         needs: dict[int, str] = {}
         ready: dict[str, bool] = {}
@@ -189,6 +185,7 @@ class ValidatingSweeper(BasicSweeper):
     def finished(spec: JobSpec) -> bool:
         """The job's result exists (read only: schema-1 records are adopted by the job itself, not here)."""
         from ksir import identity, records
+
         if spec.force:
             return False
         try:
@@ -215,7 +212,8 @@ class ValidatingSweeper(BasicSweeper):
             self.spec_of(o)
         dep_jobs, needs = self.plan(jobs)
         print(f"[sweep] {len(jobs)} jobs validated in {time.time() - t_check:.1f}s"
-              + (f"; {len(dep_jobs)} train job(s) they need run first" if dep_jobs else "") + "; launching", flush=True)
+              + (f"; {len(dep_jobs)} train job(s) they need run first" if dep_jobs else "")
+              + ("" if self.config.get("dry_run") else "; launching"), flush=True)
         if self.config.get("dry_run"):
             from ksir import identity
             from ksir import jobs as registry

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import sys
-import sysconfig
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,20 +19,10 @@ from typing import Any
 import datasets
 
 from ksir.data.cache import cached
+from ksir.data.embedded import embedded_files, stable_fraction
 from ksir.errors import ConfigError
 from ksir.spec import DATA_SOURCES as SOURCES
 from ksir.spec import FILE_FORMATS as FILE_BUILDERS
-
-
-def _stable_fraction(key: str) -> float:
-    """A document's position in [0, 1) from a hash of its name: the split never depends on order."""
-    return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 2**32
-
-
-def embedded_files(exclude_dirs: tuple[str, ...] = ("test", "tests", "idlelib", "site-packages")) -> tuple[Path, list[Path]]:
-    root = Path(sysconfig.get_paths()["stdlib"])
-    files = sorted(p for p in root.rglob("*.py") if not set(p.relative_to(root).parts) & set(exclude_dirs))
-    return root, files
 
 
 def embedded_fingerprint(cfg: Mapping[str, Any]) -> str:
@@ -45,7 +34,7 @@ def embedded_fingerprint(cfg: Mapping[str, Any]) -> str:
 
 
 def _split_by_document(names: list[str], texts: list[str], validation_fraction: float) -> datasets.DatasetDict:
-    is_val = [_stable_fraction(n) < validation_fraction for n in names]
+    is_val = [stable_fraction(n) < validation_fraction for n in names]
 
     def pick(flag: bool) -> datasets.Dataset:
         rows = [(n, t) for n, t, v in zip(names, texts, is_val, strict=True) if v == flag]
