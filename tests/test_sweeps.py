@@ -80,6 +80,10 @@ def test_dry_run_plans_with_the_keys_the_jobs_will_have(tmp_path):
         assert run_key(compose_spec([*overrides, "dry_run=true"])) == key, overrides
     assert len({k for k, _ in planned}) == 10 - 2  # the two 16-bit jobs per size are one (rtn == gptq at 16 bits)
     assert not (tmp_path / "results").exists() and not (tmp_path / "checkpoints").exists()
+    # Hydra's own overrides (a launcher's options) apply to every composition the pre-flight makes.
+    r = run_cli("ksir-run", *args, "launcher=joblib", "hydra.launcher.n_jobs=1", "dry_run=true", cwd=tmp_path,
+                timeout=120)
+    assert r.returncode == 0 and "dry run: 10 jobs planned" in r.stdout, r.stderr[-2000:]
 
 
 @pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])

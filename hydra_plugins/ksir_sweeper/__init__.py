@@ -77,10 +77,15 @@ CONFIG_GROUPS = frozenset(p.name for p in Path(CONF_DIR).iterdir() if p.is_dir()
 INTERPOLATED = re.compile(r"\$\{([\w.]+)\}")  # ${out_dir}: a key that other values are computed from
 
 
+def interpolation_sources(cfg: Any) -> frozenset[str]:
+    return frozenset(INTERPOLATED.findall(json.dumps(OmegaConf.to_container(cfg, resolve=False))))
+
+
 class ValidatingSweeper(BasicSweeper):
     _specs: dict[tuple[str, ...], JobSpec]
     _bases: dict[tuple[str, ...], tuple[dict[str, Any], frozenset[str]]]
     _parsed: dict[str, Any]
+    _sources: frozenset[str]
 
     def compose(self, overrides: Sequence[str]) -> dict[str, Any]:
         """The job's resolved config as Hydra composes it, fast. Hydra composes (and OmegaConf resolves) once
@@ -90,11 +95,10 @@ class ValidatingSweeper(BasicSweeper):
         job gets the key that full composition gives it."""
         assert self.hydra_context is not None and self.config is not None
         parsed = [self._parse(o) for o in overrides]
-        if not self._bases:
-            self._base(())
-        sources = next(iter(self._bases.values()))[1]
-        fast = [o for o in parsed if self._is_plain(o, sources)]
-        base, _ = self._base(tuple(o.input_line for o in parsed if o not in fast))
+        fast = [o for o in parsed if self._is_plain(o, self._sources)]
+        base, sources = self._base(tuple(o.input_line for o in parsed if o not in fast))
+        if not all(self._is_plain(o, sources) for o in fast):  # this base computes a value from a key the job sets
+            return self._full(overrides)
         cfg = copy.deepcopy(base)
         for o in fast:
             *path, last = o.key_or_group.split(".")
@@ -123,8 +127,7 @@ class ValidatingSweeper(BasicSweeper):
     def _base(self, lines: tuple[str, ...]) -> tuple[dict[str, Any], frozenset[str]]:
         if lines not in self._bases:
             cfg = self._full(lines, resolve=False)
-            sources = frozenset(INTERPOLATED.findall(json.dumps(OmegaConf.to_container(cfg, resolve=False))))
-            self._bases[lines] = (self._resolve(cfg), sources)
+            self._bases[lines] = (self._resolve(cfg), interpolation_sources(cfg))
         return self._bases[lines]
 
     def _full(self, overrides: Sequence[str], resolve: bool = True) -> Any:
@@ -198,6 +201,10 @@ class ValidatingSweeper(BasicSweeper):
         """BasicSweeper.sweep, plus pre-flight validation, dependency waves, progress and a summary table."""
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
         self._specs, self._bases, self._parsed = {}, {}, {}
+        # Keys that interpolations read in the config as composed from the command line (`hydra.*` overrides
+        # apply to every composition, so no composition without this sweep's launcher may be tried).
+        self._sources = interpolation_sources(OmegaConf.masked_copy(self.config, [k for k in self.config
+                                                                                   if k != "hydra"]))
         params_conf = self._parse_config()
         params_conf.extend(arguments)
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
