@@ -26,8 +26,6 @@ from ksir.integrity import verify_checkpoint
 from ksir.quant.vocab import FLOAT_DEFAULT_EXPONENT_BITS, UNQUANTIZED_BITS
 from ksir.spec import DataSpec, EvalSpec, JobSpec
 
-IDENTITY_VERSION = 2
-
 
 def canon(value: Any) -> Any:
     """JSON-ready value with integral floats as ints (4.0 -> 4) and mappings in key order."""

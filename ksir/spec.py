@@ -118,21 +118,6 @@ class DataSpec:
 
 
 @dataclass(frozen=True)
-class LightningSpec:
-    """Keys passed to `pytorch_lightning.Trainer` as they are; the ones that change results are named."""
-
-    options: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def precision(self) -> Any:
-        return self.options.get("precision")
-
-    @property
-    def accelerator(self) -> str:
-        return str(self.options.get("accelerator", "auto"))
-
-
-@dataclass(frozen=True)
 class TrainerSpec:
     tokens_per_param: float = 20.0  # token budget D = tokens_per_param * N
     param_count: str = "total"  # N for the budget: total | nonembedding

@@ -112,7 +112,7 @@ def test_adding_a_field_with_a_default_leaves_every_key(section, cls):
 
 
 # The defaults that identities omit. Changing one silently changes what existing keys mean: add a field
-# instead (with today's behaviour as its default), or bump ksir.identity.IDENTITY_VERSION and migrate.
+# instead, with today's behaviour as its default.
 FROZEN_DEFAULTS = {
     "QuantConfig": {"method": "rtn", "bits": 16, "dtype": "int", "blocksize": 64, "granularity": "block",
                     "exponent_bits": None, "subnormals": True, "codebook": None, "zero_point": "float",
