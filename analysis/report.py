@@ -14,6 +14,7 @@ from analysis import optimal, plot
 from analysis.collect import Collected
 from analysis.fit import FitError, FitResult, fit_law
 from analysis.laws import get_law
+from ksir.records import is_baseline
 
 SCHEME_COLS = ("dtype", "blocksize", "method", "regime")
 JOINT_DEFAULT = ("precision",)
@@ -22,7 +23,7 @@ JOINT_DEFAULT = ("precision",)
 def attach_baselines(df: pd.DataFrame) -> pd.DataFrame:
     """Copies of each unquantized PTQ baseline (one job per base model, scheme-free in its record) for every
     quantization scheme in the data, so that every scheme's curves and joint fits include their 16-bit point."""
-    is_base = (df.get("regime", pd.Series("", index=df.index)).astype(str) == "ptq") & (df["bits"] == 16)
+    is_base = df.apply(is_baseline, axis=1).astype(bool) if len(df) else pd.Series(False, index=df.index)
     cols = [c for c in SCHEME_COLS if c in df]
     quant = df[~is_base]
     combos = quant[cols].drop_duplicates() if cols and not quant.empty else pd.DataFrame()

@@ -21,17 +21,22 @@ from ksir.spec import JobSpec
 META_FILE = "ksir_train.json"
 
 
+def base_checkpoint(spec: JobSpec) -> str:
+    """The intact own-family full-precision model a job builds on (today's or a schema-1 folder)."""
+    base = base_train_spec(spec)
+    found = find_checkpoint(base)
+    if found is None:
+        raise FileNotFoundError(f"no intact base model at {checkpoint_dir(base)}: its train job has not finished")
+    return str(found)
+
+
 def resolve_checkpoint(spec: JobSpec) -> str:
-    """An explicit model.checkpoint, else the own-family model (today's or a schema-1 folder), else the hub id."""
+    """An explicit model.checkpoint, else the own-family model, else the family's hub id."""
     if spec.model.checkpoint:
         p = Path(spec.model.checkpoint).expanduser()
         return str(p.absolute()) if p.exists() else spec.model.checkpoint
     if spec.family.kind == "own":
-        found = find_checkpoint(base_train_spec(spec))
-        if found is None:
-            raise FileNotFoundError(f"no intact base model at {checkpoint_dir(base_train_spec(spec))}: "
-                                    "its train job has not finished")
-        return str(found)
+        return base_checkpoint(spec)
     return spec.family.size(spec.model.size).hub_id
 
 

@@ -228,8 +228,3 @@ def find_checkpoint(train: JobSpec) -> Path | None:
         if path is not None and (path / "config.json").is_file() and verify_checkpoint(path) is None:
             return path
     return None
-
-
-def own_checkpoint_dir(spec: JobSpec) -> Path:
-    """Where the base model of an own-family quantize job lives (or will, once its train job ran)."""
-    return checkpoint_dir(base_train_spec(spec))

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import math
 import os
@@ -84,7 +85,7 @@ def train_fields(*, checkpoint: str, n_params: int, n_nonemb: int, train_tokens:
             "resumed_from_step": resumed_from_step}
 
 
-def qat_fields(spec: JobSpec, summary: Any, **train: Any) -> dict[str, Any]:
+def qat_fields(spec: JobSpec, summary: Any, init_from: str | None, **train: Any) -> dict[str, Any]:
     """A quantization-aware train job: accounted like PTQ at qat.bits."""
     q = spec.qat
     rec = train_fields(**train)
@@ -94,7 +95,7 @@ def qat_fields(spec: JobSpec, summary: Any, **train: Any) -> dict[str, Any]:
                granularity=q.granularity, total_bits=summary.total_bits, bits_per_param=summary.bits_per_param,
                n_quantized_params=summary.n_quantized, quantizer=q.resolved_quantizer() if quantized else None,
                scale=q.scale, act_bits=q.act_bits, attention_bits=summary.attention_bits,
-               init_from=train.get("init_from"), distill_weight=q.distill.weight, qat=summary.as_dict())
+               init_from=init_from, distill_weight=q.distill.weight, qat=summary.as_dict())
     return rec
 
 
@@ -200,7 +201,7 @@ def upgrade(rec: dict[str, Any]) -> dict[str, Any]:
         rec.update(legacy_run_keys=[rec["run_key"]], run_key=run_key(spec), identity=identity(spec))
     except Exception as e:  # noqa: BLE001 - an old config that no longer parses keeps its old key
         rec["upgrade_note"] = f"kept the schema-1 key: {type(e).__name__}: {e}"
-    if is_baseline(rec) or (rec.get("job") == "quantize" and _num(rec.get("bits")) == BASELINE_BITS):
+    if rec.get("job") == "quantize" and _num(rec.get("bits")) == BASELINE_BITS:  # schema-1 baselines had a scheme
         rec.update(method="none", dtype="none", blocksize=None, granularity=None)
     return rec
 
@@ -249,8 +250,12 @@ def write_record(results_dir: str | Path, record: dict[str, Any]) -> Path:
                 path = Path(results_dir) / f"{record['run_key']}{FAILED_SUFFIX}"
         except ValueError:
             pass  # a corrupt file is no result to keep
-    write_atomic(path, json.dumps(_json_safe(record), indent=2, sort_keys=True, default=str))
+    write_atomic(path, _serialise(record))
     return path
+
+
+def _serialise(record: dict[str, Any]) -> str:
+    return json.dumps(_json_safe({"schema": SCHEMA_VERSION, **record}), indent=2, sort_keys=True, default=str)
 
 
 def save_or_rescue(results_dir: str | Path, record: dict[str, Any]) -> Path:
@@ -260,7 +265,7 @@ def save_or_rescue(results_dir: str | Path, record: dict[str, Any]) -> Path:
         return write_record(results_dir, record)
     except OSError as e:
         rescue = Path(tempfile.gettempdir()) / "ksir-unsaved" / f"{record['run_key']}.json"
-        write_atomic(rescue, json.dumps(_json_safe({"schema": SCHEMA_VERSION, **record}), indent=2, default=str))
+        write_atomic(rescue, _serialise(record))
         raise OSError(f"could not write the record into {results_dir} ({e.strerror or e}); "
                       f"it was saved to {rescue}: move it there once the folder is writable") from e
 
@@ -307,11 +312,15 @@ def schema1_index(results_dir: str | Path) -> dict[str, list[Path]]:
     return index
 
 
+def _best(files: list[Path]) -> dict[str, Any]:
+    """The record that stands for several schema-1 files of one job: a done one first, then the newest."""
+    return max((read_record(f) for f in files), key=lambda r: (is_done(r), str(r.get("created", ""))))
+
+
 def adopt(results_dir: str | Path, key: str, files: list[Path]) -> dict[str, Any]:
-    """Replace schema-1 files of one job by one schema-2 record under `key` (the best: done, then newest);
-    the old files move into `.v1/`, never deleted. Returns the adopted record."""
-    recs = sorted((read_record(f) for f in files), key=lambda r: (is_done(r), str(r.get("created", ""))))
-    best = {**recs[-1], "run_key": key, "legacy_run_keys": sorted(f.stem for f in files)}
+    """Replace schema-1 files of one job by one schema-2 record under `key` (`_best` of them); the old files
+    move into `.v1/`, never deleted. Returns the adopted record."""
+    best = {**_best(files), "run_key": key, "legacy_run_keys": sorted(f.stem for f in files)}
     legacy = Path(results_dir) / LEGACY_DIR
     legacy.mkdir(exist_ok=True)
     for f in files:
@@ -332,20 +341,23 @@ def find_record(results_dir: str | Path, key: str, adopt_old: bool = True) -> tu
     files = schema1_index(results_dir).get(key)
     if not files:
         return None, path
-    return (adopt(results_dir, key, files) if adopt_old else read_record(files[-1])), path
+    return (adopt(results_dir, key, files) if adopt_old else _best(files)), path
 
 
 def migrate(results_dir: str | Path) -> dict[str, list[str]]:
     """Upgrade every schema-1 record of a folder in place (old files kept in `.v1/`): {new key: old keys}."""
-    return {key: [f.stem for f in files] for key, files in schema1_index(results_dir).items()
-            if adopt(results_dir, key, files)}
+    merged = {}
+    for key, files in schema1_index(results_dir).items():
+        adopt(results_dir, key, files)
+        merged[key] = [f.stem for f in files]
+    return merged
 
 
 # ----------------------------------------------------------------------------- one job at a time
 
 
 @contextlib.contextmanager
-def job_lock(results_dir: str | Path, key: str, announce: bool = True) -> Iterator[None]:
+def job_lock(results_dir: str | Path, key: str) -> Iterator[None]:
     """Hold the lock of one identity while its job runs: a second process with the same job waits, then finds
     the record. An flock is released by the kernel when its holder dies, so a killed job never blocks."""
     folder = Path(results_dir) / ".locks"
@@ -357,12 +369,10 @@ def job_lock(results_dir: str | Path, key: str, announce: bool = True) -> Iterat
         except BlockingIOError:
             f.seek(0)
             holder = f.read().strip() or "another process"
-            if announce:
-                print(f"[{key}] held by {holder}: waiting for it to finish", flush=True)
+            print(f"[{key}] held by {holder}: waiting for it to finish", flush=True)
             t0 = time.time()
             fcntl.flock(f, fcntl.LOCK_EX)
-            if announce:
-                print(f"[{key}] released after {time.time() - t0:.0f}s", flush=True)
+            print(f"[{key}] released after {time.time() - t0:.0f}s", flush=True)
         try:
             f.seek(0)
             f.truncate()
@@ -373,17 +383,13 @@ def job_lock(results_dir: str | Path, key: str, announce: bool = True) -> Iterat
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-_COMMIT: list[str | None] = []
-
-
+@functools.lru_cache(maxsize=1)
 def _git_commit() -> str | None:
-    if not _COMMIT:
-        import subprocess
+    import subprocess
 
-        try:
-            out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                                 cwd=Path(__file__).parent)
-            _COMMIT.append(out.stdout.strip() or None)
-        except (OSError, subprocess.SubprocessError):
-            _COMMIT.append(None)
-    return _COMMIT[0]
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None

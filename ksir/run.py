@@ -103,8 +103,7 @@ def run_train(spec: JobSpec) -> dict[str, Any]:
         else:
             meta.update(qat=qat.as_dict(), init_from=init_ckpt)
             save_qat_checkpoint(model.cpu(), tok, path, meta, qat, summary)
-            fields = records.qat_fields(spec, summary, **common)
-            fields["init_from"] = init_ckpt
+            fields = records.qat_fields(spec, summary, init_ckpt, **common)
         shutil.rmtree(resume_dir, ignore_errors=True)  # finished: the resume state is no longer needed
         fields["wall_time_s"] = time.time() - t0
         tracking.finish_run(run, records.to_wandb_summary(fields))
@@ -122,10 +121,7 @@ def _qat_init_checkpoint(spec: JobSpec) -> str:
         if not (p / "config.json").exists():
             raise FileNotFoundError(f"qat.init_from={spec.qat.init_from!r}: no Hugging Face model folder there")
         return str(p.absolute())
-    found = identity.find_checkpoint(identity.base_train_spec(spec))
-    if found is None:
-        raise FileNotFoundError("qat.init_from=auto: the full-precision model is not trained (its train job runs first)")
-    return str(found)
+    return checkpoints.base_checkpoint(spec)
 
 
 def _new_model(spec: JobSpec, tok: Any) -> torch.nn.Module:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ksir.dataconfig import from_mapping
+from ksir.dataconfig import coerce, from_mapping
 from ksir.errors import ConfigError
 from ksir.families import Family, get_family, linear_row_sizes
 from ksir.qat.config import QATConfig, validate_qat_config
@@ -308,14 +308,10 @@ class JobSpec:
     @classmethod
     def from_config(cls, cfg: Any, *, check_env: bool = True) -> JobSpec:
         """Parse and validate a composed config (DictConfig or plain mapping, with or without `hydra`)."""
-        plain = _plain(cfg)
-        raw = {k: v for k, v in plain.items() if k != "hydra"}
+        raw = {k: v for k, v in plain_config(cfg).items() if k != "hydra"}
         job = raw.get("job")
         if job not in JOBS:
             _fail("job", job, JOBS)
-        for key in ("seed",):
-            if isinstance(raw.get(key), bool) or not isinstance(raw.get(key, 0), int):
-                _fail(key, raw.get(key), "an integer")
         spec = cls(
             job=job,
             model=from_mapping(ModelSpec, raw.get("model"), "model"),
@@ -326,9 +322,9 @@ class JobSpec:
             paths=from_mapping(PathsSpec, raw.get("paths"), "paths"),
             quant=QuantConfig.from_mapping(raw.get("quant")),
             qat=QATConfig.from_mapping(raw.get("qat")),
-            seed=int(raw.get("seed", 0)),
-            force=bool(raw.get("force", False)),
-            out_dir=str(raw.get("out_dir", "outputs")),
+            seed=coerce(int, raw.get("seed", 0), "seed"),
+            force=coerce(bool, raw.get("force", False), "force"),
+            out_dir=coerce(str, raw.get("out_dir", "outputs"), "out_dir"),
             raw=raw,
         )
         spec.check()
@@ -380,7 +376,8 @@ class _Namespace:
         return None
 
 
-def _plain(cfg: Any) -> dict[str, Any]:
+def plain_config(cfg: Any) -> dict[str, Any]:
+    """A composed config as a resolved plain dict, without `hydra`; a required value left at ??? is one line."""
     if isinstance(cfg, Mapping) and not hasattr(cfg, "_metadata"):
         return dict(cfg)
     from omegaconf import OmegaConf

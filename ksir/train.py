@@ -105,7 +105,9 @@ class ProgressPrinter(pl.Callback):
         self.start_step = 0
 
     def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        self.t0, self.start_step = time.time(), trainer.global_step
+        self.t0, self.start_step = time.time(), trainer.global_step  # > 0 after a resume
+        if self.start_step:
+            print(f"  resumed at step {self.start_step}", flush=True)
 
     @property
     def elapsed(self) -> float:
@@ -191,10 +193,8 @@ def train_model(model: torch.nn.Module, train_blocks: torch.Tensor, cfg: Any, n_
                          enable_model_summary=False, enable_progress_bar=on_terminal, callbacks=cbs + list(callbacks or []),
                          **dict(cfg.lightning))
     ckpt = last_checkpoint(resume_dir)
-    resumed_from = None
     if ckpt is not None:
-        resumed_from = int(torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"])
-        print(f"  resuming from {ckpt} (step {resumed_from})", flush=True)
+        print(f"  resuming from {ckpt}", flush=True)
     try:
         trainer.fit(module, loader, ckpt_path=str(ckpt) if ckpt else None)
     except SystemExit:
@@ -203,5 +203,6 @@ def train_model(model: torch.nn.Module, train_blocks: torch.Tensor, cfg: Any, n_
         raise
     wall = clock.elapsed  # the whole run, the part before an interruption included
     return {"train_tokens": tokens, "train_steps": steps, "train_time_s": wall,
-            "train_tokens_per_s": tokens / max(wall, 1e-9), "resumed_from_step": resumed_from,
+            "train_tokens_per_s": tokens / max(wall, 1e-9),
+            "resumed_from_step": clock.start_step if ckpt is not None else None,
             "final_train_loss": float(trainer.callback_metrics.get("train/loss", float("nan")))}

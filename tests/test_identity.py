@@ -90,7 +90,8 @@ def test_paper_grid_computes_one_baseline_per_size():
 def test_train_identity_ignores_quantization_and_the_model_ignores_evaluation():
     assert key("quant.bits=4", job="train") == key("quant.bits=8", job="train")
     a, b = (compose_spec(["job=quantize", "quant.bits=4", f"eval.sequences={n}"], check_env=False) for n in (8, 16))
-    assert identity.own_checkpoint_dir(a) == identity.own_checkpoint_dir(b)  # one base model for both
+    base = identity.base_train_spec  # one base model for both:
+    assert identity.checkpoint_dir(base(a)) == identity.checkpoint_dir(base(b))
     assert run_key(a) != run_key(b)
     assert key(job="train").startswith("t-") and key("quant.bits=4").startswith("q-")
     assert model_key(compose_spec(["qat=lsq"], check_env=False)) != model_key(compose_spec([], check_env=False))

@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -33,9 +33,7 @@ from omegaconf import OmegaConf
 from ksir.cli import SWEEP_START_ENV, SWEEP_TOTAL_ENV
 from ksir.errors import ConfigError
 from ksir.paths import CONF_DIR
-
-if TYPE_CHECKING:  # Hydra imports every plugin at start-up: the job modules load only when a sweep runs
-    from ksir.spec import JobSpec
+from ksir.spec import JobSpec, plain_config  # torch-free; the job modules load only when a sweep runs
 
 
 class SweepFailed(CompactHydraException):
@@ -127,25 +125,16 @@ class ValidatingSweeper(BasicSweeper):
     def _base(self, lines: tuple[str, ...]) -> tuple[dict[str, Any], frozenset[str]]:
         if lines not in self._bases:
             cfg = self._full(lines, resolve=False)
-            self._bases[lines] = (self._resolve(cfg), interpolation_sources(cfg))
+            self._bases[lines] = (plain_config(cfg), interpolation_sources(cfg))
         return self._bases[lines]
 
     def _full(self, overrides: Sequence[str], resolve: bool = True) -> Any:
         assert self.hydra_context is not None and self.config is not None
         full = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
         cfg = OmegaConf.masked_copy(full, [k for k in full if k != "hydra"])
-        return self._resolve(cfg) if resolve else cfg
-
-    @staticmethod
-    def _resolve(cfg: Any) -> dict[str, Any]:
-        missing = sorted(OmegaConf.missing_keys(cfg))
-        if missing:  # a required value (???) left unset: one line naming it, before any compute
-            raise ConfigError(missing[0], "???", why="a required value is missing; set it on the command line")
-        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+        return plain_config(cfg) if resolve else cfg
 
     def spec_of(self, overrides: Sequence[str]) -> JobSpec:
-        from ksir.spec import JobSpec
-
         key = tuple(overrides)
         if key not in self._specs:
             try:
@@ -154,8 +143,9 @@ class ValidatingSweeper(BasicSweeper):
                 raise ConfigError(e.key, e.value, why=f"{e} [in sweep job: {' '.join(overrides)}]") from None
         return self._specs[key]
 
-    def plan(self, jobs: list[list[str]]) -> tuple[list[list[str]], dict[int, str]]:
-        """(dependency jobs to run first, {job index: model key of its dependency}) for jobs not yet done."""
+    def plan(self, jobs: list[list[str]]) -> tuple[dict[str, list[str]], dict[int, str]]:
+        """({model key: overrides of the train job to run first}, {job index: model key it needs}) for the jobs
+        not yet done."""
         from ksir import identity
         from ksir import jobs as registry
 
@@ -182,7 +172,7 @@ class ValidatingSweeper(BasicSweeper):
                     if got != mkey:  # the dependency as overrides must be exactly the declared one
                         raise RuntimeError(f"dependency of {' '.join(overrides)} composed to {got}, expected {mkey}")
                     deps[mkey] = dep_overrides
-        return list(deps.values()), needs
+        return deps, needs
 
     @staticmethod
     def finished(spec: JobSpec) -> bool:
@@ -217,7 +207,8 @@ class ValidatingSweeper(BasicSweeper):
         jobs = [list(o) for batch in self.overrides for o in batch]
         for o in jobs:
             self.spec_of(o)
-        dep_jobs, needs = self.plan(jobs)
+        deps, needs = self.plan(jobs)
+        dep_jobs = list(deps.values())
         print(f"[sweep] {len(jobs)} jobs validated in {time.time() - t_check:.1f}s"
               + (f"; {len(dep_jobs)} train job(s) they need run first" if dep_jobs else "")
               + ("" if self.config.get("dry_run") else "; launching"), flush=True)
@@ -239,8 +230,7 @@ class ValidatingSweeper(BasicSweeper):
             if dep_jobs:
                 results = self._launch(dep_jobs, idx, one_by_one, rows, returns)
                 idx += len(dep_jobs)
-                dep_keys = list(dict.fromkeys(needs.values()))
-                failed_deps = {k for k, r in zip(dep_keys, results, strict=True) if job_row([], r)["status"] == "failed"}
+                failed_deps = {k for k, r in zip(deps, results, strict=True) if job_row([], r)["status"] == "failed"}
             runnable = []
             for i, o in enumerate(jobs):
                 if needs.get(i) in failed_deps:
@@ -253,18 +243,19 @@ class ValidatingSweeper(BasicSweeper):
                 self._launch(runnable[start:start + batch_size], idx, one_by_one, rows, returns)
                 idx += len(runnable[start:start + batch_size])
         except KeyboardInterrupt:
-            table = summary_table(rows, time.time() - t0, note=" (interrupted: the rest did not run)")
-            (sweep_dir / "summary.txt").write_text(table + "\n")
-            print("\n" + table, flush=True)
+            self._report(sweep_dir, summary_table(rows, time.time() - t0, note=" (interrupted: the rest did not run)"))
             sys.exit(130)
-        table = summary_table(rows, time.time() - t0)
-        (sweep_dir / "summary.txt").write_text(table + "\n")
-        print(table, flush=True)
+        self._report(sweep_dir, summary_table(rows, time.time() - t0))
         failed = [r for r in rows if r["status"] == "failed"]
         if failed:
             raise SweepFailed(f"{len(failed)} of {len(rows)} jobs failed (records with status=failed hold the "
                               f"tracebacks); first: {failed[0]['error']}")
         return returns
+
+    @staticmethod
+    def _report(sweep_dir: Path, table: str) -> None:
+        (sweep_dir / "summary.txt").write_text(table + "\n")
+        print("\n" + table, flush=True)
 
     def _launch(self, batch: list[list[str]], idx: int, one_by_one: bool, rows: list, returns: list) -> list[JobReturn]:
         assert self.launcher is not None
