@@ -3,6 +3,13 @@
     ksir-fit outputs/demo/results --out outputs/demo
     ksir-fit 'outputs/*/results' --family llama --dtype int --law precision efficiency --bootstrap 1000
     ksir-fit --table released_runs.csv --map params=n_params,loss=val_loss,bits=bits --out refit
+    ksir-fit --table chinchilla.csv --map "Model Size=n_params,tokens=train_tokens,loss=val_loss" --out chin
+    ksir-fit outputs/demo/results --out fit --predict n_params=1e8,bits=4 --predict n_params=1e8,bits=3
+
+Laws are chosen from the columns when --law is not given: parameters + tokens + loss -> chinchilla;
+parameters + bits + loss -> per-k power laws, precision and efficiency (with a data term when tokens
+vary); parameters + loss -> a size law. The answer comes from the law that predicts held-out runs
+best among those the data identify, and says so.
     ksir-fit --wandb me/ksir --wandb-filter '{"config.quant.dtype": "nf"}' --out from_wandb
 """
 
@@ -15,8 +22,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.collect import Collected, clean, load_records, load_table, load_wandb, select
-from analysis.fit import FitError
+from analysis import headline
+from analysis.collect import Collected, clean, load_records, load_table, load_wandb, parse_map, select
+from analysis.fit import ENGINES, FitError
 from analysis.laws import LAWS
 from analysis.report import analyse
 
@@ -36,7 +44,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--wandb-group", default=None, help="only runs of this W&B group")
     p.add_argument("--metric", default="val_loss", help="metric column to fit (val_loss, val_ppl, zs_acc_mean, ...)")
     p.add_argument("--law", nargs="*", default=[], choices=sorted(LAWS),
-                   help="joint laws fitted besides the per-k power laws (default: precision)")
+                   help="laws to fit (default: chosen from the columns present); per-k power laws are added "
+                        "whenever k varies")
     for f in FILTERS:
         p.add_argument(f"--{f}", action="append", help=f"keep runs with this {f} (repeatable)")
     p.add_argument("--all-jobs", action="store_true",
@@ -47,7 +56,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--holdout", type=int, default=1, help="largest model sizes held out for the extrapolation check")
     p.add_argument("--extrapolate", type=float, default=10.0, help="budgets up to this factor beyond the largest run")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--jobs", type=int, default=None, help="processes for the bootstrap (default: all cores)")
+    p.add_argument("--engine", choices=ENGINES, default="batched",
+                   help="batched (all starts / resamples solved together) or scipy (one L-BFGS fit at a time: "
+                        "the reference)")
+    p.add_argument("--acc-metric", default="zs_acc_mean",
+                   help="accuracy column for the two-step accuracy-from-loss prediction")
+    p.add_argument("--predict", action="append", default=[], metavar="COL=V,...",
+                   help="predict loss and accuracy at an unseen model, e.g. n_params=1e9,bits=4[,train_tokens=2e10]")
     p.add_argument("--no-figures", action="store_true")
     return p
 
@@ -56,8 +71,10 @@ def collect(args: argparse.Namespace) -> Collected:
     parts: list[Collected] = []
     if args.sources:
         parts.append(load_records(args.sources))
-    mapping = dict(kv.split("=", 1) for kv in args.map.split(",") if kv)
-    parts += [load_table(t, mapping) for t in args.table]
+    mapping = parse_map(args.map)
+    if mapping and not args.table:
+        raise FitError("--map applies to --table files; none given")
+    parts += [load_table(t, mapping, metric=args.metric) for t in args.table]
     if args.wandb:
         parts.append(load_wandb(args.wandb, json.loads(args.wandb_filter) if args.wandb_filter else None,
                                 args.wandb_group))
@@ -76,36 +93,58 @@ def collect(args: argparse.Namespace) -> Collected:
     return merged
 
 
+def points(specs: list[str]) -> tuple[dict[str, float], ...]:
+    """--predict n_params=1e9,bits=4 -> ({"n_params": 1e9, "bits": 4.0},); a malformed one is a one-line error."""
+    out = []
+    for spec in specs:
+        pt = {}
+        for kv in spec.split(","):
+            k, _, v = kv.partition("=")
+            try:
+                pt[k.strip()] = float(v)
+            except ValueError:
+                raise FitError(f"--predict: {kv!r} is not column=number (e.g. n_params=1e9,bits=4)") from None
+        if "n_params" not in pt:
+            raise FitError(f"--predict {spec!r}: needs n_params=...")
+        out.append(pt)
+    return tuple(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
+        want = points(args.predict)
         runs = collect(args)
         print(runs.report())
         report = analyse(runs, args.out, metric=args.metric, laws=tuple(args.law), n_boot=args.bootstrap,
-                         delta=args.delta, loss=args.loss, holdout=args.holdout, seed=args.seed, n_jobs=args.jobs,
-                         figures=not args.no_figures, extrapolate=args.extrapolate)
+                         delta=args.delta, loss=args.loss, holdout=args.holdout, seed=args.seed, engine=args.engine,
+                         figures=not args.no_figures, extrapolate=args.extrapolate, acc_metric=args.acc_metric,
+                         predict=want)
     except (FitError, FileNotFoundError, KeyError, ValueError) as e:
-        print(f"ksir-fit: error: {e}", file=sys.stderr)
+        print(f"ksir-fit: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return 2
-    print(summary_table(report))
+    print(summary(report))
     print(f"wrote {Path(args.out) / 'fit.json'}, report.md, runs.csv and {len(report['figures'])} figure files")
     return 0
 
 
-def summary_table(report: dict) -> str:
-    lines = [f"{'curve':28} {'E':>8} {'A':>10} {'alpha':>7} {'alpha 95% CI':>17} {'R2(log)':>8} {'heldout':>8}"]
-    for s in report["laws"]["power_bits"]:
-        p, g = s["params"], s["goodness_of_fit"]
-        ci = p["alpha"]["ci95"]
-        ho = (s["heldout"] or {}).get("mean_abs_rel_error")
-        lines.append(f"{','.join(f'{k}={v}' for k, v in s['group'].items()):28} {p['e']['reported_value']:8.4g} "
-                     f"{p['a']['reported_value']:10.4g} {p['alpha']['value']:7.3f} "
-                     f"{'-' if ci is None else f'[{ci[0]:.3f}, {ci[1]:.3f}]':>17} {g['r2']:8.3f} "
-                     f"{'-' if ho is None else f'{ho:.2%}':>8}")
-    lines.append("optimal k per budget (per-k laws | interpolated data):")
-    for r in report["optimal"][:: max(1, len(report["optimal"]) // 6)]:
-        lines.append(f"  {r['budget_bits']:10.3g} bits{' (extrap.)' if r['extrapolated'] else '':10} -> "
-                     f"{r['best']:>10} | {r['best_interpolated'] or '-'}")
+def summary(report: dict) -> str:
+    """The terminal summary: the answer first (with its source and why), then the accuracy predictions."""
+    lines = ["", headline.terminal(report["headline"], report["metric"])]
+    acc = report.get("accuracy") or {}
+    if acc.get("predictions"):
+        lines += ["", f"{acc['metric']} from loss (two steps, loss from {acc['loss_law']}; 95% CI):"]
+        for r in acc["predictions"]:
+            ci = r.get("accuracy_ci95")
+            lines.append(f"  N={r['n_params']:.3g}" + (f" k={r['bits']:g}" if "bits" in r else "") +
+                         f": loss {r['loss']:.4g}, {acc['metric']} {r['accuracy']:.3f}" +
+                         (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""))
+        ho = acc.get("heldout") or {}
+        if "mean_abs_error" in ho:
+            lines.append(f"  held-out check (largest size predicted from the others): mean abs. error "
+                         f"{ho['mean_abs_error']:.3f}")
+    if report["skipped_curves"]:
+        lines += ["", f"not fitted: {len(report['skipped_curves'])} (see report.md)"]
     return "\n".join(lines)
 
 

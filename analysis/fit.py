@@ -1,34 +1,43 @@
-"""Fitting a law to runs: Huber loss on residuals (log space for loss laws), summed over points,
-minimised with L-BFGS from a grid of starts; bootstrap intervals; a held-out extrapolation check.
+"""Fitting a law to runs: Huber loss on residuals (log space for loss laws), summed over points;
+bootstrap intervals; a held-out extrapolation check; an honest verdict on what the data identify.
 
 Chinchilla Approach 3 practice (Hoffmann et al. 2022; Besiroglu et al. 2024): Huber delta 1e-3
 on log residuals, *summed* (averaging shrinks the objective so L-BFGS's relative stopping rule
-fires early), L-BFGS from a grid. The objective is evaluated at every grid start at once
-(vectorised numpy), and L-BFGS runs from the `top_starts` best of them: a start far worse than
-the best grid points lies in the basin of a worse optimum or converges to the same one, so this
-equals the full-grid result in practice; `top_starts=None` runs every start, and
-`test_pruned_grid_finds_the_full_grid_optimum` / `bench_fit.py --full-grid` check the equality.
+fires early), minimised from a grid of starts. The objective is evaluated at every grid start
+at once (vectorised numpy); the `top_starts` best of them are refined together by the batched
+Levenberg-Marquardt of `analysis.solver`, and the best result is polished by L-BFGS-B. A start
+far worse than the best grid points lies in the basin of a worse optimum or converges to the
+same one, so this equals the full-grid result in practice (`top_starts=None` runs every start;
+`test_pruned_grid_finds_the_full_grid_optimum` checks it). Bootstrap refits all run in one
+batch, warm-started at the full-data optimum. `engine="scipy"` is the plain one-fit-at-a-time
+L-BFGS loop, kept as the yardstick the batched engine is tested and benchmarked against.
+
+Parameters live in a box (`analysis.laws.BOUNDS`): one that ends on its bound is reported "at
+bound" and kept out of claims, and a law the data cannot identify (too few model sizes, an
+interval spanning orders of magnitude, a poor fit) says so (`FitResult.verdict`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import os
 from dataclasses import dataclass, field
 from itertools import product
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import curve_fit, minimize
 
 from analysis.laws import Law, get_law
+from analysis.solver import Batch, huber, lm
 
 try:
     from threadpoolctl import threadpool_limits  # installed with scikit-learn (lm-eval); only a speed-up
 except ImportError:  # pragma: no cover
     threadpool_limits = None
+
+ENGINES = ("batched", "scipy")
+FINALISTS = 3  # grid starts carried from the batched engine's first 25 iterations to convergence
 
 
 class FitError(ValueError):
@@ -44,6 +53,8 @@ class Problem:
     y: np.ndarray  # metric, linear scale
     ctx: dict[str, Any]
     delta: float = 1e-3
+    lo: np.ndarray | None = None  # raw-parameter bounds ([P]; None: unbounded)
+    hi: np.ndarray | None = None
 
     @property
     def target(self) -> np.ndarray:
@@ -53,6 +64,17 @@ class Problem:
     def names(self) -> list[str]:
         return self.law.param_names(self.ctx)
 
+    def batch(self, p_count: int, w: np.ndarray | None = None, target: np.ndarray | None = None,
+              delta: float | None = None) -> Batch:
+        """`p_count` copies of this problem (or one per row of w / target) for the batched solver."""
+        n = len(self.y)
+        t = np.broadcast_to(self.target if target is None else target, (p_count, n))
+        w = np.ones((p_count, n)) if w is None else np.broadcast_to(w, (p_count, n))
+        P = len(self.names)
+        lo = np.broadcast_to(np.full(P, -np.inf) if self.lo is None else self.lo, (p_count, P))
+        hi = np.broadcast_to(np.full(P, np.inf) if self.hi is None else self.hi, (p_count, P))
+        return Batch(self.law, self.x, self.ctx, t, w, self.delta if delta is None else delta, lo, hi)
+
 
 def one_blas_thread() -> Any:
     """Context: BLAS on one thread. L-BFGS-B calls BLAS on vectors of a few numbers; a multi-threaded
@@ -61,9 +83,7 @@ def one_blas_thread() -> Any:
     return threadpool_limits(1, user_api="blas") if threadpool_limits else contextlib.nullcontext()
 
 
-def _huber(r: np.ndarray, delta: float) -> np.ndarray:
-    a = np.abs(r)
-    return np.where(a <= delta, 0.5 * r**2, delta * (a - 0.5 * delta))
+_huber = huber
 
 
 def objective(pb: Problem, p: np.ndarray, w: np.ndarray | None = None,
@@ -87,6 +107,8 @@ TOL = {"fit": {"ftol": 1e-16, "gtol": 1e-12}, "boot": {"ftol": 1e-12, "gtol": 1e
 
 def _lbfgs(pb: Problem, p0: np.ndarray, w: np.ndarray | None = None, target: np.ndarray | None = None,
            tol: str = "fit") -> tuple[np.ndarray, float, bool]:
+    from scipy.optimize import minimize  # imported here: 0.7 s that the batched engine never needs
+
     res = minimize(lambda p: objective(pb, p, w, target), p0, jac=True, method="L-BFGS-B",
                    options={"maxiter": 3000, "maxcor": 20, **TOL[tol]})
     return res.x, float(res.fun), bool(res.success or res.status == 2)  # 2: no further progress possible
@@ -124,37 +146,130 @@ def prepare(law: Law | str, df: pd.DataFrame, metric: str, delta: float = 1e-3,
         raise FitError(f"{metric} is constant ({y[0]:g}) over all {len(y)} runs: nothing to fit")
     if law.space == "log" and (y <= 0).any():
         raise FitError(f"{metric} must be positive for a log-space law ({law.name})")
-    return Problem(law, x, y, ctx, delta)
+    names = law.param_names(ctx)
+    lo, hi = law.box(names)
+    if law.space == "log" and "e" in names:  # E below 1% of the smallest loss is zero for every purpose
+        i = names.index("e")
+        lo[i] = max(lo[i], math.log(y.min()) - math.log(100.0))
+        hi[i] = min(hi[i], math.log(y.max()) + 1.0)
+    if law.space == "linear":  # sigmoids: floor and ceiling near the data, the midpoint near the inputs
+        span = max(float(np.ptp(y)), 1e-9)
+        a, b = float(y.min()) - 2 * span, float(y.max()) + 2 * span
+        if y.min() >= 0.0 and y.max() <= 1.0:  # a fraction (accuracy): it stays in [0, 1]
+            a, b = max(a, 0.0), min(b, 1.0)
+        for n in ("lo", "hi"):
+            if n in names:
+                lo[names.index(n)], hi[names.index(n)] = a, b
+        if "m" in names and len(law.columns) == 1:
+            v = x[law.columns[0]]
+            v = np.log(v) if law.columns[0] == "total_bits" else v
+            w = max(float(np.ptp(v)), 1e-9)
+            lo[names.index("m")], hi[names.index("m")] = float(v.min()) - 2 * w, float(v.max()) + 2 * w
+    return Problem(law, x, y, ctx, delta, lo, hi)
+
+
+def _best_starts(pb: Problem, top_starts: int | None, target: np.ndarray | None) -> np.ndarray:
+    """The grid's starts ranked by their objective (all evaluated in one vectorised call)."""
+    starts = grid_starts(pb.law, pb.names)
+    if pb.lo is not None:
+        starts = np.unique(np.clip(starts, pb.lo, pb.hi), axis=0)
+    f, _ = pb.law.fn(starts, pb.x, pb.ctx, False)  # every start at once: [S, n]
+    with np.errstate(invalid="ignore", over="ignore"):
+        obj = _huber(f - (pb.target if target is None else target), pb.delta).sum(axis=1)
+    order = np.argsort(np.where(np.isfinite(obj), obj, np.inf), kind="stable")
+    return starts[order if top_starts is None else order[:top_starts]]
 
 
 def solve(pb: Problem, *, loss: str = "huber", top_starts: int | None = 16, p0: np.ndarray | None = None,
-          w: np.ndarray | None = None, target: np.ndarray | None = None, tol: str = "fit") -> tuple[np.ndarray, bool]:
-    """Best raw parameter vector: L-BFGS from the best grid starts (or from p0); returns (p, converged)."""
-    if p0 is not None:
-        starts = np.atleast_2d(p0)
-    else:
-        starts = grid_starts(pb.law, pb.names)
-        f, _ = pb.law.fn(starts, pb.x, pb.ctx, False)  # every start at once: [S, n]
-        with np.errstate(invalid="ignore", over="ignore"):
-            obj = _huber(f - (pb.target if target is None else target), pb.delta).sum(axis=1)
-        order = np.argsort(np.where(np.isfinite(obj), obj, np.inf), kind="stable")
-        starts = starts[order if top_starts is None else order[:top_starts]]
-    best, best_obj, ok = starts[0], math.inf, False
-    for s in starts:
-        p, o, conv = _lbfgs(pb, s, w, target, tol)
-        if best_obj == math.inf or o < best_obj - 1e-12 * abs(best_obj):
-            best, best_obj, ok = p, o, conv
-    if loss == "ols":
-        best = _ols(pb, best, w, target)
-    elif loss != "huber":
+          w: np.ndarray | None = None, target: np.ndarray | None = None, tol: str = "fit",
+          engine: str = "batched") -> tuple[np.ndarray, bool]:
+    """Best raw parameter vector from the best grid starts (or from p0); returns (p, converged).
+
+    `engine="batched"`: all starts refined together (`analysis.solver.lm`) inside the law's bounds.
+    `engine="scipy"`: L-BFGS from each start in turn, unbounded
+    (the reference the batched engine is checked against)."""
+    if loss not in ("huber", "ols"):
         from ksir.errors import ConfigError
 
         raise ConfigError("loss", loss, ["huber", "ols"])
+    if engine not in ENGINES:
+        from ksir.errors import ConfigError
+
+        raise ConfigError("engine", engine, list(ENGINES))
+    starts = np.atleast_2d(p0) if p0 is not None else _best_starts(pb, top_starts, target)
+    if engine == "scipy":
+        best, best_obj, ok = starts[0], math.inf, False
+        for s in starts:
+            p, o, conv = _lbfgs(pb, s, w, target, tol)
+            if best_obj == math.inf or o < best_obj - 1e-12 * abs(best_obj):
+                best, best_obj, ok = p, o, conv
+    else:
+        best, ok = _refine(lambda owner: pb.batch(len(owner), w, target), [starts], tol)[0]
+    if loss == "ols":
+        best = _ols(pb, best, w, target)
     return best, ok
+
+
+def _refine(batch_for: Any, starts: list[np.ndarray], tol: str) -> list[tuple[np.ndarray, bool]]:
+    """Batched LM from every group's starts at once; a short run sorts each group's starts and only its
+    best few (FINALISTS) are run to convergence. `batch_for(owner)` builds the Batch for problems owned
+    by groups `owner` ([S] group indices). Returns (best p, converged) per group."""
+    owner = np.concatenate([np.full(len(st), g) for g, st in enumerate(starts)])
+    p0 = np.concatenate(starts)
+    if any(len(st) > FINALISTS for st in starts):
+        p, obj, _ = lm(batch_for(owner), p0, tol=tol, max_iter=25)
+        keep = np.concatenate([np.nonzero(owner == g)[0][np.argsort(obj[owner == g], kind="stable")[:FINALISTS]]
+                               for g in range(len(starts))])
+        owner, p0 = owner[keep], p[keep]
+    p, obj, conv = lm(batch_for(owner), p0, tol=tol, max_iter=400)
+    out = []
+    for g in range(len(starts)):
+        idx = np.nonzero(owner == g)[0]
+        i = idx[int(np.argmin(obj[idx]))]
+        out.append((p[i], bool(conv[i])))
+    return out
+
+
+def stackable(pbs: list[Problem]) -> bool:
+    """Problems one batch can hold: the same law and context (hence the same parameters)."""
+    return len({(pb.law.name, repr(pb.ctx), tuple(pb.names)) for pb in pbs}) == 1
+
+
+def stacked_batch(pbs: list[Problem], owner: np.ndarray, weights: list[np.ndarray | None] | None = None,
+                  targets: list[np.ndarray | None] | None = None, delta: float | None = None) -> Batch:
+    """Problems of one law on different groups of runs, laid on the union of their runs: problem s weighs
+    only the rows of its group owner[s] (its case weights, or 1), so one solve serves every group.
+    `weights` / `targets`: per problem, over its own group's rows (None: 1 / the data)."""
+    law, ctx = pbs[0].law, pbs[0].ctx
+    off = np.cumsum([0] + [len(pb.y) for pb in pbs])
+    x = {c: np.concatenate([pb.x[c] for pb in pbs]) for c in law.columns}
+    W = np.zeros((len(owner), off[-1]))
+    T = np.tile(np.concatenate([pb.target for pb in pbs]), (len(owner), 1))
+    for s, g in enumerate(owner):
+        rows = slice(off[g], off[g + 1])
+        W[s, rows] = 1.0 if weights is None or weights[s] is None else weights[s]
+        if targets is not None and targets[s] is not None:
+            T[s, rows] = targets[s]
+    lo = np.stack([pbs[g].lo for g in owner])
+    hi = np.stack([pbs[g].hi for g in owner])
+    return Batch(law, x, ctx, T, W, pbs[0].delta if delta is None else delta, lo, hi)
+
+
+def solve_many(pbs: list[Problem], *, loss: str = "huber", top_starts: int | None = 16,
+               engine: str = "batched") -> list[tuple[np.ndarray, bool]]:
+    """`solve` for several groups (one law): stacked into one batch when they share a context."""
+    if engine != "batched" or len(pbs) < 2 or not stackable(pbs):
+        return [solve(pb, loss=loss, top_starts=top_starts, engine=engine) for pb in pbs]
+    out = _refine(lambda owner: stacked_batch(pbs, owner), [_best_starts(pb, top_starts, None) for pb in pbs], "fit")
+    if loss == "ols":
+        out = [(_ols(pb, p, None, None), ok) for pb, (p, ok) in zip(pbs, out, strict=True)]
+    return out
 
 
 def _ols(pb: Problem, p0: np.ndarray, w: np.ndarray | None, target: np.ndarray | None) -> np.ndarray:
     """Ordinary least squares in the law's residual space via scipy's curve_fit, from the Huber optimum."""
+    from scipy.optimize import curve_fit
+
     t = pb.target if target is None else target
     keep = np.ones(len(t), bool) if w is None else w > 0
     sigma = None if w is None else 1 / np.sqrt(w[keep])  # case weights = repeated points
@@ -195,34 +310,31 @@ def goodness_of_fit(pb: Problem, p: np.ndarray) -> dict[str, Any]:
 # ---- bootstrap -------------------------------------------------------------------------------------------
 
 
-def _boot_chunk(pb: Problem, p_best: np.ndarray, loss: str, method: str, seeds: list[int]) -> np.ndarray:
-    with one_blas_thread():
-        return _boot_refits(pb, p_best, loss, method, seeds)
+def resamples(pb: Problem, p_best: np.ndarray, method: str, seeds: list[int]) -> tuple[np.ndarray, np.ndarray,
+                                                                                         np.ndarray]:
+    """Case weights [S, n], targets [S, n] and a usable mask [S] for the bootstrap's resamples.
 
-
-def _boot_refits(pb: Problem, p_best: np.ndarray, loss: str, method: str, seeds: list[int]) -> np.ndarray:
+    "cases": runs drawn with replacement (multinomial weights on the original points); a resample
+    with too few distinct runs to identify the parameters, or one model size, is unusable.
+    "residuals": the fitted curve plus resampled, centred residuals (fixed design, for curves with
+    few runs). Resample i always comes from seed i, whatever the engine."""
     n, P = len(pb.y), len(p_best)
     f_hat = pb.law.fn(p_best[None], pb.x, pb.ctx, False)[0][0]
     resid = pb.target - f_hat
     resid = (resid - resid.mean()) * math.sqrt(n / max(n - P, 1))  # degrees-of-freedom correction
     keys = [tuple(v[i] for v in pb.x.values()) for i in range(n)]
     sizes = pb.x.get("n_params", pb.x.get(pb.law.size_column))
-    out = np.full((len(seeds), P), np.nan)
+    W, T, ok = np.ones((len(seeds), n)), np.tile(pb.target, (len(seeds), 1)), np.ones(len(seeds), bool)
     for j, seed in enumerate(seeds):
-        rng = np.random.default_rng(seed)
-        draw = rng.integers(0, n, n)
-        w, target = None, None
-        if method == "cases":  # resample runs: multinomial case weights on the original points
-            w = np.bincount(draw, minlength=n).astype(float)
-            used = w > 0
-            if len({keys[i] for i in np.nonzero(used)[0]}) <= P or (
-                    sizes is not None and len(np.unique(sizes[used])) < 2):
-                continue  # a degenerate resample (too few distinct runs): counted as failed
-        else:  # resample residuals around the fitted curve (fixed design: for curves with few runs)
-            target = f_hat + resid[draw]
-        with contextlib.suppress(ValueError, RuntimeError):  # a failed refit stays NaN and is counted
-            out[j], _ = solve(pb, loss=loss, p0=p_best, w=w, target=target, tol="boot")
-    return out
+        draw = np.random.default_rng(seed).integers(0, n, n)
+        if method == "cases":
+            W[j] = np.bincount(draw, minlength=n)
+            used = W[j] > 0
+            ok[j] = len({keys[i] for i in np.nonzero(used)[0]}) > P and (
+                sizes is None or len(np.unique(sizes[used])) >= 2)
+        else:
+            T[j] = f_hat + resid[draw]
+    return W, T, ok
 
 
 def bootstrap_method(n_points: int, n_params: int) -> str:
@@ -231,30 +343,69 @@ def bootstrap_method(n_points: int, n_params: int) -> str:
 
 
 def bootstrap(pb: Problem, p_best: np.ndarray, n_boot: int, *, seed: int = 0, loss: str = "huber",
-              method: str = "auto", n_jobs: int | None = None) -> tuple[np.ndarray, str]:
-    """Refit on `n_boot` resamples, warm-started at the best fit, in parallel over processes (joblib;
-    `n_jobs=None` uses all cores when the work is large enough to pay for starting them).
+              method: str = "auto", engine: str = "batched") -> tuple[np.ndarray, str]:
+    """Refit on `n_boot` resamples, warm-started at the best fit.
 
-    Returns ([n_boot, P] raw parameters, NaN rows for failed resamples; the method used).
-    Deterministic for a seed whatever the number of processes: resample i always uses seed i."""
+    Returns ([n_boot, P] raw parameters, NaN rows for unusable or failed resamples; the method used).
+    Deterministic for a seed: resample i always uses the same draw."""
     if method == "auto":
         method = bootstrap_method(len(pb.y), len(p_best))
     seeds = [int(s) for s in np.random.SeedSequence(seed).generate_state(n_boot)]
-    if n_jobs is None:  # worker processes cost ~1 s to start: by default only for real work
-        n_jobs = (os.cpu_count() or 1) if n_boot * len(pb.y) * len(p_best) >= 200_000 else 1
-    if n_jobs <= 1 or n_boot < 2 * n_jobs:
-        return _boot_chunk(pb, p_best, loss, method, seeds), method
-    from joblib import Parallel, delayed
-
-    chunks = [seeds[i::n_jobs] for i in range(n_jobs)]
-    parts = Parallel(n_jobs=n_jobs)(delayed(_boot_chunk)(pb, p_best, loss, method, c) for c in chunks)
-    out = np.empty((n_boot, len(p_best)))
-    for i, part in enumerate(parts):
-        out[i::n_jobs] = part
+    W, T, ok = resamples(pb, p_best, method, seeds)
+    out = np.full((n_boot, len(p_best)), np.nan)
+    if not ok.any():
+        return out, method
+    with one_blas_thread():
+        if engine == "scipy":
+            for j in np.nonzero(ok)[0]:
+                w, t = (W[j], None) if method == "cases" else (None, T[j])
+                with contextlib.suppress(ValueError, RuntimeError):  # a failed refit stays NaN and is counted
+                    out[j], _ = solve(pb, loss=loss, p0=p_best, w=w, target=t, tol="boot", engine="scipy")
+        else:
+            batch = pb.batch(int(ok.sum()), W[ok], T[ok], delta=np.inf if loss == "ols" else None)
+            p, obj, _ = lm(batch, np.tile(p_best, (int(ok.sum()), 1)), tol="boot")
+            p[~np.isfinite(obj)] = np.nan
+            out[ok] = p
     return out, method
 
 
+def bootstrap_many(pbs: list[Problem], ps: list[np.ndarray], n_boot: int, *, seed: int = 0, loss: str = "huber",
+                   method: str = "auto", engine: str = "batched") -> list[tuple[np.ndarray, str]]:
+    """`bootstrap` for several groups (one law), all their resamples in one batch when they stack."""
+    if engine != "batched" or len(pbs) < 2 or not stackable(pbs):
+        return [bootstrap(pb, p, n_boot, seed=seed, loss=loss, method=method, engine=engine)
+                for pb, p in zip(pbs, ps, strict=True)]
+    seeds = [int(s) for s in np.random.SeedSequence(seed).generate_state(n_boot)]
+    methods = [bootstrap_method(len(pb.y), len(p)) if method == "auto" else method for pb, p in zip(pbs, ps,
+                                                                                                     strict=True)]
+    draws = [resamples(pb, p, m, seeds) for pb, p, m in zip(pbs, ps, methods, strict=True)]
+    owner, weights, targets, p0 = [], [], [], []
+    for g, ((W, T, ok), m) in enumerate(zip(draws, methods, strict=True)):
+        for j in np.nonzero(ok)[0]:
+            owner.append(g)
+            weights.append(W[j] if m == "cases" else None)
+            targets.append(T[j] if m == "residuals" else None)
+            p0.append(ps[g])
+    outs = [np.full((n_boot, len(p)), np.nan) for p in ps]
+    if owner:
+        owner = np.array(owner)
+        batch = stacked_batch(pbs, owner, weights, targets, delta=np.inf if loss == "ols" else None)
+        with one_blas_thread():
+            p, obj, _ = lm(batch, np.array(p0), tol="boot")
+        p[~np.isfinite(obj)] = np.nan
+        for g, (_, _, ok) in enumerate(draws):
+            outs[g][ok] = p[owner == g]
+    return list(zip(outs, methods, strict=True))
+
+
 # ---- the result ------------------------------------------------------------------------------------------
+
+# A positive parameter whose 95% interval spans more than this factor is not identified by the data.
+UNIDENTIFIED_SPAN = 100.0
+# A loss law that misses the held-out largest size by more than this many times its in-sample RMSE
+# (log space, about a relative error) and by more than the floor, or by more than the ceiling at all
+# (published loss laws predict their largest runs to 1-2%), does not extrapolate: poor.
+EXTRAPOLATION_FACTOR, EXTRAPOLATION_FLOOR, EXTRAPOLATION_CEILING = 3.0, 0.02, 0.05
 
 
 @dataclass
@@ -272,6 +423,9 @@ class FitResult:
     heldout: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
     converged: bool = True
+    lo: np.ndarray | None = None  # the raw-parameter box the fit searched
+    hi: np.ndarray | None = None
+    n_sizes: int | None = None  # distinct model sizes in the data
 
     @property
     def n(self) -> int:
@@ -299,13 +453,74 @@ class FitResult:
         lo, hi = np.percentile(b, [50 * (1 - level), 50 * (1 + level)], axis=0)
         return {n: (float(a), float(c)) for n, a, c in zip(self.params, lo, hi, strict=True)}
 
+    def _near_bound(self, i: int, v: float) -> float | None:
+        """The bound of parameter i that v lies on (within 1e-4 of the box's span, at most 1e-3), if any."""
+        if self.lo is None:
+            return None
+        lo, hi = self.lo[i], self.hi[i]
+        tol = min(1e-4 * (hi - lo), 1e-3) if np.isfinite(hi - lo) else 1e-3
+        return next((float(b) for b in (lo, hi) if np.isfinite(b) and abs(v - b) <= tol), None)
+
+    def at_bound(self) -> dict[str, float]:
+        """Parameters that ended on a bound of their box: name -> the bound (raw)."""
+        near = {n: self._near_bound(i, v) for i, (n, v) in enumerate(self.params.items())}
+        return {n: b for n, b in near.items() if b is not None}
+
+    def verdict(self) -> dict[str, Any]:
+        """Can the law be trusted for claims? status "ok", "poor" or "unidentified", with the reasons.
+
+        Unidentified: fewer distinct model sizes than the law needs, or a free parameter whose 95%
+        interval reaches its bound or spans orders of magnitude (for exponents: reaches zero). Poor: R^2 < 0.9, no
+        convergence, or a held-out error far above the in-sample error (it does not extrapolate). Parameters at a bound are listed; they are fixed there, not claims."""
+        reasons, status = [], "ok"
+        if self.n_sizes is not None and self.n_sizes < self.law.min_sizes:
+            status = "unidentified"
+            reasons.append(f"{self.n_sizes} distinct {self.law.size_column} values; the law's size dependence "
+                           f"needs at least {self.law.min_sizes}")
+        bound, ci = self.at_bound(), self.intervals()
+        names = list(self.params)
+        for name, (lo, hi) in ci.items():
+            if name in bound:
+                continue
+            i = names.index(name)
+            edge = self._near_bound(i, lo)
+            edge = self._near_bound(i, hi) if edge is None else edge
+            if edge is not None:
+                label, shown = self.law.report[name][0] if name in self.law.report else name, edge
+                if name in self.law.report:
+                    shown = self.law.report[name][1](edge)
+                status = "unidentified"
+                reasons.append(f"{label}'s 95% interval reaches its bound ({shown:.3g}): the data cannot tell it "
+                               "from there")
+            elif name in self.law.report and self.law.report[name][1] is np.exp:
+                if hi - lo > math.log(UNIDENTIFIED_SPAN):
+                    status = "unidentified"
+                    reasons.append(f"{self.law.report[name][0]}'s 95% interval spans a factor "
+                                   f"{math.exp(min(hi - lo, 700)):.3g}")
+            elif name in ("alpha", "beta") and (lo <= 1e-6 or hi / lo > UNIDENTIFIED_SPAN):
+                status = "unidentified"
+                reasons.append(f"{name}'s 95% interval [{lo:.3g}, {hi:.3g}] " +
+                               ("reaches 0" if lo <= 1e-6 else "spans orders of magnitude"))
+        r2 = self.gof.get("r2")
+        if status == "ok" and (r2 is not None and r2 < 0.9 or not self.converged):
+            status = "poor"
+            reasons.append(f"R^2 = {r2:.3f}" if r2 is not None and r2 < 0.9 else "no convergence")
+        ho = (self.heldout or {}).get("mean_abs_rel_error")
+        if status == "ok" and self.law.space == "log" and ho is not None and (ho > EXTRAPOLATION_CEILING or ho > max(
+                EXTRAPOLATION_FACTOR * self.gof["rmse"], EXTRAPOLATION_FLOOR)):
+            status = "poor"
+            reasons.append(f"held-out error {ho:.1%} (in-sample {self.gof['rmse']:.1%}): it does not extrapolate to "
+                           "the largest size")
+        return {"status": status, "reasons": reasons, "at_bound": bound}
+
     def summary(self) -> dict[str, Any]:
         """JSON-ready: raw and reported parameters with 95% intervals and standard errors."""
-        ci, b = self.intervals(), self.boot_ok()
+        ci, b, bound = self.intervals(), self.boot_ok(), self.at_bound()
         se = dict(zip(self.params, b.std(axis=0, ddof=1), strict=True)) if len(b) >= 2 else {}
         params = {}
         for name, v in self.params.items():
-            entry: dict[str, Any] = {"value": v, "ci95": ci.get(name), "se": float(se[name]) if name in se else None}
+            entry: dict[str, Any] = {"value": v, "ci95": ci.get(name), "se": float(se[name]) if name in se else None,
+                                     "at_bound": name in bound}
             if name in self.law.report:
                 label, fn = self.law.report[name]
                 entry.update(reported=label, reported_value=float(fn(v)),
@@ -315,11 +530,11 @@ class FitResult:
         return {"law": self.law.name, "formula": self.law.formula, "metric": self.metric, "group": self.group,
                 "n_points": self.n, "params": params, "goodness_of_fit": self.gof,
                 "bootstrap": {"n": n_boot, "converged": int(len(b)), "method": self.boot_method},
-                "converged": self.converged, "heldout": self.heldout, "warnings": self.warnings}
+                "converged": self.converged, "heldout": self.heldout, "verdict": self.verdict(),
+                "warnings": self.warnings}
 
 
-def heldout_check(pb: Problem, df: pd.DataFrame, metric: str, n_holdout: int, loss: str) -> dict[str, Any] | None:
-    """Fit without the largest `n_holdout` model size(s); report the error predicting them."""
+def _heldout_split(pb: Problem, df: pd.DataFrame, n_holdout: int) -> tuple[dict[str, Any], np.ndarray] | None:
     col = "n_params" if "n_params" in df else pb.law.size_column
     if n_holdout < 1 or col not in df:
         return None
@@ -327,53 +542,105 @@ def heldout_check(pb: Problem, df: pd.DataFrame, metric: str, n_holdout: int, lo
     if len(sizes) <= n_holdout:
         return None
     held = (df[col] >= sizes[-n_holdout]).to_numpy()
-    out: dict[str, Any] = {"held_out": f"largest {n_holdout} {col}", "held_out_sizes": [float(s) for s in sizes[-n_holdout:]]}
-    try:
-        sub = prepare(pb.law, df[~held], metric, pb.delta, pb.ctx)
-        p, _ = solve(sub, loss=loss)
-    except (FitError, ValueError) as e:
-        return {**out, "error": str(e)}
+    return {"held_out": f"largest {n_holdout} {col}", "held_out_sizes": [float(s) for s in sizes[-n_holdout:]]}, held
+
+
+def _heldout_error(pb: Problem, held: np.ndarray, p: np.ndarray, sub: Problem) -> dict[str, Any]:
     x = {c: v[held] for c, v in pb.x.items()}
     pred, y = pb.law.predict(p, x, pb.ctx), pb.y[held]
     rel = (pred - y) / np.abs(y)
-    return {**out, "n_fit": int((~held).sum()), "n_heldout": int(held.sum()),
-            "mean_abs_rel_error": float(np.abs(rel).mean()), "max_abs_rel_error": float(np.abs(rel).max()),
-            "rmse": float(np.sqrt(np.mean((pred - y) ** 2)))}
+    return {"n_fit": len(sub.y), "n_heldout": int(held.sum()), "mean_abs_rel_error": float(np.abs(rel).mean()),
+            "max_abs_rel_error": float(np.abs(rel).max()), "rmse": float(np.sqrt(np.mean((pred - y) ** 2)))}
+
+
+def heldout_checks(pbs: list[Problem], dfs: list[pd.DataFrame], metric: str, n_holdout: int, loss: str,
+                   engine: str = "batched") -> list[dict[str, Any] | None]:
+    """For each group: fit without its largest `n_holdout` model size(s); the error predicting them."""
+    out: list[dict[str, Any] | None] = [None] * len(pbs)
+    todo = []
+    for i, (pb, df) in enumerate(zip(pbs, dfs, strict=True)):
+        split = _heldout_split(pb, df, n_holdout)
+        if split is None:
+            continue
+        out[i], held = split
+        try:
+            todo.append((i, held, prepare(pb.law, df[~held], metric, pb.delta, pb.ctx)))
+        except (FitError, ValueError) as e:
+            out[i] = {**out[i], "error": str(e)}
+    sols = solve_many([sub for _, _, sub in todo], loss=loss, engine=engine) if todo else []
+    for (i, held, sub), (p, _) in zip(todo, sols, strict=True):
+        out[i] = {**out[i], **_heldout_error(pbs[i], held, p, sub)}
+    return out
+
+
+def heldout_check(pb: Problem, df: pd.DataFrame, metric: str, n_holdout: int, loss: str,
+                  engine: str = "batched") -> dict[str, Any] | None:
+    """Fit without the largest `n_holdout` model size(s); report the error predicting them."""
+    return heldout_checks([pb], [df], metric, n_holdout, loss, engine)[0]
 
 
 def fit_law(df: pd.DataFrame, law: Law | str = "power_bits", metric: str = "val_loss", *,
             group: dict[str, Any] | None = None, delta: float = 1e-3, loss: str = "huber", n_boot: int = 200,
-            seed: int = 0, holdout: int = 1, top_starts: int | None = 16, n_jobs: int | None = None,
-            boot_method: str = "auto") -> FitResult:
+            seed: int = 0, holdout: int = 1, top_starts: int | None = 16, boot_method: str = "auto",
+            engine: str = "batched") -> FitResult:
     """Fit one law to one set of runs, with bootstrap intervals and a held-out extrapolation check.
 
     Raises FitError for data that cannot support the law; a poor but valid fit is returned with
     its (low) R^2 and a warning, so that it is reported rather than hidden."""
+    res = fit_laws({(): df}, law, metric, delta=delta, loss=loss, n_boot=n_boot, seed=seed, holdout=holdout,
+                   top_starts=top_starts, boot_method=boot_method, engine=engine)[()]
+    if isinstance(res, FitError):
+        raise res
+    res.group = group or {}
+    return res
+
+
+def fit_laws(groups: dict[Any, pd.DataFrame], law: Law | str, metric: str = "val_loss", *, delta: float = 1e-3,
+             loss: str = "huber", n_boot: int = 200, seed: int = 0, holdout: int = 1, top_starts: int | None = 16,
+             boot_method: str = "auto", engine: str = "batched",
+             labels: dict[Any, dict[str, Any]] | None = None) -> dict[Any, FitResult | FitError]:
+    """`fit_law` for every group of runs (e.g. every (k, scheme) curve of a per-k law), solved together:
+    the grid searches, the bootstrap refits and the held-out refits of all groups are one batch each.
+    Returns a FitResult per group, or the FitError saying why that group cannot be fitted."""
+    out: dict[Any, FitResult | FitError] = {}
+    pbs: dict[Any, Problem] = {}
+    law = get_law(law)
+    for key, df in groups.items():
+        try:
+            pbs[key] = prepare(law, df, metric, delta)
+        except FitError as e:
+            out[key] = e
+    if not pbs:
+        return out
+    keys, plist = list(pbs), list(pbs.values())
     with one_blas_thread():
-        return _fit_law(df, law, metric, group, delta, loss, n_boot, seed, holdout, top_starts, n_jobs, boot_method)
+        sols = solve_many(plist, loss=loss, top_starts=top_starts, engine=engine)
+        boots = bootstrap_many(plist, [p for p, _ in sols], n_boot, seed=seed, loss=loss, method=boot_method,
+                               engine=engine) if n_boot > 0 else [(None, None)] * len(plist)
+        held = heldout_checks(plist, [groups[k] for k in keys], metric, holdout, loss, engine)
+    for key, pb, (p, ok), (boot, method), ho in zip(keys, plist, sols, boots, held, strict=True):
+        out[key] = _result(pb, p, ok, boot, method, ho, metric, (labels or {}).get(key, {}))
+    return {k: out[k] for k in groups}
 
 
-def _fit_law(df: pd.DataFrame, law: Law | str, metric: str, group: dict[str, Any] | None, delta: float, loss: str,
-             n_boot: int, seed: int, holdout: int, top_starts: int | None, n_jobs: int | None,
-             boot_method: str) -> FitResult:
-    pb = prepare(law, df, metric, delta)
-    p, ok = solve(pb, loss=loss, top_starts=top_starts)
-    res = FitResult(pb.law, metric, group or {}, dict(zip(pb.names, map(float, p), strict=True)),
-                    goodness_of_fit(pb, p), pb.ctx, converged=ok)
+def _result(pb: Problem, p: np.ndarray, ok: bool, boot: np.ndarray | None, method: str | None,
+            heldout: dict[str, Any] | None, metric: str, group: dict[str, Any]) -> FitResult:
+    size_col = pb.law.size_column if pb.law.size_column in pb.x else next(iter(pb.x))
+    res = FitResult(pb.law, metric, group, dict(zip(pb.names, map(float, p), strict=True)), goodness_of_fit(pb, p),
+                    pb.ctx, boot=boot, boot_method=method, heldout=heldout, converged=ok, lo=pb.lo, hi=pb.hi,
+                    n_sizes=len(np.unique(pb.x[size_col])))
     if not ok:
-        res.warnings.append("L-BFGS did not report convergence; treat the parameters with care")
-    if n_boot > 0:
-        res.boot, res.boot_method = bootstrap(pb, p, n_boot, seed=seed, loss=loss, method=boot_method, n_jobs=n_jobs)
-        n_bad = n_boot - len(res.boot_ok())
+        res.warnings.append("the optimiser did not report convergence; treat the parameters with care")
+    if boot is not None:
+        n_bad = len(boot) - len(res.boot_ok())
         if n_bad:
-            res.warnings.append(f"{n_bad} of {n_boot} bootstrap resamples could not be fitted (left out)")
-        if res.boot_method == "residuals":
+            res.warnings.append(f"{n_bad} of {len(boot)} bootstrap resamples could not be fitted (left out)")
+        if method == "residuals":
             res.warnings.append(f"only {len(pb.y)} runs for {len(p)} parameters: intervals from resampled "
                                 "residuals (fixed design), not resampled runs")
-    res.heldout = heldout_check(pb, df, metric, holdout, loss)
+    for name, b in res.at_bound().items():
+        res.warnings.append(f"{name} is at its bound ({b:.4g}): fixed there by the fit, not a measured value")
     r2 = res.gof["r2"]
     if r2 is not None and r2 < 0.9:
         res.warnings.append(f"poor fit: R^2 = {r2:.3f} ({pb.law.space} space)")
-    if pb.law.space == "log" and "alpha" in res.params and res.params["alpha"] <= 0:
-        res.warnings.append(f"alpha = {res.params['alpha']:.3g} <= 0: the metric does not improve with scale here")
     return res

@@ -40,9 +40,23 @@ class Law:
     per_k: bool = False  # fitted separately for every curve (bit-width k, scheme)
     setup: Callable[[dict[str, Array]], dict[str, Any]] | None = None  # data-dependent parameters (eff(k))
     size_column: str = "n_params"  # what "model size" means for degenerate-input checks and held-out fits
+    bounds: dict[str, tuple[float, float]] = field(default_factory=dict)  # raw-parameter box (beyond BOUNDS)
+    # Distinct model sizes needed before the law's size dependence is identified (its parameters
+    # along the size axis, plus one degree of freedom); fewer is reported as unidentified.
+    min_sizes: int = 4
 
     def param_names(self, ctx: dict[str, Any]) -> list[str]:
         return list(self.params) + list(ctx.get("extra_params", []))
+
+    def box(self, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Lower and upper bounds of the raw parameters (the law's own, else BOUNDS by name or prefix)."""
+        lo, hi = [], []
+        for n in names:
+            b = self.bounds.get(n) or BOUNDS.get(n) or next(
+                (v for k, v in BOUNDS.items() if k.endswith("*") and n.startswith(k[:-1])), (-np.inf, np.inf))
+            lo.append(b[0])
+            hi.append(b[1])
+        return np.array(lo, float), np.array(hi, float)
 
     def context(self, cols: dict[str, Array]) -> dict[str, Any]:
         return dict(self.setup(cols)) if self.setup else {}
@@ -59,16 +73,21 @@ class Law:
 
 
 def _lse(terms: list[Array], jacs: list[Array] | None) -> tuple[Array, Array | None]:
-    """log(sum_j exp(t_j)) and its Jacobian sum_j softmax_j * dt_j/dp."""
-    t = np.stack(np.broadcast_arrays(*terms))  # [T, S, n]
-    m = t.max(axis=0)
-    w = np.exp(t - m)
-    s = w.sum(axis=0)
+    """log(sum_j exp(t_j)) and its Jacobian sum_j softmax_j * dt_j/dp (terms broadcast to [S, n])."""
+    m = terms[0]
+    for t in terms[1:]:
+        m = np.maximum(m, t)
+    w = [np.exp(t - m) for t in terms]
+    s = w[0]
+    for wj in w[1:]:
+        s = s + wj
     f = m + np.log(s)
     if jacs is None:
         return f, None
-    w /= s
-    return f, sum(w[j][..., None] * jacs[j] for j in range(len(terms)))
+    J = (w[0] / s)[..., None] * jacs[0]
+    for wj, Jj in zip(w[1:], jacs[1:], strict=True):
+        J += (wj / s)[..., None] * Jj
+    return f, J
 
 
 def _col(p: Array, i: int) -> Array:
@@ -85,16 +104,21 @@ def _onehot(shape: tuple[int, int], n_p: int, i: int, value: Array | float = 1.0
 # ---- the laws --------------------------------------------------------------------------------------------
 
 
-def _power_bits(p: Array, x: dict[str, Array], ctx: dict[str, Any], jac: bool):
-    e, a, alpha = _col(p, 0), _col(p, 1), _col(p, 2)
-    lb = np.log(x["total_bits"])[None, :]
-    t1 = a - alpha * lb
-    if not jac:
-        return _lse([e, t1], None)
-    sh, P = t1.shape, p.shape[1]
-    J1 = _onehot(sh, P, 1)
-    J1[..., 2] = -lb
-    return _lse([np.broadcast_to(e, sh), t1], [_onehot(sh, P, 0), J1])
+def _power(col: str) -> LawFn:
+    """L = E + A * x^(-alpha) in one column x (total bits for the per-k laws, parameters for a plain size law)."""
+
+    def fn(p: Array, x: dict[str, Array], ctx: dict[str, Any], jac: bool):
+        e, a, alpha = _col(p, 0), _col(p, 1), _col(p, 2)
+        lb = np.log(x[col])[None, :]
+        t1 = a - alpha * lb
+        if not jac:
+            return _lse([e, t1], None)
+        sh, P = t1.shape, p.shape[1]
+        J1 = _onehot(sh, P, 1)
+        J1[..., 2] = -lb
+        return _lse([np.broadcast_to(e, sh), t1], [_onehot(sh, P, 0), J1])
+
+    return fn
 
 
 def _chinchilla(p: Array, x: dict[str, Array], ctx: dict[str, Any], jac: bool):
@@ -207,6 +231,15 @@ def _eff_data(cols: dict[str, Array]) -> dict[str, Any]:
     return {**_eff_setup(cols), "data_term": True}
 
 
+# Where a parameter can sit: beyond these it has no meaning (negative exponents, gamma far outside the
+# swept bits) or cannot be told from its bound by any data (a scale of e^-20). A fitted parameter on
+# a bound is reported "at bound" and kept out of claims. The floor of log E depends on the data
+# (E below 1% of the smallest loss is zero for every purpose) and is set in analysis.fit.prepare.
+BOUNDS: dict[str, tuple[float, float]] = {
+    "e": (-20.0, 20.0), "a": (-20.0, 80.0), "b": (-20.0, 80.0), "alpha": (0.0, 5.0), "beta": (0.0, 5.0),
+    "log_gamma": (float(np.log(0.05)), float(np.log(64.0))), "log_eff_*": (-12.0, 3.0), "log_s": (-10.0, 10.0),
+}
+
 E_A_ALPHA = {"e": np.arange(-1.0, 1.01, 0.5), "a": np.arange(0.0, 25.1, 5.0), "alpha": np.arange(0.0, 2.01, 0.5)}
 B_BETA = {"b": np.arange(0.0, 25.1, 5.0), "beta": np.arange(0.0, 2.01, 0.5)}
 LOG_SCALES = {"e": ("E", np.exp), "a": ("A", np.exp), "b": ("B", np.exp), "log_gamma": ("gamma", np.exp),
@@ -215,8 +248,10 @@ SIGMOID_GRID = {"lo": [0.0, 0.25], "hi": [0.5, 0.8, 1.0], "log_s": [-1.0, 0.0, 1
 
 LAWS: dict[str, Law] = {law.name: law for law in [
     Law("power_bits", "L_k(B) = E + A * B^(-alpha_k), one fit per bit-width k (and scheme)",
-        ("e", "a", "alpha"), ("total_bits",), _power_bits, E_A_ALPHA, per_k=True, report=LOG_SCALES,
+        ("e", "a", "alpha"), ("total_bits",), _power("total_bits"), E_A_ALPHA, per_k=True, report=LOG_SCALES,
         size_column="total_bits"),
+    Law("power_params", "L(N) = E + A * N^(-alpha)  [one precision, tokens not varied; Kaplan et al. 2020 form]",
+        ("e", "a", "alpha"), ("n_params",), _power("n_params"), E_A_ALPHA, report=LOG_SCALES),
     Law("precision", "L(N, k) = E + A * (N * (1 - exp(-k / gamma)))^(-alpha)  [Kumar et al. 2025]",
         ("e", "a", "alpha", "log_gamma"), ("n_params", "bits"), _precision,
         {**E_A_ALPHA, "log_gamma": np.log([0.5, 1.0, 2.0, 4.0])}, report=LOG_SCALES,
@@ -264,13 +299,15 @@ def custom_law(name: str, fn: Callable[..., Any], params: Sequence[str], columns
             return torch.log(pred) if space == "log" else pred
 
         pt = torch.tensor(np.asarray(p, dtype=float))
-        if not jac:
-            with torch.no_grad():
-                return f_of(pt).numpy(), None
-        J = torch.autograd.functional.jacobian(lambda q: f_of(q[None])[0], pt[0])  # [n, P]
         with torch.no_grad():
             f = f_of(pt).numpy()
-        return f, J.numpy()[None]
+        if not jac:
+            return f, None
+        try:  # one Jacobian per parameter vector, all at once
+            J = torch.func.vmap(torch.func.jacrev(lambda q: f_of(q[None])[0]))(pt)
+        except Exception:  # a law torch.func cannot batch: one vector at a time
+            J = torch.stack([torch.autograd.functional.jacobian(lambda q: f_of(q[None])[0], row) for row in pt])
+        return f, J.numpy()
 
     return Law(name, f"user law {name}", params, tuple(columns), law_fn, grid, space=space, per_k=per_k)
 

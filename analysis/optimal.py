@@ -27,7 +27,7 @@ def budget_grid(df: pd.DataFrame, n: int = 25, extrapolate: float = 10.0) -> np.
 
 
 def _label(key: tuple) -> str:
-    return ",".join(str(k) for k in key)
+    return ",".join(f"{k:g}" if isinstance(k, float) else str(k) for k in key)
 
 
 def per_k_optimum(fits: Mapping[tuple, FitResult], budgets: np.ndarray, observed_max: float) -> list[dict[str, Any]]:
@@ -85,7 +85,7 @@ def bits_overhead(df: pd.DataFrame) -> float:
 
 
 def continuous_optimum(fit: FitResult, budgets: np.ndarray, k_range: tuple[float, float], overhead: float,
-                       tokens: float | None = None, resolution: float = 0.01,
+                       tokens: float | None = None, resolution: float = 0.05,
                        ks: np.ndarray | None = None) -> list[dict[str, Any]]:
     """k* = argmin_k L(N = B / (k + c), k) for a joint law in (N, k), with its bootstrap interval.
 

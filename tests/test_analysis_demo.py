@@ -65,13 +65,17 @@ def test_default_invocation_on_demo_like_data(tmp_path, capsys):
         lo, hi = s["params"]["alpha"]["ci95"]
         assert lo <= s["params"]["alpha"]["value"] <= hi
         assert {"rmse", "r2", "aic", "bic"} <= set(s["goodness_of_fit"])
-    assert {r["best"] for r in rep["optimal"]} <= {f"{float(k)}" for k in KS}
+    assert {r["best"] for r in rep["optimal"]} <= {f"{float(k):g}" for k in KS}
+    head = rep["headline"]
+    assert head["question"] == "bits" and len(head["rows"]) == len(rep["optimal"])
+    assert {c["law"] for c in head["candidates"]} == {"power_bits", "precision", "efficiency"}
+    assert "Answer: the bit-width k" in printed and "candidate law" in printed
     assert any(r["extrapolated"] for r in rep["optimal"]) and any(not r["extrapolated"] for r in rep["optimal"])
     assert rep["left_out"] and any("unreadable" in s["reason"] for s in rep["left_out"])
     for name in ("bit_scaling.png", "bit_scaling.pdf", "optimal_k.png", "residuals.png", "report.md"):
         assert (out / name).stat().st_size > 1000, name
     md = (out / "report.md").read_text()
-    assert f"{n_used} runs" in md and "Optimal k per total-bit budget" in md
+    assert f"{n_used} runs" in md and md.index("## Answer") < md.index("## Per-k power laws")
 
 
 def test_noisy_non_monotone_curve_is_fitted_and_flagged_not_crashed(tmp_path, capsys):

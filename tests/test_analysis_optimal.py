@@ -45,8 +45,8 @@ def test_per_k_optimum_and_model_free_interpolation_agree_with_the_truth():
     assert [r["best_k"] for r in per_k] == [4.0, 4.0, 4.0]
     assert all(r["best_frequency"] > 0.9 and r["best_k_ci95"] == (4.0, 4.0) for r in per_k)
     interp = interpolated_optimum(df, "val_loss", ["bits"], budgets)
-    assert [r["best"] for r in interp] == ["4.0", "4.0", "4.0"]
-    assert set(interp[1]["interpolated"]) == {"2.0", "4.0", "8.0"}  # each curve read where it was measured
+    assert [r["best"] for r in interp] == ["4", "4", "4"]
+    assert set(interp[1]["interpolated"]) == {"2", "4", "8"}  # each curve read where it was measured
 
 
 def test_sigmoid_accuracy_law_recovers_known_parameters():
@@ -80,5 +80,5 @@ def test_figure_states_what_was_measured_and_how_many_runs(tmp_path):
                    fits=fits)
     assert sorted(p.rsplit(".", 1)[1] for p in files) == ["pdf", "png"]
     caption = Image.open(tmp_path / "bits.png").text["Title"]
-    assert caption == "Bit-level scaling. val_loss of 36 runs"
+    assert caption.startswith("Bit-level scaling. val_loss of 36 runs. n = 36 runs; law power_bits")
     assert b"36 runs" in (tmp_path / "bits.pdf").read_bytes()  # PDF /Title metadata

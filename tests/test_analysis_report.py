@@ -52,7 +52,7 @@ def test_ksir_fit_finds_the_optimal_k_and_writes_everything(tmp_path, capsys):
     out = tmp_path / "fit"
     assert ksir_fit([str(tmp_path / "results"), "--out", str(out), "--bootstrap", "60", "--law", "efficiency"]) == 0
     printed = capsys.readouterr().out
-    assert "42 runs used" in printed and "alpha" in printed
+    assert "42 runs used" in printed and "Answer: the bit-width k" in printed
     for name in ("runs.csv", "fit.json", "report.md", "bit_scaling.png", "bit_scaling.pdf", "optimal_k.png",
                  "residuals.png"):
         assert (out / name).stat().st_size > 0, name
@@ -67,9 +67,14 @@ def test_ksir_fit_finds_the_optimal_k_and_writes_everything(tmp_path, capsys):
     assert all(r["law_agrees_with_data"] in (True, None) for r in inside)
     eff = {r["k"]: r for r in rep["laws"]["efficiency"]["efficiency"]}
     assert max(eff, key=lambda k: eff[k]["eff_per_bit"]) == 4.0
-    cont = rep["optimal_continuous"]["precision"]
+    assert rep["laws_fitted"] == ["power_bits", "efficiency"]
+    cont = rep["optimal_continuous"]["efficiency"]
     assert all(2.0 <= r["k_star"] <= 16 and "k_star_ci95" in r for r in cont)
-    assert "Optimal k per total-bit budget" in (out / "report.md").read_text()
+    head = rep["headline"]
+    assert head["trusted"] in ("power_bits", "efficiency") and "held-out" in head["why"]
+    assert all(r["best_k"] == 4.0 for r in head["rows"] if not r["extrapolated"] and r["budget_bits"] > 1e8)
+    assert (out / "report.md").read_text().startswith("# ksir scaling-law report\n\nMeasured:")
+    assert "## Answer" in (out / "report.md").read_text()
 
 
 def test_ksir_fit_bad_input_is_one_line_and_nonzero(tmp_path, capsys):
@@ -78,7 +83,7 @@ def test_ksir_fit_bad_input_is_one_line_and_nonzero(tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("ksir-fit: error:")
     synthetic_records(tmp_path / "one", sizes=[1e6])  # a single model size
     assert ksir_fit([str(tmp_path / "one"), "--out", str(tmp_path / "o"), "--bootstrap", "0"]) == 2
-    assert "no curve could be fitted" in capsys.readouterr().err
+    assert "no law could be fitted" in capsys.readouterr().err
 
 
 def test_external_table_with_a_column_mapping(tmp_path):
@@ -152,6 +157,7 @@ def test_schemes_regimes_and_zero_shot_accuracy_in_one_report(tmp_path):
     assert len(rep["laws"]["power_bits"]) == 6
     inside = [r for r in rep["optimal"] if not r["extrapolated"]]
     assert all(r["best"].split(",")[1:] == ["int", "qat", "qat"] for r in inside)  # the QAT scheme wins everywhere
-    assert "accuracy:sigmoid_bits" in rep["laws"] and "accuracy:sigmoid_loss" in rep["laws"]
+    acc = rep["accuracy"]
+    assert acc["acc_law"]["law"] == "sigmoid_loss" and acc["predictions"] and "mean_abs_error" in acc["heldout"]
     for name in ("schemes_at_fixed_k", "ptq_vs_qat", "zeroshot_accuracy"):
         assert (out / f"{name}.png").stat().st_size > 10_000 and (out / f"{name}.pdf").exists()

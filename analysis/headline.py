@@ -1,0 +1,375 @@
+"""The answer first: one answer per budget, the law it comes from, and why that law.
+
+Every fitted law is a candidate. A candidate is usable for the headline only if every one of its
+fits is identified and good (`FitResult.verdict`); among usable candidates the one that best
+predicts the held-out largest models wins (mean absolute relative error), BIC breaking ties.
+The answers of the other candidates and of the model-free interpolation of measured curves are
+kept beside it, and every budget where they disagree with the trusted answer is marked. With no
+usable law, the headline is the interpolation, inside the measured range only.
+
+Questions (`analysis.select.question`):
+- "bits": the (k, scheme) curve with the lowest predicted metric at a total-bit budget. Per-k
+  laws predict each curve at B directly; a joint law L(N, k[, D]) at N = B / bits-per-parameter
+  of that curve (measured from its runs), with D from the table's own token policy.
+- "compute": compute-optimal N and D for a FLOP budget C = 6 N D from a Chinchilla law.
+- "size": the metric predicted at larger N from a size law.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from analysis.fit import FitResult
+
+
+@dataclass
+class Candidate:
+    """One law as fitted to the runs: one fit per group (per-k: per curve; joint: per scheme)."""
+
+    name: str
+    fits: dict[tuple, FitResult]
+    skipped: list[str] = field(default_factory=list)  # groups the law could not be fitted to, with the reason
+
+    def verdict(self) -> dict[str, Any]:
+        order = {"ok": 0, "poor": 1, "unidentified": 2}
+        status, reasons, bound = "ok", [], []
+        for key, f in self.fits.items():
+            v = f.verdict()
+            tag = _label(key) if key else ""
+            if order[v["status"]] > order[status]:
+                status = v["status"]
+            reasons += [f"{tag}: {r}" if tag else r for r in v["reasons"]]
+            bound += [f"{tag}: {n}" if tag else n for n in v["at_bound"]]
+        if not self.fits:
+            status, reasons = "unidentified", ["no group could be fitted"]
+        return {"status": status, "reasons": reasons, "at_bound": bound}
+
+    def scores(self) -> dict[str, Any]:
+        """n, parameters, AIC/BIC (Gaussian, in the law's residual space, over all its fits) and the
+        held-out error (mean over the held-out runs of every fit)."""
+        n = sum(f.n for f in self.fits.values())
+        k = sum(len(f.params) for f in self.fits.values())
+        rss = sum(f.gof["rmse"] ** 2 * f.n for f in self.fits.values())
+        ll = n * math.log(max(rss / n, 1e-300)) if n else math.nan
+        held = [(f.heldout["mean_abs_rel_error"], f.heldout["n_heldout"]) for f in self.fits.values()
+                if f.heldout and "mean_abs_rel_error" in f.heldout]
+        ho = sum(e * m for e, m in held) / sum(m for _, m in held) if held else None
+        return {"n": n, "params": k, "aic": ll + 2 * k, "bic": ll + k * math.log(max(n, 1)), "heldout": ho,
+                "heldout_fits": len(held), "fits": len(self.fits)}
+
+
+def choose(cands: list[Candidate]) -> tuple[Candidate | None, str]:
+    """The trusted candidate and the sentence saying why."""
+    usable = [c for c in cands if c.verdict()["status"] == "ok"]
+    if not usable:
+        why = ", ".join(f"{c.name} {c.verdict()['status']}" for c in cands)
+        return None, (f"no law is usable for the headline ({why}; reasons in the table below), so the answer is "
+                      "the measured curves interpolated, inside the measured range only" if why else "no law fitted")
+
+    # Held-out error first; errors within 5% (or 0.1 point) of the best are a tie, broken by BIC.
+    held = [c.scores()["heldout"] for c in usable if c.scores()["heldout"] is not None]
+    if held:
+        cut = min(held) * 1.05 + 1e-3
+        tied = [c for c in usable if c.scores()["heldout"] is not None and c.scores()["heldout"] <= cut]
+    else:
+        tied = usable
+    best = min(tied, key=lambda c: c.scores()["bic"])
+    s = best.scores()
+    others = [c for c in cands if c is not best]
+    parts = []
+    if s["heldout"] is not None:
+        parts.append(f"lowest held-out error ({s['heldout']:.2%} predicting the largest models"
+                     + (", tied within 5% and lowest BIC among the tied)" if len(tied) > 1 else ")"))
+    else:
+        parts.append("lowest BIC (no held-out check possible)")
+    parts.append(f"BIC {s['bic']:.1f}")
+    if others:
+        parts.append("vs " + ", ".join(_other(c) for c in others))
+    return best, "; ".join(parts)
+
+
+def _other(c: Candidate) -> str:
+    s, v = c.scores(), c.verdict()
+    held = f"held-out {s['heldout']:.2%}, " if s["heldout"] is not None else ""
+    flag = "" if v["status"] == "ok" else f", {v['status']}"
+    return f"{c.name} ({held}BIC {s['bic']:.1f}{flag})"
+
+
+# ---- the "bits" question ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Curve:
+    key: tuple  # values of the curve keys (bits first)
+    label: str
+    k: float
+    scheme: tuple  # values of the scheme keys
+    bpp: float | None  # measured bits per parameter (total bits / parameters)
+
+
+def curves_of(df: pd.DataFrame, keys: list[str]) -> list[Curve]:
+    out = []
+    for key, g in df.groupby(keys, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        bpp = float(np.median(g["total_bits"] / g["n_params"])) if "n_params" in g and g["n_params"].notna().all() \
+            else None
+        out.append(Curve(key, _label(key), float(key[0]), key[1:], bpp))
+    return out
+
+
+def token_policy(df: pd.DataFrame) -> dict[str, Any] | None:
+    """How the table chose training tokens D for a model of N parameters: constant, or D = c N^s fitted in
+    log-log over its runs. Joint laws with a data term are evaluated on this policy at unseen N."""
+    if "train_tokens" not in df or not df["train_tokens"].notna().any() or "n_params" not in df:
+        return None
+    d = df[["n_params", "train_tokens"]].dropna().drop_duplicates()
+    if d["train_tokens"].nunique() == 1 or d["n_params"].nunique() < 2:
+        return {"kind": "constant", "tokens": float(d["train_tokens"].median()),
+                "text": f"D = {d['train_tokens'].median():.3g} tokens (as in the runs)"}
+    s, c = np.polyfit(np.log(d["n_params"]), np.log(d["train_tokens"]), 1)
+    return {"kind": "power", "log_c": float(c), "slope": float(s),
+            "text": f"D = {math.exp(c):.3g} * N^{s:.2f} (least squares over the runs' N and D)"}
+
+
+def tokens_at(policy: dict[str, Any] | None, n: np.ndarray) -> np.ndarray:
+    if policy is None:
+        return np.ones_like(n)
+    if policy["kind"] == "constant":
+        return np.full_like(n, policy["tokens"])
+    return np.exp(policy["log_c"] + policy["slope"] * np.log(n))
+
+
+def _aligned_boot(fits: list[FitResult]) -> tuple[int, np.ndarray] | None:
+    """Replicate s of every fit taken together; a replicate failed in any fit is left out."""
+    if not fits or any(f.boot is None for f in fits):
+        return None
+    S = min(len(f.boot) for f in fits)
+    ok = np.logical_and.reduce([np.isfinite(f.boot[:S]).all(axis=1) for f in fits])
+    return (S, ok) if ok.sum() >= 2 else None
+
+
+def predict_curves(cand: Candidate, curves: list[Curve], budgets: np.ndarray,
+                   policy: dict[str, Any] | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Predicted metric of every curve at every budget ([C, B]) and per bootstrap replicate ([S, C, B])."""
+    per_k = next(iter(cand.fits.values())).law.per_k if cand.fits else True
+    pred = np.full((len(curves), len(budgets)), np.nan)
+    used = {}
+    for i, c in enumerate(curves):
+        fit = cand.fits.get(c.key if per_k else c.scheme)
+        if fit is None or (not per_k and c.bpp is None):
+            continue
+        if per_k:
+            x = {"total_bits": budgets}
+        else:
+            n = budgets / c.bpp
+            x = {"n_params": n, "bits": np.full_like(n, c.k), "train_tokens": tokens_at(policy, n)}
+        try:
+            pred[i] = fit.predict(x).reshape(-1)
+        except ValueError:  # e.g. an efficiency law without eff(k) for this k
+            continue
+        used[i] = (fit, x)
+    al = _aligned_boot([f for f, _ in used.values()])
+    if al is None:
+        return pred, None
+    S, ok = al
+    boot = np.full((int(ok.sum()), len(curves), len(budgets)), np.nan)
+    for i, (fit, x) in used.items():
+        boot[:, i] = fit.predict(x, fit.boot[:S][ok])
+    return pred, boot
+
+
+def best_per_budget(pred: np.ndarray, boot: np.ndarray | None, curves: list[Curve]) -> list[dict[str, Any]]:
+    rows = []
+    finite = np.isfinite(pred)
+    for j in range(pred.shape[1]):
+        if not finite[:, j].any():
+            rows.append({"best": None})
+            continue
+        i = int(np.nanargmin(np.where(finite[:, j], pred[:, j], np.inf)))
+        row: dict[str, Any] = {"best": curves[i].label, "best_k": curves[i].k, "predicted": float(pred[i, j])}
+        if boot is not None:
+            b = np.where(np.isfinite(boot[:, :, j]), boot[:, :, j], np.inf)
+            b[:, ~finite[:, j]] = np.inf
+            picks = np.argmin(b, axis=1)
+            ks = np.array([curves[m].k for m in picks])
+            row.update(frequency=float(np.mean(picks == i)),
+                       k_ci95=(float(np.percentile(ks, 2.5)), float(np.percentile(ks, 97.5))))
+        rows.append(row)
+    return rows
+
+
+def bits_headline(cands: list[Candidate], curves: list[Curve], budgets: np.ndarray, observed_max: float,
+                  interpolated: list[dict[str, Any]], policy: dict[str, Any] | None) -> dict[str, Any]:
+    trusted, why = choose(cands)
+    answers = {c.name: best_per_budget(*predict_curves(c, curves, budgets, policy), curves) for c in cands}
+    rows = []
+    for j, b in enumerate(budgets):
+        interp = interpolated[j]["best"]
+        row: dict[str, Any] = {"budget_bits": float(b), "extrapolated": bool(b > observed_max * 1.0001),
+                               "answers": {n: a[j] for n, a in answers.items()}, "interpolated": interp}
+        if trusted is not None:
+            pick = answers[trusted.name][j]
+            row.update(source=trusted.name, best=pick.get("best"), best_k=pick.get("best_k"),
+                       k_ci95=pick.get("k_ci95"), frequency=pick.get("frequency"))
+        else:
+            row.update(source="interpolated data" if interp else None, best=interp,
+                       best_k=float(interp.split(",")[0]) if interp else None)
+        others = {n: a[j].get("best") for n, a in answers.items() if n != row.get("source")}
+        if interp is not None and row.get("source") != "interpolated data":
+            others["interpolated data"] = interp
+        row["disagree"] = sorted(n for n, v in others.items() if v is not None and v != row["best"])
+        rows.append(row)
+    return {"question": "bits", "trusted": trusted.name if trusted else None, "why": why, "rows": rows,
+            "token_policy": policy, "candidates": _table(cands, trusted)}
+
+
+# ---- "compute" and "size" ------------------------------------------------------------------------------
+
+
+def compute_optimal(fit: FitResult, flops: np.ndarray) -> list[dict[str, Any]]:
+    """N_opt = G (C/6)^a, D_opt = (C/6) / N_opt with a = beta / (alpha + beta), G = (alpha A / (beta B))^(1/(alpha+beta))
+    (Hoffmann et al. 2022, Approach 3), with bootstrap intervals."""
+
+    def nd(p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        a, b, e, alpha, beta = (p[..., i:i + 1] for i in range(5))
+        g = np.exp((np.log(alpha) + a - np.log(beta) - b) / (alpha + beta))
+        n = g * (flops / 6) ** (beta / (alpha + beta))
+        d = flops / 6 / n
+        loss = np.exp(e) + np.exp(a) * n ** -alpha + np.exp(b) * d ** -beta
+        return n, d, loss
+
+    with np.errstate(all="ignore"):
+        n, d, loss = nd(fit.vector()[None])
+        boot = fit.boot_ok()
+        bn, bd, bl = nd(boot) if len(boot) >= 2 else (None, None, None)
+    rows = []
+    for j, c in enumerate(flops):
+        row = {"flops": float(c), "n_opt": float(n[0, j]), "d_opt": float(d[0, j]),
+               "tokens_per_param": float(d[0, j] / n[0, j]), "loss": float(loss[0, j])}
+        if bn is not None:
+            for name, arr in (("n_opt", bn), ("d_opt", bd), ("loss", bl)):
+                v = arr[:, j][np.isfinite(arr[:, j])]
+                row[f"{name}_ci95"] = (float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))) if len(v) else None
+        rows.append(row)
+    return rows
+
+
+def compute_headline(cand: Candidate, df: pd.DataFrame, extrapolate: float) -> dict[str, Any]:
+    fit = next(iter(cand.fits.values()))
+    c = 6 * df["n_params"] * df["train_tokens"]
+    flops = np.geomspace(c.min(), c.max() * extrapolate, 9)
+    trusted, why = choose([cand])
+    p = fit.params
+    ci = fit.intervals()
+    alpha, beta = p["alpha"], p["beta"]
+    expo = {"a": beta / (alpha + beta), "b": alpha / (alpha + beta)}
+    b = fit.boot_ok()
+    if len(b) >= 2:
+        i_al, i_be = list(p).index("alpha"), list(p).index("beta")
+        ea = b[:, i_be] / (b[:, i_al] + b[:, i_be])
+        expo["a_ci95"] = tuple(float(x) for x in np.percentile(ea, [2.5, 97.5]))
+        expo["b_ci95"] = tuple(float(x) for x in np.percentile(1 - ea, [2.5, 97.5]))
+    rows = compute_optimal(fit, flops)
+    for r in rows:
+        r["extrapolated"] = bool(r["flops"] > c.max() * 1.0001)
+    return {"question": "compute", "trusted": trusted.name if trusted else None, "why": why, "rows": rows,
+            "exponents": expo, "candidates": _table([cand], trusted), "ci": ci}
+
+
+def size_headline(cand: Candidate, df: pd.DataFrame, extrapolate: float) -> dict[str, Any]:
+    fit = next(iter(cand.fits.values()))
+    sizes = np.geomspace(df["n_params"].min(), df["n_params"].max() * extrapolate, 9)
+    pred = fit.predict({"n_params": sizes}).reshape(-1)
+    b = fit.boot_ok()
+    bp = fit.predict({"n_params": sizes}, b) if len(b) >= 2 else None
+    trusted, why = choose([cand])
+    rows = [{"n_params": float(n), "predicted": float(pred[j]), "extrapolated": bool(n > df["n_params"].max() * 1.0001),
+             "ci95": tuple(float(x) for x in np.percentile(bp[:, j], [2.5, 97.5])) if bp is not None else None}
+            for j, n in enumerate(sizes)]
+    return {"question": "size", "trusted": trusted.name if trusted else None, "why": why, "rows": rows,
+            "candidates": _table([cand], trusted)}
+
+
+def _table(cands: list[Candidate], trusted: Candidate | None) -> list[dict[str, Any]]:
+    return [{"law": c.name, **c.scores(), **c.verdict(), "trusted": c is trusted, "skipped": c.skipped}
+            for c in cands]
+
+
+def _label(key: Any) -> str:
+    key = key if isinstance(key, tuple) else (key,)
+    return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in key)
+
+
+# ---- text (terminal and report.md share it) -------------------------------------------------------------
+
+
+def _ci(v: Any, fmt: str = "{:.3g}") -> str:
+    return "" if not v else "[" + ", ".join(fmt.format(x) for x in v) + "]"
+
+
+def lines(h: Mapping[str, Any], metric: str) -> list[str]:
+    """The headline as Markdown-compatible text: the answer table, then the candidate laws."""
+    out = []
+    src = h["trusted"] or "the interpolated data (no usable law)"
+    if h["question"] == "bits":
+        out += [f"**Answer: the bit-width k (and scheme) with the lowest {metric} at each total-bit budget**, "
+                f"from **{src}**: {h['why']}.", ""]
+        if h.get("token_policy") and h["trusted"] and "data" in h["trusted"]:
+            out += [f"Training tokens at unseen sizes follow the runs' policy: {h['token_policy']['text']}.", ""]
+        out += ["| budget (bits) | best | k 95% CI | chosen in | others that disagree |", "|---|---|---|---|---|"]
+        for r in h["rows"]:
+            freq = f"{r['frequency']:.0%} of resamples" if r.get("frequency") is not None else "-"
+            dis = ", ".join(f"{n}: {_answer(r, n)}" for n in r["disagree"]) or "none"
+            out.append(f"| {r['budget_bits']:.3g}{' (extrap.)' if r['extrapolated'] else ''} | "
+                       f"{r['best'] or 'not measured here'} | {_ci(r.get('k_ci95'), '{:g}') or '-'} | {freq} | {dis} |")
+    elif h["question"] == "compute":
+        e = h["exponents"]
+        out += [f"**Answer: compute-optimal parameters N and tokens D for a FLOP budget C = 6ND**, from **{src}**: "
+                f"{h['why']}. N_opt ~ C^a, D_opt ~ C^b with a = {e['a']:.3f} {_ci(e.get('a_ci95'), '{:.3f}')}, "
+                f"b = {e['b']:.3f} {_ci(e.get('b_ci95'), '{:.3f}')}.", "",
+                "| FLOPs | N_opt [95% CI] | D_opt [95% CI] | tokens/param | predicted loss |", "|---|---|---|---|---|"]
+        for r in h["rows"]:
+            out.append(f"| {r['flops']:.3g}{' (extrap.)' if r['extrapolated'] else ''} | {r['n_opt']:.3g} "
+                       f"{_ci(r.get('n_opt_ci95'))} | {r['d_opt']:.3g} {_ci(r.get('d_opt_ci95'))} | "
+                       f"{r['tokens_per_param']:.3g} | {r['loss']:.4g} {_ci(r.get('loss_ci95'), '{:.4g}')} |")
+    else:
+        out += [f"**Answer: {metric} predicted at larger model sizes**, from **{src}**: {h['why']}.", "",
+                f"| parameters | predicted {metric} [95% CI] |", "|---|---|"]
+        for r in h["rows"]:
+            out.append(f"| {r['n_params']:.3g}{' (extrap.)' if r['extrapolated'] else ''} | {r['predicted']:.4g} "
+                       f"{_ci(r.get('ci95'), '{:.4g}')} |")
+    out += ["", "| candidate law | usable | why not | params at bound | n | params | held-out error | AIC | BIC |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for c in h["candidates"]:
+        why = "; ".join(c["reasons"][:3]) + (f" (+{len(c['reasons']) - 3} more)" if len(c["reasons"]) > 3 else "")
+        bound = ", ".join(c["at_bound"][:4]) + (" ..." if len(c["at_bound"]) > 4 else "")
+        use = "**trusted**" if c["trusted"] else ("yes" if c["status"] == "ok" else c["status"])
+        ho = f"{c['heldout']:.2%}" if c["heldout"] is not None else "-"
+        out.append(f"| {c['law']} | {use} | {why or '-'} | {bound or '-'} | {c['n']} | {c['params']} | {ho} | "
+                   f"{c['aic']:.1f} | {c['bic']:.1f} |")
+    return out
+
+
+def _answer(row: Mapping[str, Any], name: str) -> str:
+    if name == "interpolated data":
+        return str(row["interpolated"])
+    return str(row["answers"][name].get("best"))
+
+
+def terminal(h: Mapping[str, Any], metric: str, max_rows: int = 9) -> str:
+    """The headline for the terminal: the same text, fewer budget rows, no Markdown emphasis."""
+    text = lines({**h, "rows": _thin(h["rows"], max_rows)}, metric)
+    return "\n".join(t.replace("**", "") for t in text)
+
+
+def _thin(rows: list, n: int) -> list:
+    if len(rows) <= n:
+        return rows
+    idx = np.unique(np.linspace(0, len(rows) - 1, n).round().astype(int))
+    return [rows[i] for i in idx]
