@@ -70,14 +70,14 @@ def parser() -> argparse.ArgumentParser:
 def collect(args: argparse.Namespace) -> Collected:
     parts: list[Collected] = []
     if args.sources:
-        parts.append(load_records(args.sources))
+        parts.append(load_records(args.sources, metric=args.metric))
     mapping = parse_map(args.map)
     if mapping and not args.table:
         raise FitError("--map applies to --table files; none given")
     parts += [load_table(t, mapping, metric=args.metric) for t in args.table]
     if args.wandb:
         parts.append(load_wandb(args.wandb, json.loads(args.wandb_filter) if args.wandb_filter else None,
-                                args.wandb_group))
+                                args.wandb_group, metric=args.metric))
     if not parts:
         raise FitError("no source given: pass result folders, --table or --wandb")
     df = pd.concat([p.runs for p in parts], ignore_index=True)

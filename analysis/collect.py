@@ -33,7 +33,8 @@ METRIC_DEFAULT = "val_loss"
 FORMAT_NAMES = {".csv": "CSV", ".json": "JSON", ".jsonl": "JSONL", ".parquet": "Parquet", ".tsv": "TSV"}
 TABLE_FORMATS = tuple(FORMAT_NAMES)
 # Columns a table must give as numbers (after --map); the metric and val_*/zs_acc*/test_* too.
-NUMERIC_COLUMNS = ("n_params", "n_params_nonembedding", "train_tokens", "bits", "total_bits", "bits_per_param")
+NUMERIC_COLUMNS = ("n_params", "n_params_nonembedding", "train_tokens", "train_flops", "bits", "total_bits",
+                   "bits_per_param")
 NUMERIC_PREFIXES = ("val_", "zs_acc", "test_")
 # Run sizes that must be positive; a missing train_tokens is allowed (PTQ of a hub model may not know it,
 # and a law that needs it says so).
@@ -84,8 +85,9 @@ def _expand(sources: Iterable[str | Path]) -> list[Path]:
     return files
 
 
-def load_records(sources: Iterable[str | Path]) -> Collected:
-    """Local records from folders, files or globs. Corrupt files are reported and skipped."""
+def load_records(sources: Iterable[str | Path], metric: str = METRIC_DEFAULT) -> Collected:
+    """Local records from folders, files or globs. Corrupt files are reported and skipped; runs without
+    a usable `metric` are left out with the reason."""
     rows, skipped = [], []
     files = _expand(sources)
     if not files:
@@ -95,7 +97,7 @@ def load_records(sources: Iterable[str | Path]) -> Collected:
             rows.append(flat_row(read_record(f), str(f)))
         except ValueError as e:
             skipped.append({"source": str(f), "run_key": "", "reason": str(e)})
-    return clean(pd.DataFrame(rows), skipped)
+    return clean(pd.DataFrame(rows), skipped, metric=metric)
 
 
 def clean(df: pd.DataFrame, skipped: list[dict[str, str]] | None = None, metric: str = METRIC_DEFAULT,
@@ -195,7 +197,8 @@ def load_table(path: str | Path, column_map: Mapping[str, str] | None = None, *,
     """Runs logged by other tools: a CSV/TSV/JSON(L)/Parquet table whose columns are renamed with
     `column_map` ({their name: ksir name}, e.g. {"params": "n_params", "loss": "val_loss"}; nested JSON
     keys are joined with "."). Exact duplicate rows are collapsed, known numeric columns must hold
-    numbers, `total_bits` is derived as n_params * bits when missing, `defaults` fill constant columns.
+    numbers, `total_bits` is derived as n_params * bits and `train_tokens` as train_flops / (6 n_params)
+    when missing, `defaults` fill constant columns.
     Row numbers (in messages and run keys `<stem>-<row>`) count data rows from 1, as a user sees them."""
     path = Path(path)
     mapping = dict(column_map or {})
@@ -209,6 +212,8 @@ def load_table(path: str | Path, column_map: Mapping[str, str] | None = None, *,
             df[k] = v
     if "total_bits" not in df and {"n_params", "bits"} <= set(df):
         df["total_bits"] = df["n_params"] * df["bits"]
+    if "train_tokens" not in df and {"n_params", "train_flops"} <= set(df):  # tables that give compute, C = 6ND
+        df["train_tokens"] = df["train_flops"] / (6 * df["n_params"])
     df["source"] = str(path)
     if "run_key" not in df:
         df["run_key"] = [f"{path.stem}-{i + 1}" for i in df.index]
@@ -358,7 +363,7 @@ def _number(v: Any) -> float:
 
 
 def load_wandb(project: str, filters: Mapping[str, Any] | None = None, group: str | None = None,
-               api: Any = None) -> Collected:
+               api: Any = None, metric: str = METRIC_DEFAULT) -> Collected:
     """Runs of a W&B project ("entity/project") through the public API (online runs only).
 
     The run summary holds the record's scalar fields and metrics (ksir mirrors them there),
@@ -374,7 +379,7 @@ def load_wandb(project: str, filters: Mapping[str, Any] | None = None, group: st
     for run in api.runs(project, filters=flt or None):
         rec = from_wandb(run.id, dict(run.summary), dict(run.config), run.state, str(getattr(run, "created_at", "")))
         rows.append(flat_row(rec, f"wandb:{project}/{run.id}"))
-    return clean(pd.DataFrame(rows))
+    return clean(pd.DataFrame(rows), metric=metric)
 
 
 def select(df: pd.DataFrame, where: Mapping[str, Any]) -> pd.DataFrame:

@@ -317,6 +317,10 @@ def lines(h: Mapping[str, Any], metric: str) -> list[str]:
     """The headline as Markdown-compatible text: the answer table, then the candidate laws."""
     out = []
     src = h["trusted"] or "the interpolated data (no usable law)"
+    if h["question"] != "bits" and not h["trusted"]:  # no model-free answer exists for these questions
+        c = h["candidates"][0]
+        src = f"{c['law']}, which is {c['status']} (see below): its numbers are shown for reference, not as an answer"
+        h = {**h, "why": "; ".join(c["reasons"][:3])}
     if h["question"] == "bits":
         out += [f"**Answer: the bit-width k (and scheme) with the lowest {metric} at each total-bit budget**, "
                 f"from **{src}**: {h['why']}.", ""]

@@ -16,12 +16,14 @@ from tests.helpers import run_cli
 EFF = {2: 0.16, 3: 0.43, 4: 0.70, 8: 1.0, 16: 1.0}  # QuEST-like: eff(k)/k peaks at k = 4
 
 
-def chinchilla_table(path, n=120, seed=0, extra=None):
+def chinchilla_table(path, n=120, seed=0, extra=None, flops=False):
     rng = np.random.default_rng(seed)
     N = np.exp(rng.uniform(np.log(4e7), np.log(1.6e10), n))
     D = np.exp(rng.uniform(np.log(5e9), np.log(5e11), n))
     L = (1.82 + 482.01 / N**0.3478 + 2085.43 / D**0.3658) * np.exp(rng.normal(0, 0.005, n))
     df = pd.DataFrame({"Model Size": N, "Tokens": D, "loss": L, **(extra or {})})
+    if flops:  # as Chinchilla's released points come: compute, not tokens (D = C / 6N)
+        df = df.assign(**{"Training FLOP": 6 * N * D}).drop(columns="Tokens")
     df.to_csv(path, index=False)
     return df
 
@@ -50,9 +52,9 @@ QAT_MAP = "params=n_params,tokens=train_tokens,k=bits,loss=val_loss,total=total_
 
 def test_a_chinchilla_table_gets_the_chinchilla_law_and_a_compute_optimal_answer(tmp_path, capsys):
     path = tmp_path / "chin.csv"
-    chinchilla_table(path, extra={"bits": 16})  # a constant dummy bits column changes nothing
+    chinchilla_table(path, extra={"bits": 16}, flops=True)  # a constant dummy bits column changes nothing
     out = tmp_path / "fit"
-    assert ksir_fit(["--table", str(path), "--map", "Model Size=n_params,Tokens=train_tokens,loss=val_loss",
+    assert ksir_fit(["--table", str(path), "--map", "Model Size=n_params,Training FLOP=train_flops,loss=val_loss",
                      "--out", str(out), "--bootstrap", "100", "--no-figures"]) == 0
     printed = capsys.readouterr().out
     rep = json.loads((out / "fit.json").read_text())

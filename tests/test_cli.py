@@ -83,7 +83,8 @@ def test_end_to_end_sweep_then_fit(tmp_path, cache_dir):
     for s in curves.values():
         assert s["params"]["alpha"]["value"] > 0 and s["params"]["a"]["reported_value"] > 0
         assert s["goodness_of_fit"]["n"] == 4
-    assert {r["best"] for r in fit["optimal"]} <= {"2.0", "4.0", "16.0"} and len(fit["optimal"]) > 5
+    assert {r["best"] for r in fit["optimal"]} <= {"2", "4", "16"} and len(fit["optimal"]) > 5
+    assert fit["headline"]["question"] == "bits" and "Answer:" in r.stdout
     assert (fit_dir / "bit_scaling.png").stat().st_size > 10_000
 
     # Relaunching the same sweep skips every finished job.
