@@ -17,7 +17,7 @@ $(VENV)/.ksir-installed: pyproject.toml
 	touch $@
 
 demo: setup
-	PATH="$(abspath $(BIN)):$$PATH" bash experiments/demo.sh
+	PATH="$(abspath $(BIN)):$$PATH" ksir-repro demo --out outputs/demo
 
 test: setup
 	$(BIN)/python -m pytest -m "not slow and not gpu and not slurm" --timeout 900

@@ -1,0 +1,256 @@
+"""`ksir-repro`: one command per published result (sweep -> fit -> figures -> claims).
+
+A study is a folder `experiments/<study>/`: a README (the question, the source and its numbers,
+what is reproduced, hardware, time), `study.yaml` (sweeps, fit, claims), its data if it ships any,
+and the last full run's `claims.md` / `claims.json`, committed so that the README's table of
+studies is regenerated from them (`ksir-repro --readme`), never typed by hand.
+
+    ksir-repro --list                      # studies, hardware, expected time
+    ksir-repro chinchilla_epoch            # run (finished runs are reused), fit, check its claims
+    ksir-repro demo --smoke                # the whole path on tiny settings (< 1 min), results in outputs/
+    ksir-repro --readme                    # README table of studies and claims from the committed claims.json
+
+Exit status: 0 when every claim the study expects to hold here holds; 1 when one does not; 2 for bad
+input. A smoke run checks the path, not the science: its claims are reported, never fatal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ksir.paths import REPO_ROOT
+
+STUDIES = REPO_ROOT / "experiments"
+README = REPO_ROOT / "README.md"
+MARKERS = ("<!-- studies:start (ksir-repro --readme) -->", "<!-- studies:end -->")
+
+
+@dataclass(frozen=True)
+class Study:
+    """A study as `study.yaml` declares it."""
+
+    name: str
+    folder: Path
+    title: str
+    source: str
+    hardware: str
+    expected_time: str
+    sweeps: list[list[str]] = field(default_factory=list)  # ksir-run -m argument lists
+    smoke_sweeps: list[list[str]] = field(default_factory=list)
+    fit: dict[str, Any] = field(default_factory=dict)  # table, map, exclude_largest, args
+    smoke_fit_args: list[str] = field(default_factory=list)
+    claims: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, name: str) -> Study:
+        folder = STUDIES / name
+        path = folder / "study.yaml"
+        if not path.is_file():
+            raise StudyError(f"no study {name!r} (studies: {', '.join(names()) or 'none'})")
+        raw = yaml.safe_load(path.read_text()) or {}
+        known = {f for f in cls.__dataclass_fields__ if f not in ("name", "folder")}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise StudyError(f"{path}: unknown key(s) {unknown} (allowed: {sorted(known)})")
+        for i, c in enumerate(raw.get("claims", [])):
+            missing = [k for k in ("id", "text", "kind") if k not in c]
+            if missing:
+                raise StudyError(f"{path}: claims[{i}] lacks {missing}")
+        return cls(name=name, folder=folder, **raw)
+
+
+class StudyError(ValueError):
+    """A study that cannot run as declared (one line)."""
+
+
+def names() -> list[str]:
+    return sorted(p.parent.name for p in STUDIES.glob("*/study.yaml"))
+
+
+# ---- running a study -------------------------------------------------------------------------------------
+
+
+def run_sweeps(study: Study, out: Path, smoke: bool) -> None:
+    """Each sweep through the real CLI; finished jobs are skipped by their identity."""
+    exe = Path(sys.executable).with_name("ksir-run")
+    for args in study.smoke_sweeps if smoke else study.sweeps:
+        cmd = [str(exe), "-m", *args, f"out_dir={out}"]
+        print(f"[{study.name}] {' '.join(cmd[1:])}", flush=True)
+        r = subprocess.run(cmd)
+        if r.returncode not in (0,):
+            raise StudyError(f"sweep {' '.join(args)} exited {r.returncode} (see its output above; records in {out}/results)")
+
+
+def collect(study: Study, out: Path) -> Any:
+    """The runs the study fits: its shipped table (with its declared exclusions) or its sweep's records."""
+    from analysis.collect import load_records, load_table, parse_map
+
+    fit = study.fit
+    if "table" in fit:
+        runs = load_table(study.folder / fit["table"], parse_map(fit.get("map", "")), metric=fit.get("metric", "val_loss"))
+    else:
+        runs = load_records([out / "results"], metric=fit.get("metric", "val_loss"))
+        df = runs.runs
+        if "job" in df:  # as ksir-fit does: quantized models (PTQ jobs, QAT train jobs)
+            regime = df["regime"].astype(str) if "regime" in df else ""
+            runs.runs = df[(df["job"] == "quantize") | regime.isin(["qat", "qat-finetune"])].reset_index(drop=True)
+    for col, n in (fit.get("exclude_largest") or {}).items():
+        df = runs.runs
+        drop = df[col].nlargest(int(n)).index
+        runs.skipped += [{"source": str(r.get("source", "")), "run_key": str(r.get("run_key", "")),
+                          "reason": f"one of the {n} largest {col} (excluded by the study: {fit.get('exclude_why', '')})"}
+                         for _, r in df.loc[drop].iterrows()]
+        runs.runs = df.drop(index=drop).reset_index(drop=True)
+    return runs
+
+
+def fit_args(study: Study, smoke: bool) -> dict[str, Any]:
+    """ksir-fit's options for this study (the CLI's own parser, so both accept the same words)."""
+    from analysis.cli import parser
+
+    args = parser().parse_args(["--out", "x", *study.fit.get("args", []), *(study.smoke_fit_args if smoke else [])])
+    return {"metric": args.metric, "laws": tuple(args.law), "n_boot": args.bootstrap, "delta": args.delta,
+            "loss": args.loss, "holdout": args.holdout, "seed": args.seed, "extrapolate": args.extrapolate}
+
+
+def check(study: Study, report: dict[str, Any], runs: Any) -> list[dict[str, Any]]:
+    from ksir.claims import evaluate
+
+    rows = []
+    for c in study.claims:
+        v = evaluate(c, report, runs)
+        rows.append({"id": c["id"], "claim": c["text"], "paper": c.get("paper_text", c.get("paper")),
+                     "ksir": v.ksir, "holds": v.holds, "reason": v.reason, "expect": c.get("expect", "unknown"),
+                     "source": c.get("source", study.source)})
+    return rows
+
+
+def markdown(study: Study, rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    lines = [f"# {study.title}: claims", "",
+             f"Measured {meta['date']} on {meta['machine']} by `ksir-repro {study.name}"
+             f"{' --smoke' if meta['smoke'] else ''}` in {meta['seconds']:.0f} s (finished jobs are reused) "
+             f"from {meta['n_runs']} runs. Source: {study.source}.", "",
+             "| claim | paper | ksir | holds | why |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['claim']} | {_fmt(r['paper'])} | {_fmt(r['ksir'])} | {r['holds']} | {r['reason']} |")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def reproduce(study: Study, out: Path, smoke: bool) -> tuple[list[dict[str, Any]], int]:
+    """Sweep, fit, figures, claims. Returns the claim rows and the exit status."""
+    from analysis.report import analyse
+
+    t0 = time.perf_counter()
+    run_sweeps(study, out, smoke)
+    runs = collect(study, out)
+    print(runs.report())
+    report = analyse(runs, out / "fit", **fit_args(study, smoke))
+    from analysis.cli import summary
+
+    print(summary(report))
+    rows = check(study, report, runs.runs)
+    meta = {"study": study.name, "smoke": smoke, "date": time.strftime("%Y-%m-%d"), "machine": _machine(),
+            "seconds": time.perf_counter() - t0, "n_runs": report["n_runs"]}
+    payload = json.dumps({**meta, "claims": rows}, indent=2, default=float)
+    md = markdown(study, rows, meta)
+    for folder in {out} | (set() if smoke else {study.folder}):
+        (folder / "claims.json").write_text(payload)
+        (folder / "claims.md").write_text(md)
+    print("\n" + md)
+    failed = [r for r in rows if r["expect"] == "hold" and r["holds"] != "yes"]
+    if failed and not smoke:
+        print(f"ksir-repro: {len(failed)} claim(s) expected to hold here do not: "
+              f"{', '.join(r['id'] for r in failed)}", file=sys.stderr)
+        return rows, 1
+    return rows, 0
+
+
+def _machine() -> str:
+    import os
+    import platform
+
+    return f"{os.cpu_count()}-core {platform.machine()} {platform.system()}"
+
+
+# ---- the catalogue --------------------------------------------------------------------------------------
+
+
+def listing() -> str:
+    lines = [f"{'study':20} {'hardware':10} {'time':>10}  title"]
+    for n in names():
+        s = Study.load(n)
+        lines.append(f"{n:20} {s.hardware:10} {s.expected_time:>10}  {s.title}")
+    return "\n".join(lines)
+
+
+def readme_table() -> str:
+    """The studies and their claims, from the committed claims.json files."""
+    lines = ["| study | claim | paper | ksir | holds |", "|---|---|---|---|---|"]
+    for n in names():
+        path = STUDIES / n / "claims.json"
+        if not path.is_file():
+            lines.append(f"| [{n}](experiments/{n}/) | (not run yet) | | | |")
+            continue
+        data = json.loads(path.read_text())
+        for r in data["claims"]:
+            lines.append(f"| [{n}](experiments/{n}/) | {r['claim']} | {_fmt(r['paper'])} | {_fmt(r['ksir'])} | "
+                         f"{r['holds']} |")
+    return "\n".join(lines)
+
+
+def update_readme(path: Path = README) -> None:
+    text = path.read_text()
+    a, b = (text.find(m) for m in MARKERS)
+    if a < 0 or b < a:
+        raise StudyError(f"{path}: the markers {MARKERS[0]!r} ... {MARKERS[1]!r} are missing")
+    path.write_text(text[:a + len(MARKERS[0])] + "\n" + readme_table() + "\n" + text[b:])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="ksir-repro", description="Reproduce a published result and check its claims.",
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("study", nargs="?", help="a folder of experiments/ (see --list)")
+    p.add_argument("--list", action="store_true", help="the studies, their hardware and expected time")
+    p.add_argument("--smoke", action="store_true", help="tiny settings, the whole path, under a minute")
+    p.add_argument("--out", help="output folder (default: outputs/repro/<study>[-smoke])")
+    p.add_argument("--readme", action="store_true", help="rewrite README.md's table of studies from claims.json")
+    a = p.parse_args(argv)
+    try:
+        if a.list:
+            print(listing())
+            return 0
+        if a.readme:
+            update_readme()
+            print(f"updated {README}")
+            return 0
+        if not a.study:
+            raise StudyError(f"name a study (studies: {', '.join(names())}) or pass --list")
+        study = Study.load(a.study)
+        out = Path(a.out or REPO_ROOT / "outputs" / "repro" / (study.name + ("-smoke" if a.smoke else "")))
+        out.mkdir(parents=True, exist_ok=True)
+        _, status = reproduce(study, out.resolve(), a.smoke)
+        return status
+    except (StudyError, ValueError, KeyError) as e:
+        print(f"ksir-repro: error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

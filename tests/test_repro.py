@@ -1,0 +1,89 @@
+"""ksir-repro: the catalogue of studies, their smoke runs (the whole path, real CLIs), claim checks,
+and the README table regenerated from the committed claims.json files."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from ksir import repro
+from ksir.claims import NOT_MEASURABLE, evaluate
+from tests.helpers import run_cli
+
+
+def test_list_names_every_study_with_its_hardware_and_time(tmp_path):
+    r = run_cli("ksir-repro", "--list", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    for name in repro.names():
+        s = repro.Study.load(name)
+        line = next(x for x in r.stdout.splitlines() if x.startswith(name + " "))
+        assert s.hardware in line and s.expected_time in line
+    assert {"chinchilla_epoch", "demo"} <= set(repro.names())
+
+
+def test_an_unknown_study_is_one_line(tmp_path):
+    r = run_cli("ksir-repro", "nope", cwd=tmp_path)
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(err) == 1 and "no study 'nope'" in err[0] and "chinchilla_epoch" in err[0]
+
+
+@pytest.mark.parametrize("name", repro.names())
+def test_every_study_smoke_runs_end_to_end(name, tmp_path):
+    """Every study's --smoke path: sweep (if any) through ksir-run, ksir-fit, claims, in under a minute."""
+    out = tmp_path / "out"
+    r = run_cli("ksir-repro", name, "--smoke", "--out", str(out), cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    data = json.loads((out / "claims.json").read_text())
+    study = repro.Study.load(name)
+    assert data["smoke"] is True and [c["id"] for c in data["claims"]] == [c["id"] for c in study.claims]
+    assert all(c["holds"] in ("yes", "no", NOT_MEASURABLE) and c["reason"] for c in data["claims"])
+    assert (out / "fit" / "fit.json").is_file() and "| claim | paper | ksir | holds |" in (out / "claims.md").read_text()
+    # A smoke run never overwrites the study's committed results.
+    committed = study.folder / "claims.json"
+    assert not committed.exists() or json.loads(committed.read_text())["smoke"] is False
+
+
+def test_chinchilla_epoch_reproduces_epochs_estimates_within_their_standard_errors(tmp_path):
+    out = tmp_path / "out"
+    r = run_cli("ksir-repro", "chinchilla_epoch", "--smoke", "--out", str(out), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    claims = {c["id"]: c for c in json.loads((out / "claims.json").read_text())["claims"]}
+    assert {k: c["holds"] for k, c in claims.items()} == {k: "yes" for k in ("E", "A", "B", "alpha", "beta", "a", "b")}
+    assert abs(claims["E"]["ksir"] - 1.817) < 0.01 and abs(claims["alpha"]["ksir"] - 0.3478) < 0.005
+    fit = json.loads((out / "fit" / "fit.json").read_text())
+    assert fit["n_runs"] == 240 and sum("excluded by the study" in s["reason"] for s in fit["left_out"]) == 5
+
+
+RUNS = pd.DataFrame({"n_params": [1e5, 1e5, 1e5, 2e5, 2e5, 2e5], "bits": [3, 4, 16, 3, 4, 16],
+                     "val_loss": [3.3, 3.1, 3.0, 3.0, 2.8, 2.79]})
+
+
+@pytest.mark.parametrize("claim,holds,value", [
+    ({"kind": "gap", "a": {"bits": 3}, "b": {"bits": 4}, "above": 0.1}, "yes", 0.2),
+    ({"kind": "gap", "a": {"bits": 3}, "b": {"bits": 4}, "above": 0.3}, "no", 0.2),
+    ({"kind": "ratio", "a": {"bits": 4}, "b": {"bits": 16}, "max": 0.04}, "yes", 0.1 / 3.0),
+    ({"kind": "ratio", "a": {"bits": 4}, "b": {"bits": 16}, "max": 0.01}, "no", 0.1 / 3.0),
+    ({"kind": "ratio", "a": {"bits": 8}, "b": {"bits": 16}, "max": 0.01}, NOT_MEASURABLE, None),
+    ({"kind": "param", "law": "chinchilla", "param": "e", "paper": 1.8, "tol": 0.1}, NOT_MEASURABLE, None),
+])
+def test_claims_compute_their_number_and_say_when_it_cannot_be_measured(claim, holds, value):
+    v = evaluate({"id": "c", "text": "t", **claim}, {"laws": {}}, RUNS)
+    assert v.holds == holds and v.reason
+    assert (v.ksir is None) if value is None else v.ksir == pytest.approx(value)
+
+
+def test_a_claim_on_an_unidentified_law_is_not_measurable():
+    report = {"laws": {"chinchilla": {"verdict": {"status": "unidentified", "reasons": ["B spans a factor 118"]},
+                                      "params": {"b": {"value": 7.6, "reported_value": 2000.0}}}}}
+    v = evaluate({"id": "B", "text": "t", "kind": "param", "law": "chinchilla", "param": "b", "paper": 2085,
+                  "tol": 1293}, report, RUNS)
+    assert v.holds == NOT_MEASURABLE and "unidentified" in v.reason
+
+
+def test_readme_table_is_generated_from_the_committed_claims():
+    """The README's table of studies is exactly what `ksir-repro --readme` writes from claims.json."""
+    text = repro.README.read_text()
+    a, b = (text.index(m) for m in repro.MARKERS)
+    assert text[a + len(repro.MARKERS[0]):b].strip() == repro.readme_table().strip()
