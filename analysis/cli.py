@@ -84,13 +84,19 @@ def collect(args: argparse.Namespace) -> Collected:
     merged = clean(df, [s for p in parts for s in p.skipped], metric=args.metric)
     where = {f: getattr(args, f) for f in FILTERS if getattr(args, f)}
     runs = merged.runs
-    if not args.all_jobs and "job" not in where and "job" in runs:
-        # Quantized models only: PTQ (quantize jobs) and QAT (train jobs with a qat regime); plain
-        # full-precision train records duplicate the 16-bit PTQ baselines.
-        regime = runs["regime"].astype(str) if "regime" in runs else pd.Series("", index=runs.index)
-        runs = runs[(runs["job"] == "quantize") | regime.isin(["qat", "qat-finetune"])]
+    if not args.all_jobs and "job" not in where:
+        runs = quantized_only(runs)
     merged.runs = select(runs, where) if where else runs
     return merged
+
+
+def quantized_only(runs: pd.DataFrame) -> pd.DataFrame:
+    """PTQ (quantize jobs) and QAT (train jobs with a qat regime): plain full-precision train records
+    duplicate the 16-bit PTQ baselines, so they are not curves."""
+    if "job" not in runs:
+        return runs
+    regime = runs["regime"].astype(str) if "regime" in runs else pd.Series("", index=runs.index)
+    return runs[(runs["job"] == "quantize") | regime.isin(["qat", "qat-finetune"])].reset_index(drop=True)
 
 
 def points(specs: list[str]) -> tuple[dict[str, float], ...]:

@@ -388,7 +388,7 @@ def select(df: pd.DataFrame, where: Mapping[str, Any]) -> pd.DataFrame:
         if col not in df:
             raise KeyError(f"no column {col!r} to filter on (have {sorted(df.columns)})")
         wants = {str(w) for w in (want if isinstance(want, list | tuple | set) else [want])}
-        df = df[df[col].map(lambda v, w=wants: _norm(v) in w)]
+        df = df.loc[df[col].map(lambda v, w=wants: _norm(v) in w).astype(bool)]
     return df
 
 

@@ -33,8 +33,8 @@ def base_checkpoint(spec: JobSpec) -> str:
 def resolve_checkpoint(spec: JobSpec) -> str:
     """An explicit model.checkpoint, else the own-family model, else the family's hub id."""
     if spec.model.checkpoint:
-        p = Path(spec.model.checkpoint).expanduser()
-        return str(p.absolute()) if p.exists() else spec.model.checkpoint
+        folder = spec.model.local_folder
+        return str(folder) if folder is not None and folder.exists() else spec.model.checkpoint
     if spec.family.kind == "own":
         return base_checkpoint(spec)
     return spec.family.size(spec.model.size).hub_id

@@ -8,15 +8,20 @@ number from a law the data do not identify is never used to say "yes" or "no".
 Kinds (one `@claim_kind` entry each; the entry carries its own evaluation):
 - `param`: a fitted law parameter (reported scale: E, A, B, alpha, ...) within `tol` of the paper.
 - `exponent`: a compute-optimal exponent (a = beta/(alpha+beta) or b) within `tol`.
-- `optimal_k`: the headline's best k, the most frequent over the measured budgets, within `tol`.
+- `optimal_k`: the headline's best k, the most frequent over the measured budgets (or the smaller half
+  of them: `budgets: low`), within `tol`.
 - `gap`: mean over model sizes of metric(a) - metric(b) for two selections of runs, against a bound
   (`below` / `above`), e.g. "block 64 beats per-channel at 3 bits by > 0.05 nats".
 - `ratio`: the largest relative difference |metric(a) / metric(b) - 1| over model sizes, at most `max`.
+- `gap_closed`: the share of the gap between `base` and `ref` (e.g. fixed scales vs unquantized) that
+  `a` closes, (base - a) / (base - ref), averaged over pairs, at least `min`.
+- `correlation`: Pearson r between two run columns within `tol` of the paper's.
+Selections may rename a column per side (`rename: {a: {attention_bits: k}, b: {bits: k}}`) so that runs
+are paired on a quantity each side stores under its own name.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -35,14 +40,29 @@ class Verdict:
 
 Evaluator = Callable[[Mapping[str, Any], Mapping[str, Any], pd.DataFrame], Verdict]
 KINDS: dict[str, Evaluator] = {}
+FIELDS: dict[str, frozenset[str]] = {}  # the fields each kind reads, besides COMMON
+COMMON = frozenset({"id", "text", "kind", "paper", "paper_text", "expect", "source"})
+PAIRING = ("a", "b", "pair", "rename", "metric")
 
 
-def claim_kind(name: str) -> Callable[[Evaluator], Evaluator]:
+def claim_kind(name: str, fields: tuple[str, ...]) -> Callable[[Evaluator], Evaluator]:
+    """Register a kind with the fields it reads (a claim with any other field is refused when loaded)."""
+
     def register(fn: Evaluator) -> Evaluator:
-        KINDS[name] = fn
+        KINDS[name], FIELDS[name] = fn, frozenset(fields)
         return fn
 
     return register
+
+
+def check(claim: Mapping[str, Any]) -> str | None:
+    """Why a claim as written cannot be evaluated (unknown kind or field), or None. A misspelt field would
+    otherwise be ignored and the claim silently checked with a default (YAML reads a bare `on:` as True)."""
+    kind = claim.get("kind")
+    if kind not in KINDS:
+        return f"kind {kind!r} is not one of {sorted(KINDS)}"
+    extra = sorted(map(str, set(claim) - COMMON - FIELDS[kind]))
+    return f"unknown field(s) {extra} for kind {kind} (allowed: {sorted(FIELDS[kind] | COMMON)})" if extra else None
 
 
 def evaluate(claim: Mapping[str, Any], report: Mapping[str, Any], runs: pd.DataFrame) -> Verdict:
@@ -74,7 +94,7 @@ def _law(report: Mapping[str, Any], name: str) -> tuple[Mapping[str, Any] | None
     return s, ""
 
 
-@claim_kind("param")
+@claim_kind("param", ("law", "param", "tol"))
 def _param(claim: Mapping[str, Any], report: Mapping[str, Any], runs: pd.DataFrame) -> Verdict:
     s, why = _law(report, claim["law"])
     if s is None or why:
@@ -86,7 +106,7 @@ def _param(claim: Mapping[str, Any], report: Mapping[str, Any], runs: pd.DataFra
     return _within(float(value), claim)
 
 
-@claim_kind("exponent")
+@claim_kind("exponent", ("name", "tol"))
 def _exponent(claim: Mapping[str, Any], report: Mapping[str, Any], runs: pd.DataFrame) -> Verdict:
     h = report.get("headline", {})
     if h.get("question") != "compute":
@@ -96,10 +116,12 @@ def _exponent(claim: Mapping[str, Any], report: Mapping[str, Any], runs: pd.Data
     return _within(float(h["exponents"][claim["name"]]), claim)
 
 
-@claim_kind("optimal_k")
+@claim_kind("optimal_k", ("tol", "budgets"))
 def _optimal_k(claim: Mapping[str, Any], report: Mapping[str, Any], runs: pd.DataFrame) -> Verdict:
     h = report.get("headline", {})
     rows = [r for r in h.get("rows", []) if not r.get("extrapolated") and r.get("best_k") is not None]
+    if claim.get("budgets") == "low":  # the smaller half of the measured budgets
+        rows = rows[: max(1, len(rows) // 2)]
     if h.get("question") != "bits" or not rows:
         return Verdict(None, NOT_MEASURABLE, "no optimal k was measured inside the runs' budgets")
     ks = pd.Series([float(r["best_k"]) for r in rows])
@@ -111,33 +133,38 @@ def _optimal_k(claim: Mapping[str, Any], report: Mapping[str, Any], runs: pd.Dat
 
 
 def _select(runs: pd.DataFrame, where: Mapping[str, Any]) -> pd.DataFrame:
-    out = runs
-    for col, want in where.items():
-        if col not in out:
-            return out.iloc[0:0]
-        wants = {str(w) for w in (want if isinstance(want, list) else [want])}
-        out = out[out[col].map(lambda v, w=wants: _norm(v) in w)]
-    return out
+    """Runs matching every {column: value or list}; none when a column is missing (nothing to compare)."""
+    from analysis.collect import select
+
+    try:
+        return select(runs, where)
+    except KeyError:
+        return runs.iloc[0:0]
 
 
-def _norm(v: Any) -> str:
-    if isinstance(v, float) and math.isfinite(v) and v.is_integer():
-        return str(int(v))
-    return str(v)
+def _side(claim: Mapping[str, Any], runs: pd.DataFrame, side: str, on: list[str]) -> pd.Series | str:
+    sel = _select(runs, claim[side]).rename(columns=(claim.get("rename") or {}).get(side, {}))
+    if any(c not in sel for c in on):
+        return f"the runs have no column {[c for c in on if c not in sel]} to pair on"
+    return sel.groupby(on)[claim.get("metric", "val_loss")].mean()
 
 
-def _paired(claim: Mapping[str, Any], runs: pd.DataFrame) -> tuple[pd.Series, pd.Series] | str:
-    """The metric of selections a and b, matched on `on` (default: the model size)."""
-    metric, on = claim.get("metric", "val_loss"), claim.get("on", "n_params")
-    a = _select(runs, claim["a"]).groupby(on)[metric].mean()
-    b = _select(runs, claim["b"]).groupby(on)[metric].mean()
-    common = a.index.intersection(b.index)
+def _paired(claim: Mapping[str, Any], runs: pd.DataFrame, sides: tuple[str, ...] = ("a", "b")) -> tuple | str:
+    """The metric of each selection (a, b, ...), matched on `pair` (default: the model size)."""
+    on = claim.get("pair", "n_params")
+    on = list(on) if isinstance(on, list | tuple) else [on]
+    got = [_side(claim, runs, s, on) for s in sides]
+    if any(isinstance(g, str) for g in got):
+        return next(g for g in got if isinstance(g, str))
+    common = got[0].index
+    for g in got[1:]:
+        common = common.intersection(g.index)
     if not len(common):
-        return f"no model size has runs of both {dict(claim['a'])} and {dict(claim['b'])}"
-    return a[common], b[common]
+        return f"no {'/'.join(on)} has runs of {' and '.join(str(dict(claim[s])) for s in sides)}"
+    return tuple(g[common] for g in got)
 
 
-@claim_kind("gap")
+@claim_kind("gap", (*PAIRING, "below", "above"))
 def _gap(claim: Mapping[str, Any], report: Mapping[str, Any], runs: pd.DataFrame) -> Verdict:
     pair = _paired(claim, runs)
     if isinstance(pair, str):
@@ -148,10 +175,40 @@ def _gap(claim: Mapping[str, Any], report: Mapping[str, Any], runs: pd.DataFrame
         ok, rule = gap < float(claim["below"]), f"< {claim['below']}"
     else:
         ok, rule = gap > float(claim["above"]), f"> {claim['above']}"
-    return Verdict(gap, "yes" if ok else "no", f"mean over {len(a)} sizes of a - b = {gap:.4g} (needs {rule})")
+    return Verdict(gap, "yes" if ok else "no", f"mean over {len(a)} pairs of a - b = {gap:.4g} (needs {rule})")
 
 
-@claim_kind("ratio")
+@claim_kind("gap_closed", (*PAIRING, "base", "ref", "min"))
+def _gap_closed(claim: Mapping[str, Any], report: Mapping[str, Any], runs: pd.DataFrame) -> Verdict:
+    got = _paired(claim, runs, ("a", "base", "ref"))
+    if isinstance(got, str):
+        return Verdict(None, NOT_MEASURABLE, got)
+    a, base, ref = got
+    gap = float((base - ref).mean())
+    if gap <= 0:
+        return Verdict(None, NOT_MEASURABLE, f"base is no worse than ref on average over {len(a)} pairs "
+                       f"({gap:+.4g}): there is no gap to close")
+    share = float((base - a).mean()) / gap  # a ratio of means: one pair with a tiny gap cannot dominate
+    ok = share >= float(claim["min"])
+    return Verdict(share, "yes" if ok else "no",
+                   f"closes {share:.0%} of a mean gap of {gap:.4g} over {len(a)} pairs (needs >= {float(claim['min']):.0%})")
+
+
+@claim_kind("correlation", ("x", "y", "tol"))
+def _correlation(claim: Mapping[str, Any], report: Mapping[str, Any], runs: pd.DataFrame) -> Verdict:
+    """Pearson r between two run columns (e.g. loss and zero-shot accuracy) within `tol` of the paper."""
+    x, y = claim["x"], claim["y"]
+    if x not in runs or y not in runs:
+        return Verdict(None, NOT_MEASURABLE, f"the runs have no {y if x in runs else x} column")
+    d = runs[[x, y]].apply(pd.to_numeric, errors="coerce").dropna()
+    if len(d) < 3 or d[x].nunique() < 2 or d[y].nunique() < 2:
+        return Verdict(None, NOT_MEASURABLE, f"{len(d)} runs with both {x} and {y}: too few to correlate")
+    v = _within(float(d[x].corr(d[y])), claim)
+    v.reason = f"over {len(d)} runs; " + v.reason
+    return v
+
+
+@claim_kind("ratio", (*PAIRING, "max"))
 def _ratio(claim: Mapping[str, Any], report: Mapping[str, Any], runs: pd.DataFrame) -> Verdict:
     pair = _paired(claim, runs)
     if isinstance(pair, str):
@@ -160,4 +217,4 @@ def _ratio(claim: Mapping[str, Any], report: Mapping[str, Any], runs: pd.DataFra
     worst = float((a / b - 1).abs().max())
     ok = worst <= float(claim["max"])
     return Verdict(worst, "yes" if ok else "no",
-                   f"largest relative difference over {len(a)} sizes {worst:.2%} (needs <= {float(claim['max']):.2%})")
+                   f"largest relative difference over {len(a)} pairs {worst:.2%} (needs <= {float(claim['max']):.2%})")

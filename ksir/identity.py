@@ -173,7 +173,7 @@ def base_identity(spec: JobSpec) -> dict[str, Any]:
         return {"model": model_key(base_train_spec(spec))}
     ckpt = spec.model.checkpoint
     if ckpt and spec.model.checkpoint_is_path:
-        return {"checkpoint": str(Path(ckpt).expanduser().absolute())}
+        return {"checkpoint": str(spec.model.local_folder)}
     return {"checkpoint": ckpt or spec.family.size(spec.model.size).hub_id}
 
 

@@ -95,7 +95,7 @@ def qat_fields(spec: JobSpec, summary: Any, init_from: str | None, **train: Any)
                granularity=q.granularity, total_bits=summary.total_bits, bits_per_param=summary.bits_per_param,
                n_quantized_params=summary.n_quantized, quantizer=q.resolved_quantizer() if quantized else None,
                scale=q.scale, act_bits=q.act_bits, attention_bits=summary.attention_bits,
-               init_from=init_from, distill_weight=q.distill.weight, qat=summary.as_dict())
+               attention_learn=q.attention.learn if q.attention.enabled else None, init_from=init_from, distill_weight=q.distill.weight, qat=summary.as_dict())
     return rec
 
 

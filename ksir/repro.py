@@ -9,6 +9,7 @@ studies is regenerated from them (`ksir-repro --readme`), never typed by hand.
     ksir-repro chinchilla_epoch            # run (finished runs are reused), fit, check its claims
     ksir-repro demo --smoke                # the whole path on tiny settings (< 1 min), results in outputs/
     ksir-repro --readme                    # README table of studies and claims from the committed claims.json
+    ksir-repro qat_vs_ptq --with trainer=gpu --with model.size=xl,2xl,3xl,4xl --out outputs/qat_gpu   # scaled up
 
 Exit status: 0 when every claim the study expects to hold here holds; 1 when one does not; 2 for bad
 input. A smoke run checks the path, not the science: its claims are reported, never fatal.
@@ -49,6 +50,9 @@ class Study:
     fit: dict[str, Any] = field(default_factory=dict)  # table, map, exclude_largest, args
     smoke_fit_args: list[str] = field(default_factory=list)
     claims: list[dict[str, Any]] = field(default_factory=list)
+    # Smoke runs of hub families without a hub: random-weight copies of the architecture, one per size
+    # ({model_type, sizes: {size: config overrides}}); each smoke sweep then runs once per size on its copy.
+    local_copies: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def load(cls, name: str) -> Study:
@@ -61,10 +65,13 @@ class Study:
         unknown = sorted(set(raw) - known)
         if unknown:
             raise StudyError(f"{path}: unknown key(s) {unknown} (allowed: {sorted(known)})")
+        from ksir.claims import check
+
         for i, c in enumerate(raw.get("claims", [])):
             missing = [k for k in ("id", "text", "kind") if k not in c]
-            if missing:
-                raise StudyError(f"{path}: claims[{i}] lacks {missing}")
+            problem = f"lacks {missing}" if missing else check(c)
+            if problem:
+                raise StudyError(f"{path}: claims[{i}] ({c.get('id', '?')}): {problem}")
         return cls(name=name, folder=folder, **raw)
 
 
@@ -79,11 +86,41 @@ def names() -> list[str]:
 # ---- running a study -------------------------------------------------------------------------------------
 
 
-def run_sweeps(study: Study, out: Path, smoke: bool) -> None:
-    """Each sweep through the real CLI; finished jobs are skipped by their identity."""
+def local_copies(study: Study, out: Path) -> dict[str, Path]:
+    """Random-weight copies of a hub family's architecture (scaled down), saved like a hub download with
+    ksir's byte-level tokenizer: the smoke path of a study whose models the hub would provide."""
+    import torch
+    import transformers
+
+    from ksir.data.tokenizer import train_byte_bpe
+
+    spec = study.local_copies
+    tok = train_byte_bpe(["a local copy"])  # 257 tokens: every byte and end-of-text, whatever the text
+    paths = {}
+    for size, arch in spec["sizes"].items():
+        path = out / "local_copies" / size
+        if not (path / "config.json").is_file():
+            cfg = transformers.AutoConfig.for_model(spec["model_type"], vocab_size=len(tok), **arch)
+            torch.manual_seed(0)
+            transformers.AutoModelForCausalLM.from_config(cfg).save_pretrained(path)
+            tok.save_pretrained(path)
+        paths[size] = path
+    return paths
+
+
+def run_sweeps(study: Study, out: Path, smoke: bool, checkpoints: Path | None = None,
+               extra: list[str] | None = None) -> None:
+    """Each sweep through the real CLI; finished jobs are skipped by their identity, and base models
+    already in `checkpoints` (shared between studies) are not trained again."""
     exe = Path(sys.executable).with_name("ksir-run")
-    for args in study.smoke_sweeps if smoke else study.sweeps:
-        cmd = [str(exe), "-m", *args, f"out_dir={out}"]
+    sweeps = study.smoke_sweeps if smoke else study.sweeps
+    if smoke and study.local_copies:
+        copies = local_copies(study, out)  # one folder per size: model.checkpoint names the mirror
+        mirror = next(iter(copies.values())).parent
+        sweeps = [[*a, f"model.size={','.join(copies)}", f"model.checkpoint={mirror}"] for a in sweeps]
+    for args in sweeps:
+        cmd = [str(exe), "-m", *args, *(extra or []), f"out_dir={out}",
+               *([f"paths.checkpoints={checkpoints}"] if checkpoints else [])]
         print(f"[{study.name}] {' '.join(cmd[1:])}", flush=True)
         r = subprocess.run(cmd)
         if r.returncode not in (0,):
@@ -98,11 +135,10 @@ def collect(study: Study, out: Path) -> Any:
     if "table" in fit:
         runs = load_table(study.folder / fit["table"], parse_map(fit.get("map", "")), metric=fit.get("metric", "val_loss"))
     else:
+        from analysis.cli import quantized_only
+
         runs = load_records([out / "results"], metric=fit.get("metric", "val_loss"))
-        df = runs.runs
-        if "job" in df:  # as ksir-fit does: quantized models (PTQ jobs, QAT train jobs)
-            regime = df["regime"].astype(str) if "regime" in df else ""
-            runs.runs = df[(df["job"] == "quantize") | regime.isin(["qat", "qat-finetune"])].reset_index(drop=True)
+        runs.runs = quantized_only(runs.runs)  # as ksir-fit does
     for col, n in (fit.get("exclude_largest") or {}).items():
         df = runs.runs
         drop = df[col].nlargest(int(n)).index
@@ -119,7 +155,8 @@ def fit_args(study: Study, smoke: bool) -> dict[str, Any]:
 
     args = parser().parse_args(["--out", "x", *study.fit.get("args", []), *(study.smoke_fit_args if smoke else [])])
     return {"metric": args.metric, "laws": tuple(args.law), "n_boot": args.bootstrap, "delta": args.delta,
-            "loss": args.loss, "holdout": args.holdout, "seed": args.seed, "extrapolate": args.extrapolate}
+            "loss": args.loss, "holdout": args.holdout, "seed": args.seed, "extrapolate": args.extrapolate,
+            "engine": args.engine, "figures": not args.no_figures, "acc_metric": args.acc_metric}
 
 
 def check(study: Study, report: dict[str, Any], runs: Any) -> list[dict[str, Any]]:
@@ -153,24 +190,31 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def reproduce(study: Study, out: Path, smoke: bool) -> tuple[list[dict[str, Any]], int]:
-    """Sweep, fit, figures, claims. Returns the claim rows and the exit status."""
+def reproduce(study: Study, out: Path, smoke: bool, checkpoints: Path | None = None,
+              extra: list[str] | None = None) -> tuple[list[dict[str, Any]], int]:
+    """Sweep, fit, figures, claims. Returns the claim rows and the exit status. `extra` overrides go to
+    every sweep (e.g. a GPU-scale version of a CPU study); such a run is not the study's committed result."""
     from analysis.report import analyse
 
     t0 = time.perf_counter()
-    run_sweeps(study, out, smoke)
+    run_sweeps(study, out, smoke, checkpoints, extra)
     runs = collect(study, out)
     print(runs.report())
-    report = analyse(runs, out / "fit", **fit_args(study, smoke))
     from analysis.cli import summary
+    from analysis.fit import FitError
 
-    print(summary(report))
+    try:
+        report = analyse(runs, out, **fit_args(study, smoke))
+        print(summary(report))
+    except FitError as e:  # no law fits these runs: claims on laws are then not measurable, and say why
+        print(f"[{study.name}] no fit: {e}")
+        report = {"laws": {}, "headline": {}, "n_runs": len(runs.runs), "fit_error": str(e)}
     rows = check(study, report, runs.runs)
     meta = {"study": study.name, "smoke": smoke, "date": time.strftime("%Y-%m-%d"), "machine": _machine(),
-            "seconds": time.perf_counter() - t0, "n_runs": report["n_runs"]}
+            "seconds": time.perf_counter() - t0, "n_runs": report["n_runs"], "with": extra or []}
     payload = json.dumps({**meta, "claims": rows}, indent=2, default=float)
     md = markdown(study, rows, meta)
-    for folder in {out} | (set() if smoke else {study.folder}):
+    for folder in {out} | (set() if smoke or extra else {study.folder}):
         (folder / "claims.json").write_text(payload)
         (folder / "claims.md").write_text(md)
     print("\n" + md)
@@ -230,6 +274,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--list", action="store_true", help="the studies, their hardware and expected time")
     p.add_argument("--smoke", action="store_true", help="tiny settings, the whole path, under a minute")
     p.add_argument("--out", help="output folder (default: outputs/repro/<study>[-smoke])")
+    p.add_argument("--checkpoints", help="trained base models, shared between studies (default: <out>/checkpoints)")
+    p.add_argument("--with", dest="extra", action="append", default=[], metavar="KEY=VALUE",
+                   help="an override added to every sweep (repeatable), e.g. --with trainer=gpu; the claims are "
+                        "written to --out only")
     p.add_argument("--readme", action="store_true", help="rewrite README.md's table of studies from claims.json")
     a = p.parse_args(argv)
     try:
@@ -245,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
         study = Study.load(a.study)
         out = Path(a.out or REPO_ROOT / "outputs" / "repro" / (study.name + ("-smoke" if a.smoke else "")))
         out.mkdir(parents=True, exist_ok=True)
-        _, status = reproduce(study, out.resolve(), a.smoke)
+        _, status = reproduce(study, out.resolve(), a.smoke, Path(a.checkpoints).resolve() if a.checkpoints else None,
+                              a.extra)
         return status
     except (StudyError, ValueError, KeyError) as e:
         print(f"ksir-repro: error: {str(e).splitlines()[0]}", file=sys.stderr)

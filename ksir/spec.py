@@ -52,7 +52,7 @@ def _fail(key: str, value: Any, allowed: Any = None, why: str = "") -> None:
 class ModelSpec:
     family: str = "llama"
     size: str = "xs"
-    checkpoint: str | None = None  # a local folder or hub id; null = own checkpoint / the family's hub id
+    checkpoint: str | None = None  # a local folder (or a folder of per-size folders) or hub id; null = own / hub
     train_if_missing: bool = True  # quantize jobs of the own family: run the base train job first if needed
     cache_base: bool = True  # PTQ sweeps: keep the fp weights in memory and restore them between jobs
 
@@ -65,6 +65,18 @@ class ModelSpec:
     def checkpoint_is_path(self) -> bool:
         s = self.checkpoint or ""
         return s.startswith(("/", ".", "~")) or s.count("/") > 1 or Path(s).expanduser().exists()
+
+    @property
+    def local_folder(self) -> Path | None:
+        """The model folder a local checkpoint names: the folder itself, or, for a local mirror of a family
+        (one folder per size, e.g. pythia/70m, pythia/160m), the subfolder of this size. Lets one sweep over
+        sizes point at one mirror: model.checkpoint=/models/pythia model.size=70m,160m."""
+        if not (self.checkpoint and self.checkpoint_is_path):
+            return None
+        folder = Path(self.checkpoint).expanduser().absolute()
+        if not (folder / "config.json").is_file() and (folder / self.size / "config.json").is_file():
+            return folder / self.size
+        return folder
 
 
 @dataclass(frozen=True)
@@ -459,9 +471,10 @@ def _check_quantize_source(spec: JobSpec) -> None:
 
     ckpt = spec.model.checkpoint
     if ckpt and spec.model.checkpoint_is_path:
-        folder = Path(ckpt).expanduser()
+        folder = spec.model.local_folder
         if not (folder / "config.json").is_file():
-            _fail("model.checkpoint", ckpt, why="no Hugging Face model folder (config.json) there")
+            _fail("model.checkpoint", ckpt, why=f"no Hugging Face model folder (config.json) there, nor in "
+                  f"its subfolder {spec.model.size}/")
         problem = verify_checkpoint(folder)
         if problem:
             _fail("model.checkpoint", ckpt, why=f"corrupt checkpoint: {problem}")

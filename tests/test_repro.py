@@ -29,17 +29,24 @@ def test_an_unknown_study_is_one_line(tmp_path):
     assert r.returncode == 2 and len(err) == 1 and "no study 'nope'" in err[0] and "chinchilla_epoch" in err[0]
 
 
+@pytest.fixture(scope="module")
+def shared_checkpoints(tmp_path_factory):
+    """Base models shared by the studies' smoke runs, as `--checkpoints` lets users share them."""
+    return tmp_path_factory.mktemp("checkpoints")
+
+
 @pytest.mark.parametrize("name", repro.names())
-def test_every_study_smoke_runs_end_to_end(name, tmp_path):
+def test_every_study_smoke_runs_end_to_end(name, tmp_path, shared_checkpoints):
     """Every study's --smoke path: sweep (if any) through ksir-run, ksir-fit, claims, in under a minute."""
     out = tmp_path / "out"
-    r = run_cli("ksir-repro", name, "--smoke", "--out", str(out), cwd=tmp_path, timeout=300)
+    r = run_cli("ksir-repro", name, "--smoke", "--out", str(out), "--checkpoints", str(shared_checkpoints),
+                cwd=tmp_path, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     data = json.loads((out / "claims.json").read_text())
     study = repro.Study.load(name)
     assert data["smoke"] is True and [c["id"] for c in data["claims"]] == [c["id"] for c in study.claims]
     assert all(c["holds"] in ("yes", "no", NOT_MEASURABLE) and c["reason"] for c in data["claims"])
-    assert (out / "fit" / "fit.json").is_file() and "| claim | paper | ksir | holds |" in (out / "claims.md").read_text()
+    assert (out / "fit.json").is_file() and "| claim | paper | ksir | holds |" in (out / "claims.md").read_text()
     # A smoke run never overwrites the study's committed results.
     committed = study.folder / "claims.json"
     assert not committed.exists() or json.loads(committed.read_text())["smoke"] is False
@@ -52,7 +59,7 @@ def test_chinchilla_epoch_reproduces_epochs_estimates_within_their_standard_erro
     claims = {c["id"]: c for c in json.loads((out / "claims.json").read_text())["claims"]}
     assert {k: c["holds"] for k, c in claims.items()} == {k: "yes" for k in ("E", "A", "B", "alpha", "beta", "a", "b")}
     assert abs(claims["E"]["ksir"] - 1.817) < 0.01 and abs(claims["alpha"]["ksir"] - 0.3478) < 0.005
-    fit = json.loads((out / "fit" / "fit.json").read_text())
+    fit = json.loads((out / "fit.json").read_text())
     assert fit["n_runs"] == 240 and sum("excluded by the study" in s["reason"] for s in fit["left_out"]) == 5
 
 
@@ -67,6 +74,12 @@ RUNS = pd.DataFrame({"n_params": [1e5, 1e5, 1e5, 2e5, 2e5, 2e5], "bits": [3, 4, 
     ({"kind": "ratio", "a": {"bits": 4}, "b": {"bits": 16}, "max": 0.01}, "no", 0.1 / 3.0),
     ({"kind": "ratio", "a": {"bits": 8}, "b": {"bits": 16}, "max": 0.01}, NOT_MEASURABLE, None),
     ({"kind": "param", "law": "chinchilla", "param": "e", "paper": 1.8, "tol": 0.1}, NOT_MEASURABLE, None),
+    ({"kind": "gap_closed", "a": {"bits": 4}, "base": {"bits": 3}, "ref": {"bits": 16}, "min": 0.5}, "yes",
+     0.2 / 0.255),  # mean(base - a) / mean(base - ref) over the two sizes
+    ({"kind": "gap_closed", "a": {"bits": 4}, "base": {"bits": 16}, "ref": {"bits": 3}, "min": 0.5}, NOT_MEASURABLE,
+     None),  # base better than ref: no gap to close
+    ({"kind": "correlation", "x": "val_loss", "y": "bits", "paper": -0.5, "tol": 0.1}, "yes",
+     RUNS["val_loss"].corr(RUNS["bits"])),
 ])
 def test_claims_compute_their_number_and_say_when_it_cannot_be_measured(claim, holds, value):
     v = evaluate({"id": "c", "text": "t", **claim}, {"laws": {}}, RUNS)
@@ -87,3 +100,38 @@ def test_readme_table_is_generated_from_the_committed_claims():
     text = repro.README.read_text()
     a, b = (text.index(m) for m in repro.MARKERS)
     assert text[a + len(repro.MARKERS[0]):b].strip() == repro.readme_table().strip()
+
+
+def test_a_local_mirror_of_a_family_gives_each_size_its_own_folder_and_identity(tmp_path):
+    """model.checkpoint may name a folder of per-size folders (how the kbit_pythia smoke points one sweep
+    at its local copies); each size resolves to its own model folder and its own run identity."""
+    from ksir.identity import run_key
+    from ksir.spec import ModelSpec
+
+    for size in ("70m", "160m"):
+        (tmp_path / "pythia" / size).mkdir(parents=True)
+        (tmp_path / "pythia" / size / "config.json").write_text("{}")
+    a = ModelSpec(family="pythia", size="70m", checkpoint=str(tmp_path / "pythia"))
+    b = ModelSpec(family="pythia", size="160m", checkpoint=str(tmp_path / "pythia"))
+    assert a.local_folder == tmp_path / "pythia" / "70m" and b.local_folder == tmp_path / "pythia" / "160m"
+    single = ModelSpec(family="pythia", size="70m", checkpoint=str(tmp_path / "pythia" / "160m"))
+    assert single.local_folder == tmp_path / "pythia" / "160m"  # a model folder is used as it is
+
+    from ksir.config import compose_spec
+
+    keys = {run_key(compose_spec(["job=quantize", "model=pythia", f"model.size={s}", "quant.bits=4",
+                                  f"model.checkpoint={tmp_path / 'pythia'}"], check_env=False)) for s in ("70m", "160m")}
+    assert len(keys) == 2
+
+
+def test_a_misspelt_claim_field_is_refused_when_the_study_loads(tmp_path, monkeypatch):
+    """YAML reads a bare `on:` key as True: a claim that says `on: [n_params, bits]` would be checked with the
+    default pairing without a word. Unknown fields are refused, naming the allowed ones."""
+    study = tmp_path / "bad"
+    study.mkdir()
+    (study / "study.yaml").write_text(
+        "title: t\nsource: s\nhardware: cpu\nexpected_time: 1 s\n"
+        "claims:\n  - {id: g, text: t, kind: gap, a: {bits: 3}, b: {bits: 4}, on: [n_params, bits], below: 0}\n")
+    monkeypatch.setattr(repro, "STUDIES", tmp_path)
+    with pytest.raises(repro.StudyError, match=r"claims\[0\] \(g\): unknown field\(s\) \['True'\] for kind gap"):
+        repro.Study.load("bad")
