@@ -553,6 +553,16 @@ def _heldout_error(pb: Problem, held: np.ndarray, p: np.ndarray, sub: Problem) -
             "max_abs_rel_error": float(np.abs(rel).max()), "rmse": float(np.sqrt(np.mean((pred - y) ** 2)))}
 
 
+def aligned_replicates(fits: list[FitResult]) -> tuple[int, np.ndarray] | None:
+    """(S, ok): replicate s of every fit taken together (the first S of each), ok [S] where it converged in all;
+    None without bootstraps or with fewer than 2 usable replicates."""
+    if not fits or any(f.boot is None for f in fits):
+        return None
+    S = min(len(f.boot) for f in fits)
+    ok = np.logical_and.reduce([np.isfinite(f.boot[:S]).all(axis=1) for f in fits])
+    return (S, ok) if ok.sum() >= 2 else None
+
+
 def heldout_checks(pbs: list[Problem], dfs: list[pd.DataFrame], metric: str, n_holdout: int, loss: str,
                    engine: str = "batched") -> list[dict[str, Any] | None]:
     """For each group: fit without its largest `n_holdout` model size(s); the error predicting them."""

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.fit import FitResult
+from analysis.fit import FitResult, aligned_replicates
 
 
 @dataclass
@@ -145,15 +145,6 @@ def tokens_at(policy: dict[str, Any] | None, n: np.ndarray) -> np.ndarray:
     return np.exp(policy["log_c"] + policy["slope"] * np.log(n))
 
 
-def _aligned_boot(fits: list[FitResult]) -> tuple[int, np.ndarray] | None:
-    """Replicate s of every fit taken together; a replicate failed in any fit is left out."""
-    if not fits or any(f.boot is None for f in fits):
-        return None
-    S = min(len(f.boot) for f in fits)
-    ok = np.logical_and.reduce([np.isfinite(f.boot[:S]).all(axis=1) for f in fits])
-    return (S, ok) if ok.sum() >= 2 else None
-
-
 def predict_curves(cand: Candidate, curves: list[Curve], budgets: np.ndarray,
                    policy: dict[str, Any] | None) -> tuple[np.ndarray, np.ndarray | None]:
     """Predicted metric of every curve at every budget ([C, B]) and per bootstrap replicate ([S, C, B])."""
@@ -174,7 +165,7 @@ def predict_curves(cand: Candidate, curves: list[Curve], budgets: np.ndarray,
         except ValueError:  # e.g. an efficiency law without eff(k) for this k
             continue
         used[i] = (fit, x)
-    al = _aligned_boot([f for f, _ in used.values()])
+    al = aligned_replicates([f for f, _ in used.values()])
     if al is None:
         return pred, None
     S, ok = al

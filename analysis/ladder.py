@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.fit import FitError, FitResult, fit_law
+from analysis.fit import FitError, FitResult, fit_law, fit_laws
 from analysis.headline import Candidate, token_policy, tokens_at
 
 ACC_LAW = "sigmoid_loss"
@@ -88,17 +88,13 @@ def default_points(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _refit(cand: Candidate, df: pd.DataFrame, metric: str, keys: list[str], engine: str) -> Candidate:
-    """The same law refitted on fewer runs (no bootstrap), grouped as the original."""
+    """The same law refitted on fewer runs (no bootstrap), grouped as the original, in one batch."""
     first = next(iter(cand.fits.values()))
     group_keys = keys if first.law.per_k else [k for k in keys if k != "bits"]
-    out = Candidate(cand.name, {})
-    for key, g in (df.groupby(group_keys, sort=True) if group_keys else [((), df)]):
-        key = key if isinstance(key, tuple) else (key,)
-        try:
-            out.fits[key if group_keys else ()] = fit_law(g, first.law, metric, n_boot=0, holdout=0, engine=engine)
-        except FitError:
-            continue
-    return out
+    groups = {(k if isinstance(k, tuple) else (k,)): g for k, g in df.groupby(group_keys, sort=True)} \
+        if group_keys else {(): df}
+    fits = fit_laws(groups, first.law, metric, n_boot=0, holdout=0, engine=engine)
+    return Candidate(cand.name, {k: f for k, f in fits.items() if not isinstance(f, FitError)})
 
 
 def heldout(cand: Candidate, df: pd.DataFrame, metric: str, acc_metric: str, keys: list[str],

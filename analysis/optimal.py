@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.fit import FitResult
+from analysis.fit import FitResult, aligned_replicates
 
 
 def budget_grid(df: pd.DataFrame, n: int = 25, extrapolate: float = 10.0) -> np.ndarray:
@@ -35,13 +35,11 @@ def per_k_optimum(fits: Mapping[tuple, FitResult], budgets: np.ndarray, observed
     keys = list(fits)
     pred = np.stack([fits[k].predict({"total_bits": budgets}).reshape(-1) for k in keys])  # [K, B]
     boot_best = None
-    if all(fits[k].boot is not None for k in keys):
-        # Replicate s of every curve together; a replicate that failed for any curve is left out.
-        n_boot = min(len(fits[k].boot) for k in keys)
-        ok = np.logical_and.reduce([np.isfinite(fits[k].boot[:n_boot]).all(axis=1) for k in keys])
-        if ok.sum() >= 2:
-            bp = np.stack([fits[k].predict({"total_bits": budgets}, fits[k].boot[:n_boot][ok]) for k in keys])
-            boot_best = np.argmin(np.where(np.isfinite(bp), bp, np.inf), axis=0)  # [S, B]
+    al = aligned_replicates([fits[k] for k in keys])  # replicate s of every curve together
+    if al is not None:
+        n_boot, ok = al
+        bp = np.stack([fits[k].predict({"total_bits": budgets}, fits[k].boot[:n_boot][ok]) for k in keys])
+        boot_best = np.argmin(np.where(np.isfinite(bp), bp, np.inf), axis=0)  # [S, B]
     rows = []
     for j, b in enumerate(budgets):
         i = int(np.argmin(pred[:, j]))

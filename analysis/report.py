@@ -18,7 +18,6 @@ from analysis.laws import get_law
 from ksir.records import is_baseline
 
 SCHEME_COLS = ("dtype", "blocksize", "method", "regime")
-JOINT_DEFAULT = ("precision",)
 
 
 def attach_baselines(df: pd.DataFrame) -> pd.DataFrame:
