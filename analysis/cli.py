@@ -26,6 +26,7 @@ from analysis import headline
 from analysis.collect import Collected, clean, load_records, load_table, load_wandb, parse_map, select
 from analysis.fit import ENGINES, FitError
 from analysis.laws import LAWS
+from analysis.memory import BUDGETS, use_measured
 from analysis.report import analyse
 
 FILTERS = ("family", "method", "dtype", "blocksize", "regime", "job", "size", "granularity")
@@ -63,6 +64,9 @@ def parser() -> argparse.ArgumentParser:
                    help="accuracy column for the two-step accuracy-from-loss prediction")
     p.add_argument("--predict", action="append", default=[], metavar="COL=V,...",
                    help="predict loss and accuracy at an unseen model, e.g. n_params=1e9,bits=4[,train_tokens=2e10]")
+    p.add_argument("--budget", choices=BUDGETS, default="total_bits",
+                   help="memory axis: total_bits (ksir's formula) or measured_bytes (bytes a packed model stores, "
+                        "x 8; runs without a measurement are left out)")
     p.add_argument("--no-figures", action="store_true")
     return p
 
@@ -87,7 +91,7 @@ def collect(args: argparse.Namespace) -> Collected:
     if not args.all_jobs and "job" not in where:
         runs = quantized_only(runs)
     merged.runs = select(runs, where) if where else runs
-    return merged
+    return use_measured(merged) if args.budget == "measured_bytes" else merged
 
 
 def quantized_only(runs: pd.DataFrame) -> pd.DataFrame:
@@ -125,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         report = analyse(runs, args.out, metric=args.metric, laws=tuple(args.law), n_boot=args.bootstrap,
                          delta=args.delta, loss=args.loss, holdout=args.holdout, seed=args.seed, engine=args.engine,
                          figures=not args.no_figures, extrapolate=args.extrapolate, acc_metric=args.acc_metric,
-                         predict=want)
+                         predict=want, budget=args.budget)
     except (FitError, FileNotFoundError, KeyError, ValueError) as e:
         print(f"ksir-fit: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return 2

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.fit import FitResult, aligned_replicates
+from analysis.optimal import curve_label, label_k
 
 
 @dataclass
@@ -41,7 +42,7 @@ class Candidate:
         status, reasons, bound = "ok", [], []
         for key, f in self.fits.items():
             v = f.verdict()
-            tag = _label(key) if key else ""
+            tag = curve_label(key) if key else ""
             if order[v["status"]] > order[status]:
                 status = v["status"]
             reasons += [f"{tag}: {r}" if tag else r for r in v["reasons"]]
@@ -119,7 +120,7 @@ def curves_of(df: pd.DataFrame, keys: list[str]) -> list[Curve]:
         key = key if isinstance(key, tuple) else (key,)
         bpp = float(np.median(g["total_bits"] / g["n_params"])) if "n_params" in g and g["n_params"].notna().all() \
             else None
-        out.append(Curve(key, _label(key), float(key[0]), key[1:], bpp))
+        out.append(Curve(key, curve_label(key), float(key[0]), key[1:], bpp))
     return out
 
 
@@ -210,7 +211,7 @@ def bits_headline(cands: list[Candidate], curves: list[Curve], budgets: np.ndarr
                        k_ci95=pick.get("k_ci95"), frequency=pick.get("frequency"))
         else:
             row.update(source="interpolated data" if interp else None, best=interp,
-                       best_k=float(interp.split(",")[0]) if interp else None)
+                       best_k=label_k(interp) if interp else None)
         others = {n: a[j].get("best") for n, a in answers.items() if n != row.get("source")}
         if interp is not None and row.get("source") != "interpolated data":
             others["interpolated data"] = interp
@@ -290,11 +291,6 @@ def size_headline(cand: Candidate, df: pd.DataFrame, extrapolate: float) -> dict
 def _table(cands: list[Candidate], trusted: Candidate | None) -> list[dict[str, Any]]:
     return [{"law": c.name, **c.scores(), **c.verdict(), "trusted": c is trusted, "skipped": c.skipped}
             for c in cands]
-
-
-def _label(key: Any) -> str:
-    key = key if isinstance(key, tuple) else (key,)
-    return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in key)
 
 
 # ---- text (terminal and report.md share it) -------------------------------------------------------------

@@ -26,8 +26,18 @@ def budget_grid(df: pd.DataFrame, n: int = 25, extrapolate: float = 10.0) -> np.
     return np.geomspace(lo, hi * extrapolate, n)
 
 
-def _label(key: tuple) -> str:
+def curve_label(key: Any) -> str:
+    """`4,nf,64` for a curve key (k first); the 16-bit curve is the unquantized model whatever scheme it was
+    copied into (analysis.report.attach_baselines), and says so."""
+    key = key if isinstance(key, tuple) else (key,)
+    if key and isinstance(key[0], int | float) and float(key[0]) == 16:
+        return "16 (unquantized)"
     return ",".join(f"{k:g}" if isinstance(k, float) else str(k) for k in key)
+
+
+def label_k(label: str) -> float:
+    """k back from a curve label (its first field)."""
+    return float(str(label).split(",")[0].split(" ")[0])
 
 
 def per_k_optimum(fits: Mapping[tuple, FitResult], budgets: np.ndarray, observed_max: float) -> list[dict[str, Any]]:
@@ -44,13 +54,13 @@ def per_k_optimum(fits: Mapping[tuple, FitResult], budgets: np.ndarray, observed
     for j, b in enumerate(budgets):
         i = int(np.argmin(pred[:, j]))
         row: dict[str, Any] = {"budget_bits": float(b), "extrapolated": bool(b > observed_max * 1.0001),
-                               "best": _label(keys[i]), "best_k": float(keys[i][0]),
-                               "predicted": {_label(k): float(pred[m, j]) for m, k in enumerate(keys)}}
+                               "best": curve_label(keys[i]), "best_k": float(keys[i][0]),
+                               "predicted": {curve_label(k): float(pred[m, j]) for m, k in enumerate(keys)}}
         if boot_best is not None:
             ks = np.array([keys[m][0] for m in boot_best[:, j]], dtype=float)
-            freq = pd.Series([_label(keys[m]) for m in boot_best[:, j]]).value_counts(normalize=True)
+            freq = pd.Series([curve_label(keys[m]) for m in boot_best[:, j]]).value_counts(normalize=True)
             row.update(best_k_ci95=(float(np.percentile(ks, 2.5)), float(np.percentile(ks, 97.5))),
-                       best_frequency=float(freq.get(_label(keys[i]), 0.0)))
+                       best_frequency=float(freq.get(curve_label(keys[i]), 0.0)))
         rows.append(row)
     return rows
 
@@ -67,7 +77,7 @@ def interpolated_optimum(df: pd.DataFrame, metric: str, keys: list[str], budgets
         vals = {}
         for key, (lx, y) in curves.items():
             if lx[0] <= np.log(b) <= lx[-1]:
-                vals[_label(key)] = float(np.interp(np.log(b), lx, y))
+                vals[curve_label(key)] = float(np.interp(np.log(b), lx, y))
         # Comparing is meaningful only where at least two measured curves reach the budget.
         best = min(vals, key=vals.get) if len(vals) >= 2 else None
         rows.append({"budget_bits": float(b), "best": best, "interpolated": vals})

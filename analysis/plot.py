@@ -19,6 +19,7 @@ from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from analysis.fit import FitResult  # noqa: E402
+from analysis.optimal import label_k  # noqa: E402
 
 STYLE = {"figure.figsize": (7.0, 4.6), "figure.dpi": 110, "axes.grid": True, "grid.alpha": 0.3,
          "axes.spines.top": False, "axes.spines.right": False, "font.size": 10, "legend.fontsize": 8,
@@ -354,7 +355,7 @@ def _swept_ks(rows: list[dict[str, Any]]) -> list[float]:
     ks = set()
     for label in rows[0].get("predicted", {}) if rows else ():
         try:
-            ks.add(float(str(label).split(",")[0]))
+            ks.add(label_k(label))
         except ValueError:
             continue
     return sorted(ks)
@@ -454,4 +455,40 @@ def compute_optimal(rows: list[dict[str, Any]], df: pd.DataFrame, path: Path, su
         ax.set_ylabel("compute-optimal parameters N_opt")
         _title(ax, "Compute-optimal model size", subtitle, "; ".join([_runs(len(df)), law_label, interval_label]))
         _legend(ax, ax.get_legend_handles_labels()[0] + _extrapolation_handles(ax))
+        return _save(fig, path)
+
+
+def deploy_speed(df: pd.DataFrame, path: Path, subtitle: str) -> list[str]:
+    """Packed models at the largest measured size: decode ms/token at batch 1 and prefill tokens/s vs k, one
+    marker per backend format, the 16-bit model (measured in the same jobs) as a grey line with its range."""
+    d = df[pd.to_numeric(df.get("decode_ms_b1"), errors="coerce").notna()].copy()
+    if d.empty:
+        return []
+    n_max = d["n_params"].max()
+    d = d[d["n_params"] == n_max]
+    fmts = sorted(d.groupby(["backend", "packed_format"]).groups)
+    cols = dict(zip(fmts, _colors(len(fmts)), strict=True))
+    marks = {f: MARKERS[i % len(MARKERS)] for i, f in enumerate(fmts)}
+    panels = [("decode_ms_b1", "ref_decode_ms_b1", "decode ms / token (batch 1)"),
+              ("prefill_tokens_per_s", "ref_prefill_tokens_per_s", "prefill tokens / s")]
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.8))
+        fig.subplots_adjust(wspace=0.4)
+        for ax, (col, ref, label) in zip(axes, panels, strict=True):
+            r = pd.to_numeric(d[ref], errors="coerce").dropna()
+            if len(r):
+                ax.axhline(float(r.median()), color="0.45", lw=1.2, label="16-bit (bf16), same jobs", gid="ref")
+                ax.axhspan(float(r.min()), float(r.max()), color="0.85", lw=0, zorder=0)
+            for f, g in d.groupby(["backend", "packed_format"]):
+                f = _as_key(f)
+                g = g.sort_values("bits")
+                ax.plot(g["bits"], pd.to_numeric(g[col]), ls="-", lw=1, marker=marks[f], ms=6, color=cols[f],
+                        label="/".join(map(str, f)), gid="data")
+            ax.set_xlabel("bits per weight k")
+            ax.set_ylabel(label)
+            ax.margins(MARGIN)
+        _legend(axes[1])
+        stats = "; ".join([_runs(len(d)), f"largest model ({n_max:,.0f} parameters)", "medians of the timed repeats",
+                           "grey band: range of the 16-bit model over the jobs"])
+        _title(None, "Packed models: decode and prefill speed vs k", subtitle, stats, fig=fig)
         return _save(fig, path)

@@ -10,14 +10,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis import headline, ladder, optimal, plot, support
+from analysis import headline, ladder, memory, optimal, plot, support
 from analysis.collect import Collected
 from analysis.fit import FitError, FitResult, fit_laws
 from analysis.headline import Candidate
 from analysis.laws import get_law
 from ksir.records import is_baseline
 
-SCHEME_COLS = ("dtype", "blocksize", "method", "regime")
+SCHEME_COLS = ("dtype", "blocksize", "method", "regime", "backend", "packed_format", "lowrank_mode", "lowrank_rank")
 
 
 def attach_baselines(df: pd.DataFrame) -> pd.DataFrame:
@@ -83,7 +83,8 @@ def _fit_groups(df: pd.DataFrame, law: str, keys: list[str], metric: str, cand_n
 def analyse(collected: Collected, out_dir: str | Path, *, metric: str = "val_loss", laws: tuple[str, ...] = (),
             n_boot: int = 200, delta: float = 1e-3, loss: str = "huber", holdout: int = 1, seed: int = 0,
             figures: bool = True, extrapolate: float = 10.0, engine: str = "batched",
-            acc_metric: str = "zs_acc_mean", predict: tuple[dict[str, float], ...] = ()) -> dict[str, Any]:
+            acc_metric: str = "zs_acc_mean", predict: tuple[dict[str, float], ...] = (),
+            budget: str = "total_bits") -> dict[str, Any]:
     """Everything `ksir-fit` does: choose and fit the laws the columns support, compare them, answer the
     question the table asks (headline first), fit accuracy from loss, write fit.json, report.md, figures."""
     df = collected.runs.copy()
@@ -101,6 +102,8 @@ def analyse(collected: Collected, out_dir: str | Path, *, metric: str = "val_los
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "runs.csv", index=False)
     n_runs, desc = len(df), _describe(df, metric)
+    if budget == "measured_bytes":
+        desc += "; memory axis = measured bytes x 8 of packed models, not the formula"
     if q == "bits":
         df = attach_baselines(df)
     keys = curve_keys(df) if q == "bits" else []
@@ -108,7 +111,8 @@ def analyse(collected: Collected, out_dir: str | Path, *, metric: str = "val_los
                               "left_out": collected.skipped, "curve_keys": keys, "laws_fitted": names,
                               "settings": {"loss": loss, "huber_delta": delta, "n_bootstrap": n_boot,
                                            "heldout_largest_sizes": holdout, "seed": seed, "engine": engine},
-                              "laws": {}, "skipped_curves": [], "figures": []}
+                              "laws": {}, "skipped_curves": [], "figures": [], "budget": budget,
+                              "memory": memory.table(df)}
     kw = {"delta": delta, "loss": loss, "n_boot": n_boot, "seed": seed, "holdout": holdout, "engine": engine}
 
     cands: list[Candidate] = []
@@ -227,6 +231,8 @@ def _figures(df: pd.DataFrame, metric: str, keys: list[str], fits: dict, per_k: 
                             n_runs=len(df), interval_label=interval, observed_max=float(df["total_bits"].max()),
                             continuous_source=f"law {cont_tag}" if cont_tag else None)
     files += plot.residuals(df, metric, keys, fits, out / "residuals", desc)
+    if "decode_ms_b1" in df:
+        files += plot.deploy_speed(df, out / "speed_vs_k", desc)
     schemes = [c for c in ("dtype", "blocksize", "method") if c in keys]
     if schemes:
         files += plot.schemes_at_fixed_k(df, metric, schemes, out / "schemes_at_fixed_k", desc)
@@ -290,6 +296,7 @@ def markdown(report: dict[str, Any]) -> str:
               "column CI by); held-out check: the largest model size left out of the fit and predicted. A parameter "
               "'at bound' ended on the edge of its allowed range: it is fixed there, not measured, and no claim is "
               "made about it.", ""]
+    lines += memory.lines(report.get("memory") or [], report.get("budget", "total_bits"))
     if report["left_out"]:
         lines += [f"Left out {len(report['left_out'])} runs:", ""]
         lines += [f"- {s.get('run_key') or s['source']}: {s['reason']}" for s in report["left_out"]] + [""]

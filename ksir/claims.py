@@ -9,13 +9,15 @@ Kinds (one `@claim_kind` entry each; the entry carries its own evaluation):
 - `param`: a fitted law parameter (reported scale: E, A, B, alpha, ...) within `tol` of the paper.
 - `exponent`: a compute-optimal exponent (a = beta/(alpha+beta) or b) within `tol`.
 - `optimal_k`: the headline's best k, the most frequent over the measured budgets (or the smaller half
-  of them: `budgets: low`), within `tol`.
+  of them: `budgets: low`), within `tol`; `budget: measured_bytes` reads the fit on measured memory.
 - `gap`: mean over model sizes of metric(a) - metric(b) for two selections of runs, against a bound
   (`below` / `above`), e.g. "block 64 beats per-channel at 3 bits by > 0.05 nats".
 - `ratio`: the largest relative difference |metric(a) / metric(b) - 1| over model sizes, at most `max`.
 - `gap_closed`: the share of the gap between `base` and `ref` (e.g. fixed scales vs unquantized) that
   `a` closes, (base - a) / (base - ref), averaged over pairs, at least `min`.
 - `correlation`: Pearson r between two run columns within `tol` of the paper's.
+- `bound`: every selected run's `column` inside [`min`, `max`] (`at: largest`: only each group's largest
+  model, groups by `per`), e.g. "measured bytes within 2% of the formula for every packed format".
 Selections may rename a column per side (`rename: {a: {attention_bits: k}, b: {bits: k}}`) so that runs
 are paired on a quantity each side stores under its own name.
 """
@@ -116,8 +118,13 @@ def _exponent(claim: Mapping[str, Any], report: Mapping[str, Any], runs: pd.Data
     return _within(float(h["exponents"][claim["name"]]), claim)
 
 
-@claim_kind("optimal_k", ("tol", "budgets"))
+@claim_kind("optimal_k", ("tol", "budgets", "budget"))
 def _optimal_k(claim: Mapping[str, Any], report: Mapping[str, Any], runs: pd.DataFrame) -> Verdict:
+    axis = claim.get("budget", "total_bits")
+    if axis != "total_bits":  # the fit on another memory axis (ksir-repro runs it when a claim asks)
+        report = (report.get("by_budget") or {}).get(axis) or {}
+        if not report:
+            return Verdict(None, NOT_MEASURABLE, f"no fit on the {axis} axis")
     h = report.get("headline", {})
     rows = [r for r in h.get("rows", []) if not r.get("extrapolated") and r.get("best_k") is not None]
     if claim.get("budgets") == "low":  # the smaller half of the measured budgets
@@ -218,3 +225,33 @@ def _ratio(claim: Mapping[str, Any], report: Mapping[str, Any], runs: pd.DataFra
     ok = worst <= float(claim["max"])
     return Verdict(worst, "yes" if ok else "no",
                    f"largest relative difference over {len(a)} pairs {worst:.2%} (needs <= {float(claim['max']):.2%})")
+
+
+@claim_kind("bound", ("where", "column", "min", "max", "at", "per"))
+def _bound(claim: Mapping[str, Any], report: Mapping[str, Any], runs: pd.DataFrame) -> Verdict:
+    """The worst value of a run column over a selection, against [min, max]."""
+    col = claim["column"]
+    sel = _select(runs, claim.get("where") or {})
+    if col not in sel or sel.empty:
+        return Verdict(None, NOT_MEASURABLE, f"no run of {dict(claim.get('where') or {})} has {col!r}")
+    sel = sel.assign(_v=pd.to_numeric(sel[col], errors="coerce")).dropna(subset=["_v"])
+    per = list(claim.get("per") or [])
+    if claim.get("at") == "largest" and "n_params" in sel:
+        sel = sel[sel["n_params"] == sel.groupby(per)["n_params"].transform("max")] if per else \
+            sel[sel["n_params"] == sel["n_params"].max()]
+    if sel.empty:
+        return Verdict(None, NOT_MEASURABLE, f"no finite {col!r} in the selection")
+    lo, hi = claim.get("min"), claim.get("max")
+    v = sel["_v"]
+    excess = pd.concat([float(lo) - v if lo is not None else v * 0 - float("inf"),
+                        v - float(hi) if hi is not None else v * 0 - float("inf")], axis=1).max(axis=1)
+    worst = float(v.loc[excess.idxmax()])  # the value furthest outside (or closest to) the bounds
+    bad = sel[excess > 0]
+    rule = " and ".join(x for x in (f">= {lo}" if lo is not None else "", f"<= {hi}" if hi is not None else "") if x)
+    where = f"{len(sel)} runs" + (" (largest model of each group)" if claim.get("at") == "largest" else "")
+    if bad.empty:
+        return Verdict(worst, "yes", f"all {where} have {col} {rule} (range {v.min():.4g}..{v.max():.4g})")
+    row = sel.loc[excess.idxmax()]
+    label = ", ".join(f"{c}={row[c]}" for c in [*per, "size"] if c in sel) or f"run {row.name}"
+    return Verdict(worst, "no", f"{len(bad)} of {where} outside {rule} (range {v.min():.4g}..{v.max():.4g}; "
+                   f"worst {label}: {worst:.4g})")

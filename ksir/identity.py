@@ -131,21 +131,26 @@ def qat_identity(spec: JobSpec) -> dict[str, Any] | None:
 
 def quant_identity(spec: JobSpec) -> dict[str, Any]:
     q = spec.quant
-    if float(q.bits) == UNQUANTIZED_BITS:
+    if q.unquantized:
         return {"bits": UNQUANTIZED_BITS}  # the unquantized baseline: one per base model
     ident = non_default(q)
-    calibrated = q.method == "gptq" or q.outlier.mode == "activation"
+    calibrated = q.method == "gptq" or q.outlier.mode == "activation" or \
+        (q.lowrank.mode == "correct" and q.lowrank.whiten == "activation")
     rules = {"blocksize": q.granularity == "block", "exponent_bits": q.dtype == "float",
              "subnormals": q.dtype == "float", "codebook": q.dtype == "codebook", "zero_point": q.dtype == "int_asym",
              "mse_grid": q.scale_search == "mse", "mse_min_ratio": q.scale_search == "mse",
-             "gptq": q.method == "gptq", "calib_sequences": calibrated}
+             "gptq": q.method == "gptq", "calib_sequences": calibrated, "measure": q.backend != "simulated",
+             "lowrank": q.lowrank.mode != "none"}
     for key, applies in rules.items():
         if not applies:
             ident.pop(key, None)
-    if q.dtype == "float" and q.exponent_bits is None:
+    if q.dtype == "float" and q.exponent_bits is None and float(q.bits) != UNQUANTIZED_BITS:
         ident["exponent_bits"] = FLOAT_DEFAULT_EXPONENT_BITS[int(q.bits)]
     if q.outlier.mode == "none":
         ident.pop("outlier", None)
+    if q.lowrank.mode == "factorize":  # the factor storage follows quant.bits; whitening applies to corrections
+        for key in ("bits", "whiten"):
+            ident.get("lowrank", {}).pop(key, None)
     ident.update(bits=canon(q.bits), dtype=q.dtype, method=q.method)  # always named
     return ident
 
@@ -184,7 +189,9 @@ def identity(spec: JobSpec) -> dict[str, Any]:
     ident = {"job": "quantize", "base": base_identity(spec), "data": data_identity(spec.data),
              "eval": eval_identity(spec.eval), "quant": quant_identity(spec)}
     q = spec.quant
-    if float(q.bits) != UNQUANTIZED_BITS and (q.method == "gptq" or q.outlier.mode == "activation"):
+    from ksir.quant import needs_calibration
+
+    if needs_calibration(q):
         ident["seed"] = spec.seed  # picks the calibration sequences
     return ident
 

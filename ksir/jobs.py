@@ -60,10 +60,15 @@ def describe(spec: JobSpec) -> str:
         q = spec.qat
         return f"{name} train" + (f" QAT {q.bits:g}-bit {q.dtype}" if q.enabled else "")
     q = spec.quant
-    if float(q.bits) == records.BASELINE_BITS:
+    if q.unquantized:
         return f"{name} quantize 16-bit baseline"
     scheme = f"b{q.blocksize}" if q.granularity == "block" else q.granularity
-    return f"{name} quantize {q.dtype}{q.bits:g} {scheme} {q.method}"
+    packed = "" if q.backend == "simulated" else f" [{q.backend}]"
+    lr = q.lowrank
+    low = "" if lr.mode == "none" else f" + {lr.mode} r{lr.rank:g}"
+    if q.factorized and float(q.bits) == records.BASELINE_BITS:
+        return f"{name} quantize factorize r{lr.rank:g} fp16"
+    return f"{name} quantize {q.dtype}{q.bits:g} {scheme} {q.method}{low}{packed}"
 
 
 def satisfied(dep: JobSpec) -> bool:
@@ -137,8 +142,19 @@ def execute(spec: JobSpec) -> dict[str, Any]:
         path = records.save_or_rescue(results, rec)
     m = rec.get("metrics", {})
     print(f"[{spec.job}] {describe(spec)}: val_loss={m.get('val_loss', float('nan')):.4f} "
-          f"total_bits={rec.get('total_bits', 0):.3e} ({rec.get('wall_time_s', 0):.1f}s) -> {path}", flush=True)
+          f"total_bits={rec.get('total_bits', 0):.3e}{_measured(rec)} ({rec.get('wall_time_s', 0):.1f}s) -> {path}",
+          flush=True)
     return rec
+
+
+def _measured(rec: dict[str, Any]) -> str:
+    d = rec.get("deploy")
+    if not d:
+        return ""
+    b1 = (d.get("decode_ms_per_token") or {}).get("1")
+    r1 = ((d.get("reference") or {}).get("decode_ms_per_token") or {}).get("1")
+    speed = f", decode b1 {b1:.2f} ms/token vs 16-bit {r1:.2f}" if b1 and r1 else ""
+    return f" measured {d['bytes']:,} B = {d['measured_over_formula']:.3f}x formula{speed}"
 
 
 def run_with_dependencies(spec: JobSpec) -> dict[str, Any]:

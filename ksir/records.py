@@ -57,7 +57,7 @@ LEGACY_DIR = ".v1"  # schema-1 files replaced by their upgraded record are moved
 # Record fields mirrored into the W&B summary next to the metrics (and read back by from_wandb_summary).
 SCALARS = ("job", "family", "size", "checkpoint", "n_params", "n_params_nonembedding", "n_quantized_params",
            "method", "regime", "bits", "dtype", "blocksize", "granularity", "total_bits", "bits_per_param",
-           "train_tokens", "git_commit")
+           "train_tokens", "git_commit", "backend", "packed_format", "measured_bytes", "lowrank_mode", "lowrank_rank")
 BASELINE_BITS = 16.0
 
 
@@ -100,11 +100,21 @@ def qat_fields(spec: JobSpec, summary: Any, init_from: str | None, **train: Any)
 
 
 def quantize_fields(spec: JobSpec, summary: Any, *, checkpoint: str, n_params: int, n_nonemb: int,
-                    train_tokens: int | None, metrics: Mapping[str, Any]) -> dict[str, Any]:
-    """A post-training-quantized model; the 16-bit baseline is scheme-free (method/dtype "none")."""
+                    train_tokens: int | None, metrics: Mapping[str, Any],
+                    deploy: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A post-training-quantized model; the 16-bit baseline is scheme-free (method/dtype "none").
+
+    A packed model (quant.backend != simulated) adds `backend`, `measured_bytes` (the model as stored) and
+    `deploy` (every measured figure, and the same figures of the 16-bit model measured in the same process)."""
     q = spec.quant
-    baseline = float(q.bits) == BASELINE_BITS
-    return {"checkpoint": checkpoint, "regime": "ptq", "n_params": n_params, "n_params_nonembedding": n_nonemb,
+    baseline = q.unquantized
+    lr = q.lowrank
+    lowrank = {} if lr.mode == "none" else {
+        "lowrank_mode": lr.mode, "lowrank_rank": float(lr.rank),
+        **({"lowrank_bits": lr.bits, "lowrank_whiten": lr.whiten} if lr.mode == "correct" else {})}
+    packed = {} if deploy is None else {"backend": deploy["backend"], "packed_format": deploy["format"],
+                                        "measured_bytes": deploy["bytes"], "deploy": dict(deploy)}
+    return {**packed, **lowrank, "checkpoint": checkpoint, "regime": "ptq", "n_params": n_params, "n_params_nonembedding": n_nonemb,
             "n_quantized_params": summary.n_quantized, "method": "none" if baseline else q.method,
             "bits": float(q.bits), "dtype": "none" if baseline else q.dtype,
             "blocksize": q.blocksize if q.granularity == "block" and not baseline else None,
@@ -157,15 +167,38 @@ def flat_row(rec: Mapping[str, Any], source: str) -> dict[str, Any]:
     """One row for analysis: the record's scalars and its metrics as columns, plus `source`."""
     row = {k: v for k, v in rec.items() if not isinstance(v, dict | list) and k != "error"}
     row.update({k: v for k, v in (rec.get("metrics") or {}).items() if not isinstance(v, dict | list)})
-    if row.get("job") == "quantize" and not row.get("regime"):
-        row["regime"] = "ptq"
+    if rec.get("deploy"):
+        row.update(deploy_columns(rec["deploy"]))
+    if row.get("job") == "quantize":
+        row["regime"] = row.get("regime") or "ptq"
+        row["backend"] = row.get("backend") or "simulated"
     row["source"] = source
     return row
 
 
+def deploy_columns(deploy: Mapping[str, Any]) -> dict[str, Any]:
+    """A packed job's measured figures as flat columns: `prefill_tokens_per_s`, `decode_ms_b1`, ..., and the
+    16-bit reference's as `ref_bytes`, `ref_decode_ms_b1`, ... (same process, same settings)."""
+    def flat(d: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+        out = {f"{prefix}{k}": v for k, v in d.items() if isinstance(v, int | float | str | bool) or v is None}
+        out.update({f"{prefix}decode_ms_b{b}": v for b, v in (d.get("decode_ms_per_token") or {}).items()})
+        return out
+
+    cols = flat({k: v for k, v in deploy.items() if k not in ("backend", "format", "bytes")}, "")
+    cols.update(flat(deploy.get("reference") or {}, "ref_"))
+    for b, ms in (deploy.get("decode_ms_per_token") or {}).items():  # > 1: the packed model decodes faster
+        ref = cols.get(f"ref_decode_ms_b{b}")
+        cols[f"decode_speedup_b{b}"] = ref / ms if ref and ms else None
+    if cols.get("prefill_tokens_per_s") and cols.get("ref_prefill_tokens_per_s"):
+        cols["prefill_speedup"] = cols["prefill_tokens_per_s"] / cols["ref_prefill_tokens_per_s"]
+    return cols
+
+
 def is_baseline(row: Mapping[str, Any]) -> bool:
-    """An unquantized PTQ baseline (one per base model, whatever scheme it was launched under)."""
-    return row.get("regime") == "ptq" and _num(row.get("bits")) == BASELINE_BITS
+    """An unquantized PTQ baseline (one per base model, whatever scheme it was launched under); a 16-bit
+    factor pair (`lowrank_mode` factorize) is not one."""
+    return row.get("regime") == "ptq" and _num(row.get("bits")) == BASELINE_BITS and \
+        str(row.get("lowrank_mode") or "none") in ("none", "nan")
 
 
 def is_done(rec: Mapping[str, Any] | None) -> bool:

@@ -209,6 +209,7 @@ def reproduce(study: Study, out: Path, smoke: bool, checkpoints: Path | None = N
     except FitError as e:  # no law fits these runs: claims on laws are then not measurable, and say why
         print(f"[{study.name}] no fit: {e}")
         report = {"laws": {}, "headline": {}, "n_runs": len(runs.runs), "fit_error": str(e)}
+    report["by_budget"] = _other_budgets(study, runs, out, smoke)
     rows = check(study, report, runs.runs)
     meta = {"study": study.name, "smoke": smoke, "date": time.strftime("%Y-%m-%d"), "machine": _machine(),
             "seconds": time.perf_counter() - t0, "n_runs": report["n_runs"], "with": extra or []}
@@ -224,6 +225,24 @@ def reproduce(study: Study, out: Path, smoke: bool, checkpoints: Path | None = N
               f"{', '.join(r['id'] for r in failed)}", file=sys.stderr)
         return rows, 1
     return rows, 0
+
+
+def _other_budgets(study: Study, runs: Any, out: Path, smoke: bool) -> dict[str, Any]:
+    """The same fit on each other memory axis a claim names (`budget: measured_bytes`), in out/<axis>/."""
+    from analysis.cli import summary
+    from analysis.fit import FitError
+    from analysis.memory import use_measured
+    from analysis.report import analyse
+
+    axes = {c["budget"] for c in study.claims if c.get("budget") not in (None, "total_bits")}
+    got: dict[str, Any] = {}
+    for axis in sorted(axes):
+        try:
+            got[axis] = analyse(use_measured(runs), out / axis, **fit_args(study, smoke), budget=axis)
+            print(f"[{study.name}] on {axis}:\n" + summary(got[axis]))
+        except FitError as e:
+            print(f"[{study.name}] no fit on {axis}: {e}")
+    return got
 
 
 def _machine() -> str:

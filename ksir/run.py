@@ -33,14 +33,15 @@ def eval_device(spec: JobSpec) -> torch.device:
     return torch.device(spec.eval.device)
 
 
-def evaluate_all(spec: JobSpec, model: torch.nn.Module, tok: Any, data: Any, device: torch.device) -> dict[str, float]:
+def evaluate_all(spec: JobSpec, model: torch.nn.Module, tok: Any, data: Any, device: torch.device,
+                 zeroshot: bool = True) -> dict[str, float]:
     """Held-out LM metrics, plus zero-shot task accuracy (lm-evaluation-harness) when enabled."""
     metrics = evaluate_lm(model, data.eval_blocks(spec.eval.sequences), spec.eval.batch_size, device)
     bad = {k: v for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)}
     if bad:
         raise FloatingPointError(f"non-finite metrics: {bad}")
     zs = spec.eval.zeroshot
-    if zs.enabled:
+    if zs.enabled and zeroshot:
         from ksir.zeroshot import evaluate_zeroshot
 
         print(f"  zero-shot: {', '.join(zs.tasks)} (limit {zs.limit})", flush=True)
@@ -134,6 +135,7 @@ def _new_model(spec: JobSpec, tok: Any) -> torch.nn.Module:
 
 def run_quantize(spec: JobSpec) -> dict[str, Any]:
     from ksir.quant import needs_calibration, quantize_model
+    from ksir.quant.backends import format_for
 
     ckpt = checkpoints.resolve_checkpoint(spec)
     qcfg = spec.quant
@@ -148,14 +150,23 @@ def run_quantize(spec: JobSpec) -> dict[str, Any]:
     run = tracking.start_run(spec.logger, key, "quantize", f"{spec.model.family}/quantize", spec.raw, spec.paths.wandb)
     try:
         t0 = time.time()
-        calib = data.calibration_blocks(qcfg.calib_sequences, spec.seed).to(device) if needs_calibration(qcfg) else None
-        summary = quantize_model(model, qcfg, calib)
-        quant_time = time.time() - t0
-        metrics = evaluate_all(spec, model, tok, data, device)
+        fmt, deploy = format_for(qcfg), None
+        if fmt is not None:  # a real packed model, measured next to the 16-bit one
+            from ksir.deploy.job import quantize_packed
+
+            print(f"  packing with {qcfg.backend} ({fmt.name}); measuring next to the 16-bit model", flush=True)
+            summary, metrics, deploy = quantize_packed(
+                model, qcfg, fmt, lambda m, full: evaluate_all(spec, m, tok, data, device, zeroshot=full),
+                data.eval_blocks(spec.eval.sequences), device)
+        else:
+            calib = data.calibration_blocks(qcfg.calib_sequences, spec.seed).to(device) if needs_calibration(qcfg) else None
+            summary = quantize_model(model, qcfg, calib)
+            quant_time = time.time() - t0
+            metrics = {**evaluate_all(spec, model, tok, data, device), "quant_time_s": quant_time}
         meta = checkpoints.read_meta(ckpt)
         fields = records.quantize_fields(spec, summary, checkpoint=ckpt, n_params=n_total, n_nonemb=n_nonemb,
                                          train_tokens=meta.get("train_tokens") or spec.family.train_tokens,
-                                         metrics={**metrics, "quant_time_s": quant_time})
+                                         metrics=metrics, deploy=deploy)
         fields["wall_time_s"] = time.time() - t0
         tracking.finish_run(run, records.to_wandb_summary(fields))
         run = None

@@ -426,6 +426,7 @@ def check_environment(spec: JobSpec) -> None:
             _fail(key, spec.eval.device if key == "eval.device" else spec.trainer.accelerator, ["cpu", "auto"],
                   why="no CUDA device on this machine (use trainer=cpu)")
     if spec.job == "quantize":
+        _check_backend(spec)
         _check_quantize_source(spec)
     for key, folder in (("out_dir", Path(spec.out_dir)), ("paths.results", Path(spec.paths.results)),
                         ("paths.checkpoints", Path(spec.paths.checkpoints))):
@@ -462,6 +463,28 @@ def check_data_file(key: str, path: Path, fmt: str | None) -> None:
         except UnicodeDecodeError as e:
             if e.start < len(head) - 4:  # not just a character cut at the 64 KiB boundary
                 _fail(key, str(path), why=f"not UTF-8 text (byte {e.start})")
+
+
+def _check_backend(spec: JobSpec) -> None:
+    """A packed backend's library is installed and its kernels run on the evaluation device."""
+    from ksir.quant.backends import check_installed, format_for
+
+    fmt = format_for(spec.quant)
+    if fmt is None:
+        return
+    check_installed(spec.quant)
+    if "cpu" not in fmt.devices:
+        dev = spec.eval.device
+        if dev == "cpu" or (dev == "auto" and not _cuda_available()):
+            _fail("quant.backend", spec.quant.backend, why=f"{fmt.name} runs on {'/'.join(fmt.devices)} only and the "
+                  f"evaluation device is {'cpu' if dev == 'cpu' else 'cpu (no CUDA device here)'}; use "
+                  "quant.backend=simulated or another format")
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _check_quantize_source(spec: JobSpec) -> None:

@@ -21,6 +21,9 @@ from .helpers import run_cli
     (["job=quantize", "model=pythia", "model.checkpoint=./missing-pythia"], "model.checkpoint"),
     (["job=train", "model=opt"], "hub family"),
     (["job=quantize", "model.train_if_missing=false"], "model.train_if_missing"),  # base model not trained
+    (["job=quantize", "quant.backend=bitsandbytes", "quant.bits=3"], "no packed kernel for int3 block 64"),
+    (["job=quantize", "quant.backend=torchao", "quant.bits=4", "quant.dtype=int_asym", "eval.device=cpu"],
+     "int4_weight_only runs on cuda only"),  # a GPU-only kernel on a CPU job: refused before training
 ])
 def test_invalid_values_fail_at_once_with_one_line(tmp_path, args, needle):
     r = run_cli("ksir-run", *args, f"out_dir={tmp_path}", cwd=tmp_path, timeout=120)
@@ -83,7 +86,7 @@ def test_end_to_end_sweep_then_fit(tmp_path, cache_dir):
     for s in curves.values():
         assert s["params"]["alpha"]["value"] > 0 and s["params"]["a"]["reported_value"] > 0
         assert s["goodness_of_fit"]["n"] == 4
-    assert {r["best"] for r in fit["optimal"]} <= {"2", "4", "16"} and len(fit["optimal"]) > 5
+    assert {r["best"] for r in fit["optimal"]} <= {"2", "4", "16 (unquantized)"} and len(fit["optimal"]) > 5
     assert fit["headline"]["question"] == "bits" and "Answer:" in r.stdout
     assert (fit_dir / "bit_scaling.png").stat().st_size > 10_000
 

@@ -80,6 +80,12 @@ RUNS = pd.DataFrame({"n_params": [1e5, 1e5, 1e5, 2e5, 2e5, 2e5], "bits": [3, 4, 
      None),  # base better than ref: no gap to close
     ({"kind": "correlation", "x": "val_loss", "y": "bits", "paper": -0.5, "tol": 0.1}, "yes",
      RUNS["val_loss"].corr(RUNS["bits"])),
+    ({"kind": "bound", "where": {"bits": [3, 4]}, "column": "val_loss", "max": 3.35}, "yes", 3.3),
+    ({"kind": "bound", "where": {"bits": [3, 4]}, "column": "val_loss", "min": 2.9, "max": 3.25}, "no", 2.8),
+    ({"kind": "bound", "where": {"bits": [3, 4]}, "column": "val_loss", "min": 2.9, "at": "largest", "per": ["bits"]},
+     "no", 2.8),  # only the 2e5 models: 3.0 and 2.8, the latter below 2.9
+    ({"kind": "bound", "where": {"bits": 8}, "column": "val_loss", "max": 1}, NOT_MEASURABLE, None),
+    ({"kind": "optimal_k", "budget": "measured_bytes", "paper": 4, "tol": 1}, NOT_MEASURABLE, None),
 ])
 def test_claims_compute_their_number_and_say_when_it_cannot_be_measured(claim, holds, value):
     v = evaluate({"id": "c", "text": "t", **claim}, {"laws": {}}, RUNS)

@@ -41,8 +41,11 @@ def __getattr__(name: str):
 
 
 def needs_calibration(q: QuantConfig) -> bool:
-    """GPTQ and activation-based outliers need calibration token ids from the run's corpus."""
-    return q.method == "gptq" or q.outlier.mode == "activation"
+    """GPTQ, activation-based outliers and whitened low-rank corrections need calibration token ids."""
+    if q.unquantized:
+        return False
+    return q.method == "gptq" or q.outlier.mode == "activation" or \
+        (q.lowrank.mode == "correct" and q.lowrank.whiten == "activation")
 
 
 def quantize_model(model: nn.Module, q: QuantConfig, calib: torch.Tensor | None = None) -> QuantSummary:
@@ -60,16 +63,21 @@ def _quantize_model(model: nn.Module, q: QuantConfig, calib: torch.Tensor | None
     from ksir.quant.bits import summarize
     from ksir.quant.blockwise import make_grid, quantize_weight
     from ksir.quant.select import get_weight, quantized_linear_names, row_size, set_weight
-    from ksir.quant.vocab import UNQUANTIZED_BITS
 
     names = quantized_linear_names(model, q)
     modules = dict(model.named_modules())
     validate_quant_config(q, [row_size(modules[n]) for n in names])
     shapes = {n: tuple(get_weight(modules[n]).shape) for n in names}
-    if q.bits == UNQUANTIZED_BITS:
+    if q.unquantized:
         return summarize(model, q, {}, {})
+    if q.factorized:
+        from ksir.quant.lowrank import factorize_layers
+
+        factorize_layers([modules[n] for n in names], q)
+        return summarize(model, q, shapes, {})
     if needs_calibration(q) and calib is None:
-        why = "method=gptq" if q.method == "gptq" else "outlier.mode=activation"
+        why = {True: "method=gptq"}.get(q.method == "gptq") or ("outlier.mode=activation" if q.outlier.mode ==
+                                                                "activation" else "lowrank.whiten=activation")
         raise ConfigError(
             "calib", None, "a LongTensor [n_sequences, seq_len] of token ids", f"{why} needs data"
         )
@@ -78,6 +86,12 @@ def _quantize_model(model: nn.Module, q: QuantConfig, calib: torch.Tensor | None
     from ksir.quant.outliers import outlier_columns
 
     keep = outlier_columns(model, names, q, calib)
+    correcting = q.lowrank.mode == "correct"
+    if correcting:
+        from ksir.quant.lowrank import correct_layers, input_rms
+
+        originals = {n: get_weight(modules[n]).detach().clone() for n in names}
+        rms = input_rms(model, names, calib, q.gptq.batch_size) if q.lowrank.whiten == "activation" else {}
     grid = make_grid(q)
     if q.method == "gptq":
         from ksir.quant.gptq import gptq_quantize_model
@@ -87,4 +101,6 @@ def _quantize_model(model: nn.Module, q: QuantConfig, calib: torch.Tensor | None
         for n in names:
             m = modules[n]
             set_weight(m, quantize_weight(get_weight(m), grid, q.granularity, q.blocksize, keep.get(n)))
+    if correcting:
+        correct_layers({n: modules[n] for n in names}, originals, q, rms)
     return summarize(model, q, shapes, {n: int(c.numel()) for n, c in keep.items()})

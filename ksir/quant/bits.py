@@ -9,13 +9,14 @@ Everything else (embeddings, head, norms, biases, unselected layers) counts 16 b
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from torch import nn
 
 from ksir.quant.blockwise import DQ_BLOCKSIZE, DQ_CONST_BITS, n_blocks
 from ksir.quant.config import UNQUANTIZED_BITS, QuantConfig
 from ksir.quant.dtypes import DTYPES, TERNARY_BITS
+from ksir.quant.lowrank import factor_bits, rank_of
 
 OUTLIER_INDEX_BITS = 16  # one column index per kept input column
 
@@ -37,7 +38,28 @@ def count_params(model: nn.Module) -> int:
 
 
 def layer_bits(shape: tuple[int, int], q: QuantConfig, n_keep_cols: int = 0) -> tuple[float, int]:
-    """(bits, weights stored at k bits) of one [out, in] weight quantized with q, n_keep_cols kept in 16 bit."""
+    """(bits, weights stored at k bits) of one [out, in] weight quantized with q, n_keep_cols kept in 16 bit;
+    with q.lowrank: the factor pair instead (factorize), or the k-bit weight plus its correction (correct)."""
+    lr = q.lowrank
+    if lr.mode == "factorize":
+        r = rank_of(lr.rank, shape)
+        if float(q.bits) == UNQUANTIZED_BITS:
+            return factor_bits(shape, r, UNQUANTIZED_BITS), 0
+        (a, na), (b, nb) = (_dense_bits(s, replace(q, granularity=factor_granularity(q, s)), 0)
+                            for s in ((shape[0], r), (r, shape[1])))
+        return a + b, na + nb
+    bits, n_q = _dense_bits(shape, q, n_keep_cols)
+    if lr.mode == "correct":
+        bits += factor_bits(shape, rank_of(lr.rank, shape), lr.bits)
+    return bits, n_q
+
+
+def factor_granularity(q: QuantConfig, shape: tuple[int, int]) -> str:
+    """Block scales for a factor whose rows the block size divides, else one scale per row."""
+    return q.granularity if q.granularity != "block" or shape[1] % q.blocksize == 0 else "channel"
+
+
+def _dense_bits(shape: tuple[int, int], q: QuantConfig, n_keep_cols: int) -> tuple[float, int]:
     out, inp = shape
     # Ternary (bits = 1.58 in configs) stores log2(3) bits of information per weight.
     k = math.log2(3) if float(q.bits) == TERNARY_BITS else float(q.bits)
@@ -60,7 +82,7 @@ def summarize(
 ) -> QuantSummary:
     """Summary for `shapes` (quantized layer name -> [out, in]) with `keep[name]` outlier columns each."""
     n_params = count_params(model)
-    if q.bits == UNQUANTIZED_BITS or not shapes:
+    if q.unquantized or not shapes:
         return QuantSummary(UNQUANTIZED_BITS * n_params, n_params, 0, float(UNQUANTIZED_BITS), 0)
     total, n_quant, n_weights = 0.0, 0, 0
     for name, shape in shapes.items():

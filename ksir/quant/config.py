@@ -46,6 +46,36 @@ class GPTQConfig:
 
 
 @dataclass
+class MeasureConfig:
+    """What a packed job measures next to the 16-bit model (quant.backend != simulated only)."""
+
+    dtype: str = "bfloat16"  # 16-bit dtype of everything not packed, of the kernels' compute, and of the reference
+    prompt_len: int = 128  # prefill: tokens per sequence
+    prefill_batch: int = 4  # prefill: sequences per forward pass
+    decode_batches: list[int] = field(default_factory=lambda: [1, 8])  # decode: ms/token at each batch size
+    decode_tokens: int = 32  # decode steps timed after a prompt of prompt_len tokens
+    repeats: int = 5  # timed repetitions (the median is recorded), after one warm-up
+    compare_simulated: bool = True  # also evaluate ksir's simulated quantization of the same config
+
+
+MEASURE_DTYPES = ("bfloat16", "float16")
+LOWRANK_MODES = ("none", "factorize", "correct")
+LOWRANK_WHITEN = ("none", "activation")
+LOWRANK_BITS = (16, 8)
+
+
+@dataclass
+class LowRankConfig:
+    """Low rank as a quantize axis (ksir.quant.lowrank): replace each weight by a factor pair, or correct its
+    k-bit quantization error with one."""
+
+    mode: str = "none"  # none | factorize (W ~ A B, factors at quant.bits) | correct (Q(W) + L R, factors at lowrank.bits)
+    rank: float = 0.125  # >= 1: the rank itself; < 1: that fraction of min(out, in)
+    bits: int = 16  # correct: storage of L and R: 16 (fp16) | 8 (int8, an fp16 scale per row)
+    whiten: str = "none"  # correct: none (SVD of W - Q(W)) | activation (LQER: columns scaled by calibration RMS)
+
+
+@dataclass
 class QuantConfig:
     """Every field is a Hydra key under `quant:` (conf/quant/rtn.yaml documents each one)."""
 
@@ -67,6 +97,25 @@ class QuantConfig:
     outlier: OutlierConfig = field(default_factory=OutlierConfig)
     gptq: GPTQConfig = field(default_factory=GPTQConfig)
     calib_sequences: int = 128  # GPTQ paper: 128 segments
+    backend: str = "simulated"  # simulated | bitsandbytes | torchao | hqq (ksir.quant.backends)
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
+    lowrank: LowRankConfig = field(default_factory=LowRankConfig)
+
+    def __post_init__(self) -> None:  # QuantConfig(lowrank={...}) as from a mapping
+        for name, cls in (("lowrank", LowRankConfig), ("measure", MeasureConfig), ("outlier", OutlierConfig),
+                          ("gptq", GPTQConfig)):
+            if isinstance(getattr(self, name), Mapping):
+                setattr(self, name, from_mapping(cls, getattr(self, name), f"quant.{name}"))
+
+    @property
+    def factorized(self) -> bool:
+        """Weights replaced by factor pairs: a 16-bit `bits` then means fp16 factors, not the unquantized model."""
+        return self.lowrank.mode == "factorize"
+
+    @property
+    def unquantized(self) -> bool:
+        """The 16-bit baseline: nothing changes the weights."""
+        return float(self.bits) == UNQUANTIZED_BITS and not self.factorized
 
     @classmethod
     def from_mapping(cls, m: Mapping[str, Any] | Any) -> QuantConfig:
@@ -95,10 +144,14 @@ def validate_quant_config(q: QuantConfig, row_sizes: Iterable[int] | None = None
                 raise ConfigError(key, p, "Python regular expressions", str(e)) from None
     if not _is_number(q.bits) or q.bits < 1 or q.bits > UNQUANTIZED_BITS:
         raise ConfigError("quant.bits", q.bits, "a number in 1..16 (16 = unquantized)")
-    if q.bits == UNQUANTIZED_BITS:
+    _validate_lowrank(q)
+    if q.unquantized:
+        from ksir.quant.backends import format_for
+
+        format_for(q)  # only the backend's name is checked: a 16-bit job stores nothing packed
         return  # identity: nothing else is used
     dtype_bits = DTYPE_BITS[q.dtype]
-    if q.bits not in dtype_bits:
+    if q.bits not in dtype_bits and not (q.factorized and q.bits == UNQUANTIZED_BITS):
         why = "post-training quantization needs integer bits (fractional bits such as 1.58 are for QAT)"
         if float(q.bits).is_integer():
             why = f"dtype {q.dtype} is not defined at {q.bits} bits"
@@ -152,6 +205,7 @@ def validate_quant_config(q: QuantConfig, row_sizes: Iterable[int] | None = None
         raise ConfigError("quant.outlier.fraction", o.fraction, "a number in [0, 1)")
     if not isinstance(q.calib_sequences, int) or q.calib_sequences < 1:
         raise ConfigError("quant.calib_sequences", q.calib_sequences, "an integer >= 1")
+    _validate_backend(q)
     g = q.gptq
     if not _is_number(g.damp) or g.damp <= 0:
         raise ConfigError("quant.gptq.damp", g.damp, "a number > 0")
@@ -160,3 +214,43 @@ def validate_quant_config(q: QuantConfig, row_sizes: Iterable[int] | None = None
     for key, v in (("block_columns", g.block_columns), ("batch_size", g.batch_size)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ConfigError(f"quant.gptq.{key}", v, "an integer >= 1")
+
+
+def _validate_backend(q: QuantConfig) -> None:
+    from ksir.quant.backends import SIMULATED, format_for
+
+    format_for(q)  # one line naming what the backend cannot store
+    if q.backend == SIMULATED:
+        return
+    m = q.measure
+    if m.dtype not in MEASURE_DTYPES:
+        raise ConfigError("quant.measure.dtype", m.dtype, MEASURE_DTYPES)
+    for key in ("prompt_len", "prefill_batch", "decode_tokens", "repeats"):
+        v = getattr(m, key)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ConfigError(f"quant.measure.{key}", v, "an integer >= 1")
+    if not m.decode_batches or any(not isinstance(b, int) or isinstance(b, bool) or b < 1 for b in m.decode_batches):
+        raise ConfigError("quant.measure.decode_batches", m.decode_batches, "a non-empty list of integers >= 1")
+
+
+def _validate_lowrank(q: QuantConfig) -> None:
+    lr = q.lowrank
+    if lr.mode not in LOWRANK_MODES:
+        raise ConfigError("quant.lowrank.mode", lr.mode, LOWRANK_MODES)
+    if lr.mode == "none":
+        return
+    if not _is_number(lr.rank) or lr.rank <= 0 or (lr.rank >= 1 and not float(lr.rank).is_integer()):
+        raise ConfigError("quant.lowrank.rank", lr.rank, "an integer rank >= 1, or a fraction of min(out, in) in (0, 1)")
+    if lr.bits not in LOWRANK_BITS:
+        raise ConfigError("quant.lowrank.bits", lr.bits, LOWRANK_BITS)
+    if lr.whiten not in LOWRANK_WHITEN:
+        raise ConfigError("quant.lowrank.whiten", lr.whiten, LOWRANK_WHITEN)
+    if lr.mode == "correct" and float(q.bits) == UNQUANTIZED_BITS:
+        raise ConfigError("quant.lowrank.mode", lr.mode, why="a correction corrects a k-bit quantization: set "
+                          "quant.bits below 16 (or use lowrank.mode=factorize)")
+    if lr.mode == "factorize" and (q.method != "rtn" or q.outlier.mode != "none"):
+        raise ConfigError("quant.lowrank.mode", lr.mode, why="factor pairs are quantized round-to-nearest without "
+                          "outlier columns (set quant.method=rtn quant.outlier.mode=none)")
+    if q.backend != "simulated":
+        raise ConfigError("quant.backend", q.backend, why="no packed kernel for low-rank factors in any backend; "
+                          "use quant.backend=simulated")
