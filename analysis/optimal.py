@@ -30,7 +30,7 @@ def curve_label(key: Any) -> str:
     """`4,nf,64` for a curve key (k first); the 16-bit curve is the unquantized model whatever scheme it was
     copied into (analysis.report.attach_baselines), and says so."""
     key = key if isinstance(key, tuple) else (key,)
-    if key and isinstance(key[0], int | float) and float(key[0]) == 16:
+    if key and isinstance(key[0], int | float) and float(key[0]) == 16 and "factorize" not in key[1:]:
         return "16 (unquantized)"
     return ",".join(f"{k:g}" if isinstance(k, float) else str(k) for k in key)
 
@@ -111,5 +111,68 @@ def continuous_optimum(fit: FitResult, budgets: np.ndarray, k_range: tuple[float
         if boot is not None and len(boot):
             kb = ks[np.argmin(np.where(np.isfinite(p := fit.predict(data, boot)), p, np.inf), axis=1)]
             row["k_star_ci95"] = (float(np.percentile(kb, 2.5)), float(np.percentile(kb, 97.5)))
+        rows.append(row)
+    return rows
+
+
+def scheme_label(cols: list[str], scheme: tuple) -> str:
+    """`lowrank_mode=correct, regime=ptq` for a scheme (a curve key without k)."""
+    parts = []
+    for c, v in zip(cols, scheme, strict=True):
+        if pd.isna(v) or v == "-":  # a field the scheme does not have: no low rank is said by omission
+            if not c.startswith("lowrank"):
+                parts.append(f"{c}=none")
+            continue
+        parts.append(f"{c}={v:g}" if isinstance(v, float) else f"{c}={v}")
+    return ", ".join(parts) or "plain k-bit"
+
+
+def scheme_frontiers(fits: Mapping[tuple, FitResult], cols: list[str], budgets: np.ndarray, observed_max: float,
+                     interpolated: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Each scheme at its best k, per budget: the lower envelope of its per-k laws, with bootstrap intervals
+    (replicates aligned across curves), the best scheme, and its margin over the runner-up with that margin's
+    interval; beside it the best scheme of the measured curves interpolated (model-free, inside their range).
+    `cols` names the scheme fields of the curve keys (the curve key without its first field, k)."""
+    keys = [k for k in fits if not (float(k[0]) == 16 and "factorize" not in k[1:])]  # the unquantized copies
+    schemes = sorted({k[1:] for k in keys}, key=str)
+    if len(schemes) < 2:
+        return []
+    pred = np.stack([fits[k].predict({"total_bits": budgets}).reshape(-1) for k in keys])  # [K, B]
+    al = aligned_replicates([fits[k] for k in keys])
+    bp = None
+    if al is not None:
+        n_boot, ok = al
+        bp = np.stack([fits[k].predict({"total_bits": budgets}, fits[k].boot[:n_boot][ok]) for k in keys])  # [K,S,B]
+        bp = np.where(np.isfinite(bp), bp, np.inf)
+    member = {s: [i for i, k in enumerate(keys) if k[1:] == s] for s in schemes}
+    env = np.stack([pred[member[s]].min(0) for s in schemes])  # [F, B]
+    env_b = None if bp is None else np.stack([bp[member[s]].min(0) for s in schemes])  # [F, S, B]
+    labels = [scheme_label(cols, s) for s in schemes]
+    rows = []
+    for j, b in enumerate(budgets):
+        order = np.argsort(env[:, j])
+        best, second = int(order[0]), int(order[1])
+        row: dict[str, Any] = {"budget_bits": float(b), "extrapolated": bool(b > observed_max * 1.0001),
+                               "best_scheme": labels[best],
+                               "best_k": float(keys[member[schemes[best]][int(np.argmin(pred[member[schemes[best]], j]))]][0]),
+                               "loss": {lab: float(env[f, j]) for f, lab in enumerate(labels)},
+                               "margin": float(env[second, j] - env[best, j]), "runner_up": labels[second]}
+        if env_b is not None:
+            lo, hi = np.percentile(env_b[:, :, j], [2.5, 97.5], axis=1)
+            row["loss_ci95"] = {lab: (float(lo[f]), float(hi[f])) for f, lab in enumerate(labels)}
+            d = env_b[second, :, j] - env_b[best, :, j]
+            d = d[np.isfinite(d)]
+            if len(d) >= 2:
+                row["margin_ci95"] = (float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5)))
+                row["significant"] = bool(row["margin_ci95"][0] > 0)
+        if interpolated is not None:
+            vals = interpolated[j].get("interpolated", {})
+            by_scheme: dict[str, float] = {}
+            for k, s in zip(keys, (k[1:] for k in keys), strict=True):
+                v = vals.get(curve_label(k))
+                if v is not None:
+                    lab = scheme_label(cols, s)
+                    by_scheme[lab] = min(v, by_scheme.get(lab, np.inf))
+            row["measured_best_scheme"] = min(by_scheme, key=by_scheme.get) if len(by_scheme) >= 2 else None
         rows.append(row)
     return rows

@@ -406,7 +406,7 @@ def schemes_at_fixed_k(df: pd.DataFrame, metric: str, scheme_cols: list[str], pa
     ks = sorted(df["bits"].unique())
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(1, len(ks), figsize=(3.2 * len(ks), 3.6), sharey=True, squeeze=False)
-        schemes = sorted(_as_key(s) for s in df.groupby(scheme_cols).groups)
+        schemes = sorted((_as_key(s) for s in df.groupby(scheme_cols).groups), key=str)
         cols = dict(zip(schemes, _colors(len(schemes)), strict=True))
         marks = {s: MARKERS[i % len(MARKERS)] for i, s in enumerate(schemes)}
         for ax, k in zip(axes[0], ks, strict=True):
@@ -491,4 +491,39 @@ def deploy_speed(df: pd.DataFrame, path: Path, subtitle: str) -> list[str]:
         stats = "; ".join([_runs(len(d)), f"largest model ({n_max:,.0f} parameters)", "medians of the timed repeats",
                            "grey band: range of the 16-bit model over the jobs"])
         _title(None, "Packed models: decode and prefill speed vs k", subtitle, stats, fig=fig)
+        return _save(fig, path)
+
+
+def scheme_frontiers(rows: list[dict[str, Any]], path: Path, subtitle: str, *, law_label: str,
+                     interval_label: str) -> list[str]:
+    """Every scheme at its best k on one plot: loss vs total bits (the lower envelope of its per-k laws) with
+    its bootstrap band; solid inside the measured budgets, dashed and shaded beyond."""
+    if not rows:
+        return []
+    labels = list(rows[0]["loss"])
+    b = np.array([r["budget_bits"] for r in rows])
+    inside = np.array([not r["extrapolated"] for r in rows])
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots()
+        cols = _colors(len(labels))
+        for i, lab in enumerate(labels):
+            y = np.array([r["loss"][lab] for r in rows])
+            band = [r.get("loss_ci95", {}).get(lab) for r in rows]
+            mk = MARKERS[i % len(MARKERS)]
+            ax.plot(b[inside], y[inside], color=cols[i], marker=mk, ms=4, lw=1.5, label=lab, gid="fit")
+            if (~inside).any():
+                j = max(int(inside.sum()) - 1, 0)
+                ax.plot(b[j:], y[j:], color=cols[i], marker=mk, ms=3, gid="extrapolated", **EXTRAP)
+            if all(x is not None for x in band):
+                lo, hi = np.array([x[0] for x in band]), np.array([x[1] for x in band])
+                ax.fill_between(b, lo, hi, color=cols[i], alpha=0.12, lw=0)
+        if (~inside).any():
+            _shade_extrapolated(ax, float(b[inside].max()) if inside.any() else float(b.min()), float(b.max()))
+        ax.set_xscale("log")
+        ax.set_xlabel(X_LABELS["total_bits"])
+        ax.set_ylabel("loss")
+        _fit_ylim(ax, [r["loss"][lab] for r in rows if not r["extrapolated"] for lab in labels])
+        _legend(ax, title="scheme (at its best k)")
+        stats = "; ".join([law_label, interval_label, "each scheme's lower envelope over its k"])
+        _title(None, "Schemes at equal total bits", subtitle, stats, fig=fig)
         return _save(fig, path)

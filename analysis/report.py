@@ -31,6 +31,8 @@ def attach_baselines(df: pd.DataFrame) -> pd.DataFrame:
         return df
     parts = [quant]
     for _, combo in combos.iterrows():
+        if combo.get("lowrank_mode") == "factorize":  # its 16-bit curve is fp16 factors, not the unquantized model
+            continue
         b = df[is_base].copy()
         for c in cols:
             b[c] = combo[c]
@@ -41,6 +43,19 @@ def attach_baselines(df: pd.DataFrame) -> pd.DataFrame:
 def curve_keys(df: pd.DataFrame) -> list[str]:
     """k, plus every scheme column that varies in the data (so each curve is one scheme at one k)."""
     return ["bits"] + [c for c in SCHEME_COLS if c in df and df[c].astype(str).nunique() > 1]
+
+
+NOT_SET = "-"  # a scheme field a run does not have (blocksize of a per-channel run, lowrank of a plain one)
+
+
+def fill_scheme_gaps(df: pd.DataFrame) -> pd.DataFrame:
+    """Missing scheme fields as NOT_SET, so that grouping by the curve keys keeps those runs (pandas drops
+    NaN groups): a per-channel run (no block size) is a curve of its own, not silently left out."""
+    df = df.copy()
+    for c in SCHEME_COLS:
+        if c in df and df[c].isna().any():
+            df[c] = df[c].astype(object).where(df[c].notna(), NOT_SET)
+    return df
 
 
 def _key(v: Any) -> tuple:
@@ -105,7 +120,7 @@ def analyse(collected: Collected, out_dir: str | Path, *, metric: str = "val_los
     if budget == "measured_bytes":
         desc += "; memory axis = measured bytes x 8 of packed models, not the formula"
     if q == "bits":
-        df = attach_baselines(df)
+        df = fill_scheme_gaps(attach_baselines(df))
     keys = curve_keys(df) if q == "bits" else []
     report: dict[str, Any] = {"metric": metric, "n_runs": int(n_runs), "description": desc, "question": q,
                               "left_out": collected.skipped, "curve_keys": keys, "laws_fitted": names,
@@ -155,6 +170,8 @@ def analyse(collected: Collected, out_dir: str | Path, *, metric: str = "val_los
                 row["law_agrees_with_data"] = (irow["best"] == row["best"]) if row["best"] in irow["interpolated"] \
                     and irow["best"] is not None else None
                 row["interpolated"] = irow["interpolated"]
+            report["scheme_frontiers"] = optimal.scheme_frontiers(fits, keys[1:], budgets, df["total_bits"].max(),
+                                                                  interp)
         overhead = optimal.bits_overhead(df)
         for tag, f in joint.items():
             if "bits" in f.law.columns:
@@ -231,6 +248,10 @@ def _figures(df: pd.DataFrame, metric: str, keys: list[str], fits: dict, per_k: 
                             n_runs=len(df), interval_label=interval, observed_max=float(df["total_bits"].max()),
                             continuous_source=f"law {cont_tag}" if cont_tag else None)
     files += plot.residuals(df, metric, keys, fits, out / "residuals", desc)
+    if report.get("scheme_frontiers"):
+        files += plot.scheme_frontiers(report["scheme_frontiers"], out / "scheme_frontiers", desc,
+                                       law_label=plot.describe_law(fits.values()),
+                                       interval_label=plot.describe_intervals(fits.values()))
     if "decode_ms_b1" in df:
         files += plot.deploy_speed(df, out / "speed_vs_k", desc)
     schemes = [c for c in ("dtype", "blocksize", "method") if c in keys]
@@ -339,6 +360,22 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {r['budget_bits']:.3g}{' (extrap.)' if r['extrapolated'] else ''} | {r['best']} | "
                          f"{_fmt(r.get('best_k_ci95'))} | {_fmt(r.get('best_frequency'))} | "
                          f"{_fmt(r['best_interpolated'])} | {_fmt(r['law_agrees_with_data'])} |")
+    if report.get("scheme_frontiers"):
+        verdict = next((c.get("status") for c in (report.get("headline") or {}).get("candidates", [])
+                        if c.get("law") == "power_bits"), None)
+        lines += ["", "## Best scheme per budget (each scheme at its best k)", "",
+                  "Each scheme's lower envelope over its per-k laws; intervals from the same bootstrap replicates of "
+                  "every curve; the margin is the runner-up's loss minus the best's (significant: its 95% interval "
+                  f"excludes 0). The per-k laws are {verdict or 'of unknown status'} here"
+                  + ("; read the measured column first." if verdict not in (None, "ok") else "."), "",
+                  "| budget (bits) | best scheme (laws) | at k | loss [95% CI] | runner-up | margin [95% CI] | "
+                  "best scheme (measured, interpolated) |", "|---|---|---|---|---|---|---|"]
+        for r in report["scheme_frontiers"]:
+            ci = (r.get("loss_ci95") or {}).get(r["best_scheme"])
+            lines.append(f"| {r['budget_bits']:.3g}{' (extrap.)' if r['extrapolated'] else ''} | {r['best_scheme']} | "
+                         f"{r['best_k']:g} | {r['loss'][r['best_scheme']]:.4g} {_fmt(ci)} | {r['runner_up']} | "
+                         f"{r['margin']:.3g} {_fmt(r.get('margin_ci95'))}{' *' if r.get('significant') else ''} | "
+                         f"{_fmt(r.get('measured_best_scheme'))} |")
     for tag, rows in (report.get("optimal_continuous") or {}).items():
         if isinstance(rows, list):
             lines += ["", f"Continuous k* from {tag} (bits per parameter = k + "

@@ -140,7 +140,7 @@ def quant_identity(spec: JobSpec) -> dict[str, Any]:
              "subnormals": q.dtype == "float", "codebook": q.dtype == "codebook", "zero_point": q.dtype == "int_asym",
              "mse_grid": q.scale_search == "mse", "mse_min_ratio": q.scale_search == "mse",
              "gptq": q.method == "gptq", "calib_sequences": calibrated, "measure": q.backend != "simulated",
-             "lowrank": q.lowrank.mode != "none"}
+             "lowrank": q.lowrank.mode != "none", "heal": q.heal.steps > 0}
     for key, applies in rules.items():
         if not applies:
             ident.pop(key, None)
@@ -191,8 +191,10 @@ def identity(spec: JobSpec) -> dict[str, Any]:
     q = spec.quant
     from ksir.quant import needs_calibration
 
-    if needs_calibration(q):
-        ident["seed"] = spec.seed  # picks the calibration sequences
+    if needs_calibration(q) or (q.heal.steps and not q.unquantized):
+        ident["seed"] = spec.seed  # picks the calibration sequences / the healing batches
+    if q.heal.steps and not q.unquantized:
+        ident["trainer"] = {"lightning_precision": (spec.trainer.lightning or {}).get("precision")}
     return ident
 
 

@@ -14,7 +14,7 @@ Record layout (schema 2), one file ``<results_dir>/<run_key>.json``, readable by
     checkpoint: str         # hub id or local path the job loaded / wrote
     n_params, n_params_nonembedding, n_quantized_params: int
     method: str             # "none" (16-bit), "rtn", "gptq", "qat", "qat-finetune"
-    regime: str             # "fp", "ptq", "qat", "qat-finetune"
+    regime: str             # "fp", "ptq", "ptq+kd" (quant.heal), "qat", "qat-finetune"
     bits: float             # k (16 = unquantized baseline, one per base model)
     dtype, granularity: str | None   # "none" / None for the 16-bit baseline
     blocksize: int | None
@@ -114,7 +114,9 @@ def quantize_fields(spec: JobSpec, summary: Any, *, checkpoint: str, n_params: i
         **({"lowrank_bits": lr.bits, "lowrank_whiten": lr.whiten} if lr.mode == "correct" else {})}
     packed = {} if deploy is None else {"backend": deploy["backend"], "packed_format": deploy["format"],
                                         "measured_bytes": deploy["bytes"], "deploy": dict(deploy)}
-    return {**packed, **lowrank, "checkpoint": checkpoint, "regime": "ptq", "n_params": n_params, "n_params_nonembedding": n_nonemb,
+    regime = "ptq+kd" if q.heal.steps and not baseline else "ptq"
+    return {**packed, **lowrank, "checkpoint": checkpoint, "regime": regime, "n_params": n_params,
+            "n_params_nonembedding": n_nonemb,
             "n_quantized_params": summary.n_quantized, "method": "none" if baseline else q.method,
             "bits": float(q.bits), "dtype": "none" if baseline else q.dtype,
             "blocksize": q.blocksize if q.granularity == "block" and not baseline else None,
@@ -131,7 +133,9 @@ def failure(error: str) -> dict[str, Any]:
 
 
 def to_wandb_summary(rec: Mapping[str, Any]) -> dict[str, Any]:
-    return {**{k: rec[k] for k in SCALARS if rec.get(k) is not None}, **(rec.get("metrics") or {})}
+    """Scalars and metrics; a packed job's measured figures as the same flat columns ksir-fit reads."""
+    deploy = deploy_columns(rec["deploy"]) if rec.get("deploy") else {}
+    return {**{k: rec[k] for k in SCALARS if rec.get(k) is not None}, **(rec.get("metrics") or {}), **deploy}
 
 
 # Where a W&B run's config holds a record field its summary lacks (runs logged by other versions or tools).
@@ -171,7 +175,7 @@ def flat_row(rec: Mapping[str, Any], source: str) -> dict[str, Any]:
         row.update(deploy_columns(rec["deploy"]))
     if row.get("job") == "quantize":
         row["regime"] = row.get("regime") or "ptq"
-        row["backend"] = row.get("backend") or "simulated"
+    row["backend"] = row.get("backend") or "simulated"  # train jobs (QAT included) simulate their quantization
     row["source"] = source
     return row
 

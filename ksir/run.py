@@ -7,6 +7,7 @@ Each takes a `JobSpec` and returns the job-specific fields of its result record 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import shutil
@@ -160,9 +161,18 @@ def run_quantize(spec: JobSpec) -> dict[str, Any]:
                 data.eval_blocks(spec.eval.sequences), device)
         else:
             calib = data.calibration_blocks(qcfg.calib_sequences, spec.seed).to(device) if needs_calibration(qcfg) else None
+            teacher = copy.deepcopy(model).eval() if qcfg.heal.steps else None  # the 16-bit model, before quantizing
             summary = quantize_model(model, qcfg, calib)
             quant_time = time.time() - t0
-            metrics = {**evaluate_all(spec, model, tok, data, device), "quant_time_s": quant_time}
+            healed = {}
+            if teacher is not None:  # PTQ + KD: the 16-bit parts learn from the 16-bit model; k-bit weights frozen
+                from ksir.quant.heal import heal_model
+
+                print(f"  healing: {qcfg.heal.steps} steps of distillation into the 16-bit parameters", flush=True)
+                healed = heal_model(model, teacher, qcfg, data.train, spec.trainer, spec.seed)
+                del teacher
+                model.eval()
+            metrics = {**evaluate_all(spec, model, tok, data, device), "quant_time_s": quant_time, **healed}
         meta = checkpoints.read_meta(ckpt)
         fields = records.quantize_fields(spec, summary, checkpoint=ckpt, n_params=n_total, n_nonemb=n_nonemb,
                                          train_tokens=meta.get("train_tokens") or spec.family.train_tokens,

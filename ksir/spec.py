@@ -357,6 +357,8 @@ class JobSpec:
                 _fail("data.tokenizer.kind", self.data.tokenizer.kind, ["bytes"],
                       why="own-family training trains its own tokenizer")
             self.trainer.check()
+        if self.job == "quantize" and self.quant.heal.steps and not self.trains:
+            self.trainer.check()  # healing trains through the trainer's Lightning settings
         rows = self.row_sizes()
         if self.job == "train":
             validate_qat_config(self.qat, rows)

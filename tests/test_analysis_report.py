@@ -161,3 +161,47 @@ def test_schemes_regimes_and_zero_shot_accuracy_in_one_report(tmp_path):
     assert acc["acc_law"]["law"] == "sigmoid_loss" and acc["predictions"] and "mean_abs_error" in acc["heldout"]
     for name in ("schemes_at_fixed_k", "ptq_vs_qat", "zeroshot_accuracy"):
         assert (out / f"{name}.png").stat().st_size > 10_000 and (out / f"{name}.pdf").exists()
+
+
+def test_low_rank_schemes_are_curves_of_their_own(tmp_path):
+    """k-bit RTN, k-bit + a low-rank correction and 16-bit factor pairs in one folder: each scheme is its own
+    curve, the unquantized baseline is attached to the k-bit schemes only (a 16-bit factor pair is not it),
+    and the answer names the scheme that wins (the correction, by construction)."""
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "r"
+    schemes = {  # (bits, lowrank fields, bits/param overhead, effective-parameter multiplier)
+        "rtn3": (3.0, {}, 0.25, 0.55), "rtn4": (4.0, {}, 0.25, 0.8),
+        "corr3": (3.0, {"lowrank_mode": "correct", "lowrank_rank": 8.0}, 0.75, 0.9),
+        "fact": (16.0, {"lowrank_mode": "factorize", "lowrank_rank": 0.25}, -8.0, 0.3),
+    }
+    for n in np.geomspace(2e5, 5e7, 5):
+        for name, (k, lr, extra, m) in schemes.items():
+            loss = (1.9 + 300 * (n * m) ** -0.3) * np.exp(rng.normal(0, 0.002))
+            write_record(folder, {"run_key": f"{name}-{int(n)}", "status": "done", "job": "quantize", "regime": "ptq",
+                                  "family": "synthetic", "method": "rtn", "dtype": "int", "blocksize": 64, "bits": k,
+                                  "n_params": int(n), "total_bits": n * (k + extra), "checkpoint": f"m{int(n)}",
+                                  **lr, "metrics": {"val_loss": loss}})
+        write_record(folder, {"run_key": f"base-{int(n)}", "status": "done", "job": "quantize", "regime": "ptq",
+                              "family": "synthetic", "method": "none", "dtype": "none", "bits": 16.0,
+                              "n_params": int(n), "total_bits": 16 * n, "checkpoint": f"m{int(n)}",
+                              "metrics": {"val_loss": 1.9 + 300 * n ** -0.3}})
+    out = tmp_path / "fit"
+    assert ksir_fit([str(folder), "--out", str(out), "--bootstrap", "10", "--no-figures"]) == 0
+    rep = json.loads((out / "fit.json").read_text())
+    assert {"lowrank_mode", "lowrank_rank"} <= set(rep["curve_keys"])
+    groups = {json.dumps(s["group"], sort_keys=True): s["n_points"] for s in rep["laws"]["power_bits"]}
+    fact = [v for g, v in groups.items() if "factorize" in g]
+    assert fact == [5], groups  # the factor pairs' own 5 runs, no baseline copied in
+    base = [v for g, v in groups.items() if '"bits": 16' in g and "factorize" not in g]
+    assert base and all(v == 5 for v in base)
+    labels = {r["best"] for r in rep["optimal"] if r["best"]}
+    assert not any("factorize" in lab and lab.startswith("16 (unquantized)") for lab in labels)
+    inside = [r for r in rep["headline"]["rows"] if not r.get("extrapolated") and r.get("best")]
+    assert inside and all("correct" in r["best"] for r in inside), [r["best"] for r in inside]
+    # each scheme at its best k, on one axis: the correction wins, by a margin whose interval excludes 0
+    front = [r for r in rep["scheme_frontiers"] if not r["extrapolated"]]
+    assert front and all(r["best_scheme"].startswith("lowrank_mode=correct") for r in front)
+    assert {"lowrank_mode=correct, lowrank_rank=8", "lowrank_mode=factorize, lowrank_rank=0.25"} <= set(front[0]["loss"])
+    assert sum(r.get("significant", False) for r in front) >= len(front) // 2
+    assert all(r["measured_best_scheme"] in (None, r["best_scheme"]) for r in front)
+    assert "## Best scheme per budget" in (out / "report.md").read_text()

@@ -56,9 +56,9 @@ def quantize_packed(model: nn.Module, q: QuantConfig, fmt: PackedFormat, evaluat
     ref_metrics, ref_figures = _measured(ref, evaluate, False, tokens, q, device)
     sim_loss = None
     if q.measure.compare_simulated:
-        sim = copy.deepcopy(ref).float()
+        sim = copy.deepcopy(ref)  # quantized in fp32 layer by layer, stored back in the 16-bit dtype
         quantize_model(sim, q)
-        sim_loss = evaluate(sim.to(dtype), False)["val_loss"]
+        sim_loss = evaluate(sim, False)["val_loss"]
         del sim
     t0 = time.time()
     backend.pack(ref, q, names, fmt, dtype, device)

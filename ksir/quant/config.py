@@ -76,6 +76,18 @@ class LowRankConfig:
 
 
 @dataclass
+class HealConfig:
+    """PTQ + KD ("compress then heal"): after quantization, distil the 16-bit model into the parameters that are
+    not stored at k bits (norms, embeddings, head, biases); the k-bit weights stay frozen, so storage and total
+    bits do not change. Records get regime=ptq+kd."""
+
+    steps: int = 0  # 0 = off
+    lr: float = 1e-3
+    batch_size: int = 16
+    temperature: float = 1.0  # KL(teacher || student) on logits / T, times T^2
+
+
+@dataclass
 class QuantConfig:
     """Every field is a Hydra key under `quant:` (conf/quant/rtn.yaml documents each one)."""
 
@@ -100,10 +112,11 @@ class QuantConfig:
     backend: str = "simulated"  # simulated | bitsandbytes | torchao | hqq (ksir.quant.backends)
     measure: MeasureConfig = field(default_factory=MeasureConfig)
     lowrank: LowRankConfig = field(default_factory=LowRankConfig)
+    heal: HealConfig = field(default_factory=HealConfig)
 
     def __post_init__(self) -> None:  # QuantConfig(lowrank={...}) as from a mapping
         for name, cls in (("lowrank", LowRankConfig), ("measure", MeasureConfig), ("outlier", OutlierConfig),
-                          ("gptq", GPTQConfig)):
+                          ("gptq", GPTQConfig), ("heal", HealConfig)):
             if isinstance(getattr(self, name), Mapping):
                 setattr(self, name, from_mapping(cls, getattr(self, name), f"quant.{name}"))
 
@@ -145,6 +158,7 @@ def validate_quant_config(q: QuantConfig, row_sizes: Iterable[int] | None = None
     if not _is_number(q.bits) or q.bits < 1 or q.bits > UNQUANTIZED_BITS:
         raise ConfigError("quant.bits", q.bits, "a number in 1..16 (16 = unquantized)")
     _validate_lowrank(q)
+    _validate_heal(q)
     if q.unquantized:
         from ksir.quant.backends import format_for
 
@@ -254,3 +268,23 @@ def _validate_lowrank(q: QuantConfig) -> None:
     if q.backend != "simulated":
         raise ConfigError("quant.backend", q.backend, why="no packed kernel for low-rank factors in any backend; "
                           "use quant.backend=simulated")
+
+
+def _validate_heal(q: QuantConfig) -> None:
+    h = q.heal
+    for key in ("steps", "batch_size"):
+        v = getattr(h, key)
+        if not isinstance(v, int) or isinstance(v, bool) or v < (0 if key == "steps" else 1):
+            raise ConfigError(f"quant.heal.{key}", v, "an integer >= " + ("0 (0 = off)" if key == "steps" else "1"))
+    if h.steps == 0:
+        return
+    for key in ("lr", "temperature"):
+        v = getattr(h, key)
+        if not _is_number(v) or v <= 0:
+            raise ConfigError(f"quant.heal.{key}", v, "a number > 0")
+    if q.unquantized:
+        raise ConfigError("quant.heal.steps", h.steps, why="healing distils a quantized model into its 16-bit self: "
+                          "set quant.bits below 16 (or a lowrank mode)")
+    if q.backend != "simulated":
+        raise ConfigError("quant.backend", q.backend, why="a packed model is not fine-tuned here (quant.heal needs "
+                          "quant.backend=simulated)")

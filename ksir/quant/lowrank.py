@@ -71,8 +71,8 @@ def correction(w: torch.Tensor, q: torch.Tensor, r: int, bits: int, col_rms: tor
 
 def relative_output_error(w: torch.Tensor, approx: torch.Tensor, x: torch.Tensor) -> float:
     """||(w - approx) x^T|| / ||w x^T||: a layer's output error on inputs x [tokens, n]."""
-    d = (w.float() - approx.float()) @ x.float().T
-    return float(d.norm() / (w.float() @ x.float().T).norm().clamp_min(1e-30))
+    w, approx, x = w.detach().float(), approx.detach().float(), x.detach().float()
+    return float(((w - approx) @ x.T).norm() / (w @ x.T).norm().clamp_min(1e-30))
 
 
 def breakeven_rank(shape: tuple[int, int], bits: int, weight_bits: float = 16) -> float:
