@@ -49,14 +49,17 @@ def factor_bits(shape: tuple[int, int], r: int, bits: int) -> float:
     return values + (0 if bits == 16 else (m + r) * SCALE_BITS)
 
 
+def svd_factors(w: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A, B) = (U_r S_r^1/2, S_r^1/2 V_r^T) in fp32: the best rank-r pair, its scale split evenly."""
+    u, s, vh = torch.linalg.svd(w.detach().float(), full_matrices=False)
+    root = s[:r].sqrt()
+    return u[:, :r] * root, root[:, None] * vh[:r]
+
+
 def factorize(w: torch.Tensor, r: int, bits: int) -> torch.Tensor:
     """A B, the stored rank-r factor pair of w, as a dense [m, n] tensor of w's dtype."""
-    x = w.detach().float()
-    u, s, vh = torch.linalg.svd(x, full_matrices=False)
-    root = s[:r].sqrt()
-    a = store_factor(u[:, :r] * root, bits)
-    b = store_factor(root[:, None] * vh[:r], bits)
-    return (a @ b).to(w.dtype)
+    a, b = svd_factors(w, r)
+    return (store_factor(a, bits) @ store_factor(b, bits)).to(w.dtype)
 
 
 def correction(w: torch.Tensor, q: torch.Tensor, r: int, bits: int, col_rms: torch.Tensor | None = None) -> torch.Tensor:
@@ -75,12 +78,6 @@ def relative_output_error(w: torch.Tensor, approx: torch.Tensor, x: torch.Tensor
     return float(((w - approx) @ x.T).norm() / (w @ x.T).norm().clamp_min(1e-30))
 
 
-def breakeven_rank(shape: tuple[int, int], bits: int, weight_bits: float = 16) -> float:
-    """The rank at which a factor pair stored at `bits` costs what the dense weight costs at `weight_bits`."""
-    m, n = shape
-    return weight_bits * m * n / ((m + n) * bits)
-
-
 def factorize_layers(layers: list[nn.Module], q: QuantConfig) -> None:
     """Each layer's weight becomes its stored factor pair (16-bit factors, or each factor quantized at q.bits
     with q's data type: block scales where the block size divides the factor's rows, else one per row)."""
@@ -96,11 +93,8 @@ def factorize_layers(layers: list[nn.Module], q: QuantConfig) -> None:
         if float(q.bits) == 16:
             set_weight(m, factorize(w, r, 16))
             continue
-        x = w.detach().float()
-        u, s, vh = torch.linalg.svd(x, full_matrices=False)
-        root = s[:r].sqrt()
         factors = []
-        for f in (u[:, :r] * root, root[:, None] * vh[:r]):
+        for f in svd_factors(w, r):
             qf = replace(q, granularity=factor_granularity(q, tuple(f.shape)))
             factors.append(quantize_weight(f, make_grid(qf), qf.granularity, qf.blocksize))
         set_weight(m, (factors[0] @ factors[1]).to(w.dtype))
