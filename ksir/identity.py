@@ -134,8 +134,9 @@ def quant_identity(spec: JobSpec) -> dict[str, Any]:
     if q.unquantized:
         return {"bits": UNQUANTIZED_BITS}  # the unquantized baseline: one per base model
     ident = non_default(q)
-    calibrated = q.method == "gptq" or q.outlier.mode == "activation" or \
-        (q.lowrank.mode == "correct" and q.lowrank.whiten == "activation")
+    from ksir.quant import needs_calibration
+
+    calibrated = needs_calibration(q)
     rules = {"blocksize": q.granularity == "block", "exponent_bits": q.dtype == "float",
              "subnormals": q.dtype == "float", "codebook": q.dtype == "codebook", "zero_point": q.dtype == "int_asym",
              "mse_grid": q.scale_search == "mse", "mse_min_ratio": q.scale_search == "mse",
@@ -191,9 +192,10 @@ def identity(spec: JobSpec) -> dict[str, Any]:
     q = spec.quant
     from ksir.quant import needs_calibration
 
-    if needs_calibration(q) or (q.heal.steps and not q.unquantized):
+    heals = bool(q.heal.steps) and not q.unquantized
+    if needs_calibration(q) or heals:
         ident["seed"] = spec.seed  # picks the calibration sequences / the healing batches
-    if q.heal.steps and not q.unquantized:
+    if heals:
         ident["trainer"] = {"lightning_precision": (spec.trainer.lightning or {}).get("precision")}
     return ident
 

@@ -10,6 +10,7 @@ The record's metrics are the packed model's; `deploy` holds every measured figur
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib.metadata
 import time
 from collections.abc import Callable
@@ -19,23 +20,18 @@ import torch
 from torch import nn
 
 from ksir.deploy import measure
-from ksir.quant import quantize_model
+from ksir.quant import quantize_model, selected_shapes
 from ksir.quant.backends import BACKENDS, PackedFormat
 from ksir.quant.bits import QuantSummary, summarize
 from ksir.quant.config import QuantConfig
-from ksir.quant.select import get_weight, quantized_linear_names, row_size
 
 Evaluate = Callable[[nn.Module, bool], dict[str, float]]  # (model, with zero-shot tasks?) -> metrics
 
 
 def formula_summary(model: nn.Module, q: QuantConfig) -> tuple[QuantSummary, list[str]]:
     """The bit accounting of q on this (unquantized) model, and the layers it selects."""
-    from ksir.quant import validate_quant_config
-
-    names = quantized_linear_names(model, q)
-    validate_quant_config(q, [row_size(model.get_submodule(n)) for n in names])
-    shapes = {n: tuple(get_weight(model.get_submodule(n)).shape) for n in names}
-    return summarize(model, q, shapes, {}), names
+    shapes = selected_shapes(model, q)
+    return summarize(model, q, shapes, {}), list(shapes)
 
 
 def _measured(model: nn.Module, evaluate: Evaluate, full: bool, tokens: torch.Tensor, q: QuantConfig,
@@ -68,11 +64,10 @@ def quantize_packed(model: nn.Module, q: QuantConfig, fmt: PackedFormat, evaluat
     deploy = {
         "backend": backend.name, "format": fmt.name + ("-dq" if q.scale_bits == 8 else ""), "packed": fmt.packed,
         "library": f"{backend.pip} {importlib.metadata.version(backend.pip)}", "torch": torch.__version__,
-        "device": measure.device_name(device), "dtype": q.measure.dtype, "settings": q.measure.__dict__ | {},
+        "device": measure.device_name(device), "dtype": q.measure.dtype, "settings": dataclasses.asdict(q.measure),
         **figures, "formula_bytes": formula_bytes, "measured_over_formula": figures["bytes"] / formula_bytes,
         "pack_time_s": pack_time, "reference": {"val_loss": ref_metrics["val_loss"], **ref_figures},
         "simulated_val_loss": sim_loss,
         "packed_minus_simulated": None if sim_loss is None else metrics["val_loss"] - sim_loss,
     }
-    deploy["settings"]["decode_batches"] = list(q.measure.decode_batches)
     return summary, {**metrics, "quant_time_s": pack_time}, deploy

@@ -25,6 +25,7 @@ __all__ = [
     "needs_calibration",
     "quantize_model",
     "quantized_linear_names",
+    "selected_shapes",
     "validate_quant_config",
 ]
 # Torch-backed names load on first use (PEP 562): `ksir.quant.config` stays importable without torch.
@@ -58,16 +59,25 @@ def quantize_model(model: nn.Module, q: QuantConfig, calib: torch.Tensor | None 
         return _quantize_model(model, q, calib)
 
 
+def selected_shapes(model: nn.Module, q: QuantConfig) -> dict[str, tuple[int, int]]:
+    """The linear layers q quantizes, name -> [out, in] (model order), after checking q against their rows."""
+    from ksir.quant.select import get_weight, quantized_linear_names, row_size
+
+    modules = dict(model.named_modules())
+    names = quantized_linear_names(model, q)
+    validate_quant_config(q, [row_size(modules[n]) for n in names])
+    return {n: tuple(get_weight(modules[n]).shape) for n in names}
+
+
 def _quantize_model(model: nn.Module, q: QuantConfig, calib: torch.Tensor | None) -> QuantSummary:
     from ksir.errors import ConfigError
     from ksir.quant.bits import summarize
     from ksir.quant.blockwise import make_grid, quantize_weight
-    from ksir.quant.select import get_weight, quantized_linear_names, row_size, set_weight
+    from ksir.quant.select import get_weight, set_weight
 
-    names = quantized_linear_names(model, q)
+    shapes = selected_shapes(model, q)
+    names = list(shapes)
     modules = dict(model.named_modules())
-    validate_quant_config(q, [row_size(modules[n]) for n in names])
-    shapes = {n: tuple(get_weight(modules[n]).shape) for n in names}
     if q.unquantized:
         return summarize(model, q, {}, {})
     if q.factorized:
@@ -76,8 +86,12 @@ def _quantize_model(model: nn.Module, q: QuantConfig, calib: torch.Tensor | None
         factorize_layers([modules[n] for n in names], q)
         return summarize(model, q, shapes, {})
     if needs_calibration(q) and calib is None:
-        why = {True: "method=gptq"}.get(q.method == "gptq") or ("outlier.mode=activation" if q.outlier.mode ==
-                                                                "activation" else "lowrank.whiten=activation")
+        if q.method == "gptq":
+            why = "method=gptq"
+        elif q.outlier.mode == "activation":
+            why = "outlier.mode=activation"
+        else:
+            why = "lowrank.whiten=activation"
         raise ConfigError(
             "calib", None, "a LongTensor [n_sequences, seq_len] of token ids", f"{why} needs data"
         )
