@@ -17,7 +17,9 @@ from analysis.headline import Candidate
 from analysis.laws import get_law
 from ksir.records import is_baseline
 
-SCHEME_COLS = ("dtype", "blocksize", "method", "regime", "backend", "packed_format", "lowrank_mode", "lowrank_rank")
+BASE_COLS = ("parametrization", "matmul_precision")  # how ksir trained the base model: a baseline serves its own only
+SCHEME_COLS = ("dtype", "blocksize", "method", "regime", "backend", "packed_format", "lowrank_mode", "lowrank_rank",
+               *BASE_COLS)
 
 
 def attach_baselines(df: pd.DataFrame) -> pd.DataFrame:
@@ -33,7 +35,10 @@ def attach_baselines(df: pd.DataFrame) -> pd.DataFrame:
     for _, combo in combos.iterrows():
         if combo.get("lowrank_mode") == "factorize":  # its 16-bit curve is fp16 factors, not the unquantized model
             continue
-        b = df[is_base].copy()
+        b = df[is_base]
+        for c in (c for c in BASE_COLS if c in cols):
+            b = b[b[c].astype(str) == str(combo[c])]
+        b = b.copy()
         for c in cols:
             b[c] = combo[c]
         parts.append(b)

@@ -18,6 +18,13 @@ Kinds (one `@claim_kind` entry each; the entry carries its own evaluation):
 - `correlation`: Pearson r between two run columns within `tol` of the paper's.
 - `bound`: every selected run's `column` inside [`min`, `max`] (`at: largest`: only each group's largest
   model, groups by `per`), e.g. "measured bytes within 2% of the formula for every packed format".
+- `lr_transfer`: one learning rate serves every model size: over the selected runs (a learning-rate sweep at
+  several sizes, grouped by `per`, default `size`), the shared rate whose worst loss penalty against each
+  size's own best rate is smallest; holds when that penalty is at most `max` (nats). The optimum of each size
+  and its shift in octaves are reported; an optimum at the edge of the swept rates cannot confirm the claim.
+- `best_scheme`: the scheme (report section "Best scheme per budget") that wins the most measured budgets
+  (`budgets: low`: the smaller half), from the interpolated runs (`by: measured`, default) or the laws
+  (`by: laws`, only where the laws are usable); holds when its label contains `paper` (e.g. "correct").
 Selections may rename a column per side (`rename: {a: {attention_bits: k}, b: {bits: k}}`) so that runs
 are paired on a quantity each side stores under its own name.
 """
@@ -255,3 +262,54 @@ def _bound(claim: Mapping[str, Any], report: Mapping[str, Any], runs: pd.DataFra
     label = ", ".join(f"{c}={row[c]}" for c in [*per, "size"] if c in sel) or f"run {row.name}"
     return Verdict(worst, "no", f"{len(bad)} of {where} outside {rule} (range {v.min():.4g}..{v.max():.4g}; "
                    f"worst {label}: {worst:.4g})")
+
+
+@claim_kind("lr_transfer", ("where", "per", "x", "metric", "max"))
+def _lr_transfer(claim: Mapping[str, Any], report: Mapping[str, Any], runs: pd.DataFrame) -> Verdict:
+    import math
+
+    x, metric, per = claim.get("x", "lr"), claim.get("metric", "val_loss"), claim.get("per", "size")
+    sel = _select(runs, claim.get("where") or {})
+    if sel.empty or x not in sel or per not in sel:
+        return Verdict(None, NOT_MEASURABLE, f"no runs of {dict(claim.get('where') or {})} with {x!r} and {per!r}")
+    grid = (sel.assign(_x=pd.to_numeric(sel[x], errors="coerce"), _y=pd.to_numeric(sel[metric], errors="coerce"))
+            .dropna(subset=["_x", "_y"]).groupby([per, "_x"])["_y"].mean().unstack(per))
+    grid = grid.dropna()  # rates swept at every size
+    if grid.shape[1] < 2 or grid.shape[0] < 3:
+        return Verdict(None, NOT_MEASURABLE, f"needs >= 3 rates swept at >= 2 sizes; have {grid.shape[0]} rates "
+                       f"common to {grid.shape[1]} sizes")
+    best = grid.idxmin()  # each size's own best rate
+    penalty = (grid - grid.min()).max(axis=1)  # worst loss penalty of each shared rate
+    shared = float(penalty.idxmin())
+    worst = float(penalty.min())
+    edge = [str(c) for c in grid.columns if best[c] in (grid.index.min(), grid.index.max())]
+    shift = math.log2(float(best.max()) / float(best.min()))
+    detail = (f"best rate per {per}: " + ", ".join(f"{c} {best[c]:.3g}" for c in grid.columns)
+              + f" (optimum moves {shift:.2g} octaves over {len(grid)} rates); the shared rate {shared:.3g} costs at "
+              f"most {worst:.4g} nats (needs <= {claim['max']})")
+    ok = worst <= float(claim["max"])
+    if ok and edge:
+        return Verdict(worst, NOT_MEASURABLE, f"the optimum of {', '.join(edge)} is at the edge of the swept rates; " + detail)
+    return Verdict(worst, "yes" if ok else "no", detail)
+
+
+@claim_kind("best_scheme", ("budgets", "by"))
+def _best_scheme(claim: Mapping[str, Any], report: Mapping[str, Any], runs: pd.DataFrame) -> Verdict:
+    rows = [r for r in report.get("scheme_frontiers") or [] if not r.get("extrapolated")]
+    if claim.get("budgets") == "low":
+        rows = rows[: max(1, len(rows) // 2)]
+    by = claim.get("by", "measured")
+    if by == "laws":
+        status = next((c.get("status") for c in (report.get("headline") or {}).get("candidates", [])
+                       if c.get("law") == "power_bits"), None)
+        if status != "ok":
+            return Verdict(None, NOT_MEASURABLE, f"the per-k laws are {status or 'not fitted'}")
+    field = "measured_best_scheme" if by == "measured" else "best_scheme"
+    winners = pd.Series([r.get(field) for r in rows]).dropna()
+    if winners.empty:
+        return Verdict(None, NOT_MEASURABLE, "no budget inside the runs compares two or more schemes")
+    counts = winners.value_counts()
+    top = str(counts.index[0])
+    ok = str(claim["paper"]) in top
+    tally = "; ".join(f"{lab}: {n}" for lab, n in counts.items())
+    return Verdict(top, "yes" if ok else "no", f"best at {counts.iloc[0]} of {len(winners)} budgets ({by}; {tally})")

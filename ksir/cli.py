@@ -15,7 +15,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ksir.errors import ConfigError
 from ksir.paths import CONF_DIR
@@ -36,6 +36,21 @@ class ValidateFirst(Callback):
         except ConfigError as e:
             print(e, file=sys.stderr)
             sys.exit(2)
+
+
+MAX_DIRNAME = 200  # file systems refuse names over 255 bytes; the job number is prefixed
+
+
+def short_dirname(name: str) -> str:
+    """A sweep job's folder name (its overrides), cut with a hash of the whole when too long for a file name."""
+    if len(name.encode()) <= MAX_DIRNAME:
+        return name
+    import hashlib
+
+    return name.encode()[: MAX_DIRNAME - 17].decode(errors="ignore") + "~" + hashlib.sha256(name.encode()).hexdigest()[:16]
+
+
+OmegaConf.register_new_resolver("ksir_dirname", short_dirname, replace=True)
 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")

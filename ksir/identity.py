@@ -100,6 +100,8 @@ def eval_identity(e: EvalSpec) -> dict[str, Any]:
 def trainer_identity(spec: JobSpec) -> dict[str, Any]:
     t = spec.trainer
     ident = non_default(t, drop=("checkpoint_every_n_steps", "compile", "lightning"))
+    if not t.matmul_precision.startswith("fp8"):
+        ident.pop("matmul_scaling", None)  # only FP8 is scaled
     lightning = {k: canon(t.lightning[k]) for k in ("precision", "gradient_clip_val", "accumulate_grad_batches")
                  if t.lightning.get(k) is not None}
     if lightning:
@@ -160,8 +162,11 @@ def quant_identity(spec: JobSpec) -> dict[str, Any]:
 
 
 def model_identity(spec: JobSpec) -> dict[str, Any]:
-    """What determines the weights of ksir's own model: family, size, data, trainer, seed, QAT."""
-    ident = {"model": {"family": spec.model.family, "size": spec.model.size}, "data": data_identity(spec.data),
+    """What determines the weights of ksir's own model: family, size, parametrization, data, trainer, seed, QAT."""
+    model = {"family": spec.model.family, "size": spec.model.size}
+    if spec.model.parametrization != "sp":
+        model["parametrization"] = spec.model.parametrization
+    ident = {"model": model, "data": data_identity(spec.data),
              "trainer": trainer_identity(spec), "seed": spec.seed}
     qat = qat_identity(spec)
     if qat is not None:

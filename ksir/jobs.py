@@ -58,7 +58,11 @@ def describe(spec: JobSpec) -> str:
     name = f"{spec.model.family}-{spec.model.size}"
     if spec.job == "train":
         q = spec.qat
-        return f"{name} train" + (f" QAT {q.bits:g}-bit {q.dtype}" if q.enabled else "")
+        t = spec.trainer
+        how = "".join([f" {spec.model.parametrization}" if spec.model.parametrization != "sp" else "",
+                       f" {t.matmul_precision}" if t.matmul_precision != "fp32" else "",
+                       " unscaled" if t.matmul_precision.startswith("fp8") and t.matmul_scaling == "none" else ""])
+        return f"{name} train" + (f" QAT {q.bits:g}-bit {q.dtype}" if q.enabled else "") + how
     q = spec.quant
     if q.unquantized:
         return f"{name} quantize 16-bit baseline"
@@ -68,7 +72,8 @@ def describe(spec: JobSpec) -> str:
     low = "" if lr.mode == "none" else f" + {lr.mode} r{lr.rank:g}"
     if q.factorized and float(q.bits) == records.BASELINE_BITS:
         return f"{name} quantize factorize r{lr.rank:g} fp16"
-    return f"{name} quantize {q.dtype}{q.bits:g} {scheme} {q.method}{low}{packed}"
+    heal = f" + kd {q.heal.steps} steps" if q.heal.steps else ""
+    return f"{name} quantize {q.dtype}{q.bits:g} {scheme} {q.method}{low}{heal}{packed}"
 
 
 def satisfied(dep: JobSpec) -> bool:

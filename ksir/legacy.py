@@ -19,7 +19,9 @@ KEY_SECTIONS = {"train": ("model", "data", "trainer", "eval", "seed", "qat"),
                 "quantize": ("model", "data", "quant", "eval", "seed")}
 NON_RESULT_KEYS = {"model": ("train_if_missing", "cache_base"), "eval": ("batch_size", "device"),
                    "trainer": ("lightning", "checkpoint_every_n_steps", "compile")}
-ADDED_AFTER_V1: dict[str, tuple[str, ...]] = {"quant": ("backend", "measure", "lowrank", "heal")}  # keys v1 never saw
+ADDED_AFTER_V1: dict[str, tuple[str, ...]] = {"quant": ("backend", "measure", "lowrank", "heal"),
+                                              "model": ("parametrization",),
+                                              "trainer": ("matmul_precision", "matmul_scaling")}  # keys v1 never saw
 
 
 def v1_run_key(raw: dict[str, Any], job: str | None = None) -> str:

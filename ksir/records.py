@@ -57,7 +57,8 @@ LEGACY_DIR = ".v1"  # schema-1 files replaced by their upgraded record are moved
 # Record fields mirrored into the W&B summary next to the metrics (and read back by from_wandb_summary).
 SCALARS = ("job", "family", "size", "checkpoint", "n_params", "n_params_nonembedding", "n_quantized_params",
            "method", "regime", "bits", "dtype", "blocksize", "granularity", "total_bits", "bits_per_param",
-           "train_tokens", "git_commit", "backend", "packed_format", "measured_bytes", "lowrank_mode", "lowrank_rank")
+           "train_tokens", "git_commit", "backend", "packed_format", "measured_bytes", "lowrank_mode", "lowrank_rank",
+           "parametrization", "matmul_precision", "matmul_scaling", "lr")
 BASELINE_BITS = 16.0
 
 
@@ -75,10 +76,20 @@ def new_record(spec: JobSpec, key: str, identity: Mapping[str, Any]) -> dict[str
             "host": socket.gethostname(), "config": spec.raw}
 
 
+def training_fields(spec: JobSpec) -> dict[str, Any]:
+    """How an own-family model was trained (train jobs, and quantize jobs of ksir's own base models): the
+    parametrization, the matmul precision (and its FP8 scaling), the peak learning rate."""
+    t = spec.trainer
+    return {"parametrization": spec.model.parametrization, "matmul_precision": t.matmul_precision,
+            "matmul_scaling": t.matmul_scaling if t.matmul_precision.startswith("fp8") else None,
+            "lr": float(spec.qat.lr if spec.job == "train" and spec.qat.enabled and spec.qat.lr is not None else t.lr)}
+
+
 def train_fields(*, checkpoint: str, n_params: int, n_nonemb: int, train_tokens: int, metrics: Mapping[str, Any],
-                 resumed_from_step: int | None) -> dict[str, Any]:
+                 resumed_from_step: int | None, spec: JobSpec | None = None) -> dict[str, Any]:
     """A full-precision train job: 16 bits per parameter."""
-    return {"checkpoint": checkpoint, "n_params": n_params, "n_params_nonembedding": n_nonemb,
+    return {**(training_fields(spec) if spec is not None else {}), "checkpoint": checkpoint, "n_params": n_params,
+            "n_params_nonembedding": n_nonemb,
             "train_tokens": train_tokens, "method": "none", "regime": "fp", "bits": BASELINE_BITS, "dtype": "none",
             "blocksize": None, "granularity": None, "total_bits": BASELINE_BITS * n_params,
             "bits_per_param": BASELINE_BITS, "n_quantized_params": 0, "metrics": dict(metrics),
@@ -88,7 +99,7 @@ def train_fields(*, checkpoint: str, n_params: int, n_nonemb: int, train_tokens:
 def qat_fields(spec: JobSpec, summary: Any, init_from: str | None, **train: Any) -> dict[str, Any]:
     """A quantization-aware train job: accounted like PTQ at qat.bits."""
     q = spec.qat
-    rec = train_fields(**train)
+    rec = train_fields(**train, spec=spec)
     quantized = q.weights_quantized
     rec.update(method=q.regime, regime=q.regime, bits=summary.bits, dtype=q.dtype if quantized else "none",
                blocksize=q.blocksize if q.granularity == "block" and quantized else None,
@@ -115,7 +126,8 @@ def quantize_fields(spec: JobSpec, summary: Any, *, checkpoint: str, n_params: i
     packed = {} if deploy is None else {"backend": deploy["backend"], "packed_format": deploy["format"],
                                         "measured_bytes": deploy["bytes"], "deploy": dict(deploy)}
     regime = "ptq+kd" if q.heal.steps and not baseline else "ptq"
-    return {**packed, **lowrank, "checkpoint": checkpoint, "regime": regime, "n_params": n_params,
+    trained = training_fields(spec) if spec.uses_own_checkpoint else {}  # how ksir trained the base model
+    return {**trained, **packed, **lowrank, "checkpoint": checkpoint, "regime": regime, "n_params": n_params,
             "n_params_nonembedding": n_nonemb,
             "n_quantized_params": summary.n_quantized, "method": "none" if baseline else q.method,
             "bits": float(q.bits), "dtype": "none" if baseline else q.dtype,
@@ -176,8 +188,19 @@ def flat_row(rec: Mapping[str, Any], source: str) -> dict[str, Any]:
     if row.get("job") == "quantize":
         row["regime"] = row.get("regime") or "ptq"
     row["backend"] = row.get("backend") or "simulated"  # train jobs (QAT included) simulate their quantization
+    # Records from before these fields: every model was trained in the standard parametrization, and ksir's own
+    # at fp32 matmuls (how a hub model was trained is not ksir's to say).
+    row["parametrization"] = row.get("parametrization") or "sp"
+    if not row.get("matmul_precision") and _own_family(row.get("family")):
+        row["matmul_precision"] = "fp32"
     row["source"] = source
     return row
+
+
+def _own_family(name: Any) -> bool:
+    from ksir.families import FAMILIES
+
+    return name in FAMILIES and FAMILIES[name].kind == "own"
 
 
 def deploy_columns(deploy: Mapping[str, Any]) -> dict[str, Any]:

@@ -74,6 +74,11 @@ def run_train(spec: JobSpec) -> dict[str, Any]:
             teacher = checkpoints.load_model(init_ckpt, torch.device("cpu"))
     else:
         model = _new_model(spec, tok)
+    lowp = spec.trainer.matmul_precision != "fp32"
+    if lowp:
+        from ksir import precision
+
+        precision.apply(model, spec.trainer.matmul_precision, spec.trainer.matmul_scaling)
     n_total, n_nonemb = count_params(model)
     n_budget = n_total if spec.trainer.param_count == "total" else n_nonemb
     summary = prepare_qat(model, qat, data.train[: spec.trainer.batch_size]) if qat.enabled else None
@@ -84,14 +89,18 @@ def run_train(spec: JobSpec) -> dict[str, Any]:
         loggers = tracking.lightning_loggers(run)
         device = eval_device(spec)
         tag = f" QAT {qat.regime} {qat.bits:g}-bit {qat.dtype}" if qat.enabled else ""
+        tag += f" {spec.model.parametrization}" if spec.model.parametrization != "sp" else ""
+        tag += f" matmuls {spec.trainer.matmul_precision}" if lowp else ""
         print(f"[train] {spec.model.family}-{spec.model.size}{tag}: N={n_total:,} ({n_nonemb:,} non-embedding)", flush=True)
         resume_dir = identity.partial_dir(spec)
         info = train_model(model, data.train, spec.trainer, n_budget, loggers, spec.seed, resume_dir,
                            teacher=teacher, distill_weight=qat.distill.weight if qat.enabled else 0.0,
                            distill_temperature=qat.distill.temperature, scale_lr=qat.scale_lr,
-                           lr=qat.lr if qat.enabled else None)
+                           lr=qat.lr if qat.enabled else None, parametrization=spec.model.parametrization)
         resumed_from = info.pop("resumed_from_step", None)
-        model = model.to(device)
+        if lowp:
+            precision.remove(model)  # the trained weights are evaluated and saved at full precision
+        model = _export(spec, model, data.train.shape[1]).to(device)
         metrics = evaluate_all(spec, model, tok, data, device)  # QAT models get zero-shot accuracy too
         path = identity.checkpoint_dir(spec)
         meta = {"run_key": key, "model_key": identity.model_key(spec), "family": spec.model.family,
@@ -101,7 +110,7 @@ def run_train(spec: JobSpec) -> dict[str, Any]:
                   "resumed_from_step": resumed_from}
         if summary is None:
             checkpoints.save_checkpoint(model.cpu(), tok, path, meta)
-            fields = records.train_fields(**common)
+            fields = records.train_fields(**common, spec=spec)
         else:
             meta.update(qat=qat.as_dict(), init_from=init_ckpt)
             save_qat_checkpoint(model.cpu(), tok, path, meta, qat, summary)
@@ -127,11 +136,21 @@ def _qat_init_checkpoint(spec: JobSpec) -> str:
 
 
 def _new_model(spec: JobSpec, tok: Any) -> torch.nn.Module:
-    from transformers import AutoModelForCausalLM
+    """A freshly initialised own-family model under model.parametrization."""
+    from ksir.parametrization import PARAMETRIZATIONS
 
     hf_cfg = own_config(spec.family, spec.model.size, vocab_size=len(tok), bos_token_id=tok.eos_token_id,
                         eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id)
-    return AutoModelForCausalLM.from_config(hf_cfg)
+    return PARAMETRIZATIONS[spec.model.parametrization].build(hf_cfg)
+
+
+def _export(spec: JobSpec, model: torch.nn.Module, seq_len: int) -> torch.nn.Module:
+    """The trained model as a plain Hugging Face model computing the same function (sp: itself)."""
+    from ksir.parametrization import PARAMETRIZATIONS
+
+    if spec.qat.enabled:
+        return model
+    return PARAMETRIZATIONS[spec.model.parametrization].export(model, seq_len)
 
 
 def run_quantize(spec: JobSpec) -> dict[str, Any]:

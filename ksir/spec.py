@@ -36,6 +36,10 @@ FILE_FORMATS = {".txt": "text", ".json": "json", ".jsonl": "json", ".parquet": "
 LOGGER_MODES = ("auto", "offline", "online", "disabled")
 PARAM_COUNTS = ("total", "nonembedding")
 TOKENIZER_KINDS = ("bytes", "pretrained")
+# Names of the registries in ksir.parametrization / ksir.precision (torch-free here; a test keeps them equal).
+PARAMETRIZATIONS = ("sp", "mup", "umup")
+MATMUL_PRECISIONS = ("fp32", "bf16", "fp8_e4m3", "fp8_e5m2")
+MATMUL_SCALINGS = ("tensor", "none")
 # Tasks ksir can run from local files: harness task -> the split the harness evaluates.
 ZEROSHOT_SPLITS: dict[str, str] = {"lambada_openai": "test", "piqa": "validation", "hellaswag": "validation",
                                    "winogrande": "validation"}
@@ -55,10 +59,13 @@ class ModelSpec:
     checkpoint: str | None = None  # a local folder (or a folder of per-size folders) or hub id; null = own / hub
     train_if_missing: bool = True  # quantize jobs of the own family: run the base train job first if needed
     cache_base: bool = True  # PTQ sweeps: keep the fp weights in memory and restore them between jobs
+    parametrization: str = "sp"  # own-family training: sp | mup | umup (ksir.parametrization)
 
     def check(self) -> Family:
         family = get_family(self.family)
         family.size(self.size)
+        if self.parametrization not in PARAMETRIZATIONS:
+            _fail("model.parametrization", self.parametrization, PARAMETRIZATIONS)
         return family
 
     @property
@@ -142,9 +149,15 @@ class TrainerSpec:
     max_steps: int | None = None  # null = no cap
     checkpoint_every_n_steps: int = 100  # 0 = no resume checkpoints
     compile: bool = False
+    matmul_precision: str = "fp32"  # the blocks' training matmuls: fp32 | bf16 | fp8_e4m3 | fp8_e5m2 (ksir.precision)
+    matmul_scaling: str = "tensor"  # fp8 only: tensor (per-tensor scale) | none (plain cast)
     lightning: dict[str, Any] = field(default_factory=dict)
 
     def check(self) -> None:
+        if self.matmul_precision not in MATMUL_PRECISIONS:
+            _fail("trainer.matmul_precision", self.matmul_precision, MATMUL_PRECISIONS)
+        if self.matmul_scaling not in MATMUL_SCALINGS:
+            _fail("trainer.matmul_scaling", self.matmul_scaling, MATMUL_SCALINGS)
         for key in ("tokens_per_param", "batch_size", "lr", "min_steps"):
             if not getattr(self, key) > 0:
                 _fail(f"trainer.{key}", getattr(self, key), "> 0")
@@ -352,6 +365,16 @@ class JobSpec:
         if self.job == "train" and family.kind != "own":
             _fail("job", "train", why=f"family {family.name!r} is a hub family; train jobs build ksir's own "
                   "families (quantize a hub checkpoint instead)")
+        if self.model.parametrization != "sp" and family.kind != "own":
+            _fail("model.parametrization", self.model.parametrization, ["sp"],
+                  why=f"family {family.name!r} is a hub family: its weights were trained as they are")
+        if self.job == "train" and self.qat.enabled:
+            if self.model.parametrization != "sp":
+                _fail("model.parametrization", self.model.parametrization, ["sp"], why="QAT trains the standard "
+                      "parametrization (train under mup/umup first, then quantize)")
+            if self.trainer.matmul_precision != "fp32":
+                _fail("trainer.matmul_precision", self.trainer.matmul_precision, ["fp32"],
+                      why="QAT runs its own fake-quantized matmuls")
         if self.trains:
             if self.data.tokenizer.kind != "bytes":
                 _fail("data.tokenizer.kind", self.data.tokenizer.kind, ["bytes"],

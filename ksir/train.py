@@ -27,8 +27,9 @@ class CausalLM(pl.LightningModule):
     def __init__(self, model: torch.nn.Module, lr: float, weight_decay: float, betas: tuple[float, float],
                  warmup_steps: int, max_steps: int, eval_blocks: torch.Tensor | None = None,
                  teacher: torch.nn.Module | None = None, distill_weight: float = 0.0, distill_temperature: float = 1.0,
-                 scale_lr: float = 1.0, compile_model: bool = False):
+                 scale_lr: float = 1.0, compile_model: bool = False, parametrization: str = "sp"):
         super().__init__()
+        self.parametrization = parametrization
         self.model = model
         self.lr, self.weight_decay, self.betas = lr, weight_decay, tuple(betas)
         self.warmup_steps, self.max_steps = warmup_steps, max_steps
@@ -65,7 +66,7 @@ class CausalLM(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         return build_optimizer(self.model, self.lr, self.weight_decay, self.betas, self.warmup_steps, self.max_steps,
-                               self.scale_lr)
+                               self.scale_lr, self.parametrization)
 
 
 def param_groups(model: torch.nn.Module, lr: float, weight_decay: float, scale_lr: float = 1.0) -> list[dict[str, Any]]:
@@ -86,9 +87,12 @@ def param_groups(model: torch.nn.Module, lr: float, weight_decay: float, scale_l
 
 
 def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas: tuple[float, float],
-                    warmup_steps: int, max_steps: int, scale_lr: float = 1.0) -> dict[str, Any]:
-    """AdamW + linear warm-up / cosine decay; shared by the Lightning module and the plain-loop benchmark."""
-    opt = torch.optim.AdamW(param_groups(model, lr, weight_decay, scale_lr), lr=lr, betas=tuple(betas))
+                    warmup_steps: int, max_steps: int, scale_lr: float = 1.0, parametrization: str = "sp") -> dict[str, Any]:
+    """AdamW (with the parametrization's per-parameter learning rates) + linear warm-up / cosine decay; shared
+    by the Lightning module and the plain-loop benchmark."""
+    from ksir.parametrization import PARAMETRIZATIONS
+
+    opt = PARAMETRIZATIONS[parametrization].optimizer(model, lr, weight_decay, betas, scale_lr)
     sched = get_cosine_schedule_with_warmup(opt, warmup_steps, max_steps)
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
@@ -157,7 +161,7 @@ def last_checkpoint(resume_dir: Path | None) -> Path | None:
 def train_model(model: torch.nn.Module, train_blocks: torch.Tensor, cfg: Any, n_params: int,
                 loggers: list[Any], seed: int, resume_dir: Path | None = None, *,
                 teacher: torch.nn.Module | None = None, distill_weight: float = 0.0, distill_temperature: float = 1.0,
-                scale_lr: float = 1.0, lr: float | None = None,
+                scale_lr: float = 1.0, lr: float | None = None, parametrization: str = "sp",
                 callbacks: list[pl.Callback] | None = None) -> dict[str, Any]:
     """Train in place; returns what the result record needs about training.
 
@@ -166,6 +170,8 @@ def train_model(model: torch.nn.Module, train_blocks: torch.Tensor, cfg: Any, n_
     scheduler and step restored; the data order restarts, which only reshuffles the remaining batches).
     QAT: `model` is already prepared (ksir.qat.prepare_qat); `teacher`/`distill_*` add distillation,
     `scale_lr` multiplies the learning rate of the quantization constants, `lr` overrides cfg.lr.
+    `parametrization` (ksir.parametrization) picks the optimizer's per-parameter learning rates; the model is
+    built under it already, and its matmuls already run at cfg.matmul_precision (ksir.precision.apply).
     `cfg` is a `ksir.spec.TrainerSpec` (or anything with its attributes); `cfg.compile` runs the training
     forward through torch.compile;
     `callbacks` are extra Lightning callbacks (benchmarks time the steady state with one)."""
@@ -176,7 +182,7 @@ def train_model(model: torch.nn.Module, train_blocks: torch.Tensor, cfg: Any, n_
                       betas=tuple(cfg.betas), warmup_steps=max(1, int(float(cfg.warmup_fraction) * steps)),
                       max_steps=steps, teacher=teacher, distill_weight=float(distill_weight),
                       distill_temperature=float(distill_temperature), scale_lr=float(scale_lr),
-                      compile_model=bool(cfg.compile))
+                      compile_model=bool(cfg.compile), parametrization=parametrization)
     sampler = RandomSampler(train_blocks, num_samples=steps * int(cfg.batch_size),
                             generator=torch.Generator().manual_seed(seed))
     loader = DataLoader(TensorDataset(train_blocks), batch_size=int(cfg.batch_size), sampler=sampler,

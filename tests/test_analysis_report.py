@@ -205,3 +205,20 @@ def test_low_rank_schemes_are_curves_of_their_own(tmp_path):
     assert sum(r.get("significant", False) for r in front) >= len(front) // 2
     assert all(r["measured_best_scheme"] in (None, r["best_scheme"]) for r in front)
     assert "## Best scheme per budget" in (out / "report.md").read_text()
+
+
+def test_a_baseline_joins_only_the_curves_of_its_own_base_model():
+    """PTQ sweeps over models trained two ways (sp and u-muP): each 16-bit baseline is copied to the quantized
+    curves of its own base model, never to the other's."""
+    import pandas as pd
+
+    from analysis.report import attach_baselines, fill_scheme_gaps
+
+    rows = [{"n_params": n, "bits": b, "regime": "ptq", "method": "rtn" if b < 16 else "none",
+             "dtype": "int" if b < 16 else "none", "parametrization": p, "matmul_precision": "fp32",
+             "val_loss": 3.0 + (b < 16) * 0.1 + (p == "umup") * 0.5}
+            for p in ("sp", "umup") for n in (1e5, 2e5) for b in (4, 16)]
+    df = attach_baselines(fill_scheme_gaps(pd.DataFrame(rows)))
+    at16 = df[(df["bits"] == 16) & (df["dtype"] == "int")]
+    assert len(at16) == 4  # one baseline per base model, attached once to its own int curve
+    assert (at16.groupby("parametrization")["val_loss"].first() == pd.Series({"sp": 3.0, "umup": 3.5})).all()

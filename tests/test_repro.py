@@ -93,6 +93,38 @@ def test_claims_compute_their_number_and_say_when_it_cannot_be_measured(claim, h
     assert (v.ksir is None) if value is None else v.ksir == pytest.approx(value)
 
 
+def _lr_runs(best: dict[str, float]) -> pd.DataFrame:
+    """A learning-rate sweep at two sizes: parabolas in log2(lr) around each size's best rate."""
+    import math
+
+    lrs = [1e-3 * 2 ** i for i in range(6)]
+    return pd.DataFrame([{"size": s, "lr": lr, "val_loss": 3.0 + 0.04 * (math.log2(lr / b)) ** 2}
+                         for s, b in best.items() for lr in lrs])
+
+
+@pytest.mark.parametrize("best, holds, penalty", [
+    ({"m": 4e-3, "xl": 4e-3}, "yes", 0.0),  # the optimum does not move
+    ({"m": 4e-3, "xl": 1.6e-2}, "no", 0.04),  # two octaves apart: the best shared rate is one octave off for both
+    ({"m": 1e-3, "xl": 1e-3}, NOT_MEASURABLE, 0.0),  # at the edge of the swept rates: not bracketed
+])
+def test_lr_transfer_finds_the_best_shared_rate_and_its_penalty(best, holds, penalty):
+    v = evaluate({"id": "c", "text": "t", "kind": "lr_transfer", "max": 0.03}, {}, _lr_runs(best))
+    assert v.holds == holds and v.ksir == pytest.approx(penalty, abs=1e-9)
+    assert "best rate per size" in v.reason
+
+
+def test_best_scheme_counts_the_winners_of_the_measured_budgets():
+    rows = [{"budget_bits": b, "extrapolated": False, "measured_best_scheme": w, "best_scheme": "x"}
+            for b, w in [(1, "qat-finetune"), (2, "qat-finetune"), (3, "ptq rtn"), (4, "ptq rtn"), (5, "ptq rtn")]]
+    report = {"scheme_frontiers": rows, "headline": {"candidates": [{"law": "power_bits", "status": "unidentified"}]}}
+    low = evaluate({"id": "c", "text": "t", "kind": "best_scheme", "budgets": "low", "paper": "qat"}, report, RUNS)
+    assert (low.ksir, low.holds) == ("qat-finetune", "yes")
+    every = evaluate({"id": "c", "text": "t", "kind": "best_scheme", "paper": "qat"}, report, RUNS)
+    assert (every.ksir, every.holds) == ("ptq rtn", "no") and "3 of 5" in every.reason
+    laws = evaluate({"id": "c", "text": "t", "kind": "best_scheme", "by": "laws", "paper": "qat"}, report, RUNS)
+    assert laws.holds == NOT_MEASURABLE and "unidentified" in laws.reason
+
+
 def test_a_claim_on_an_unidentified_law_is_not_measurable():
     report = {"laws": {"chinchilla": {"verdict": {"status": "unidentified", "reasons": ["B spans a factor 118"]},
                                       "params": {"b": {"value": 7.6, "reported_value": 2000.0}}}}}
