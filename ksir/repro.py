@@ -47,7 +47,9 @@ class Study:
     expected_time: str
     sweeps: list[list[str]] = field(default_factory=list)  # ksir-run -m argument lists
     smoke_sweeps: list[list[str]] = field(default_factory=list)
-    fit: dict[str, Any] = field(default_factory=dict)  # table, map, exclude_largest, args
+    fit: dict[str, Any] = field(default_factory=dict)  # table, map, exclude_largest, args, runs
+    # fit.runs: "trained" = a study of training itself (full-precision train jobs): its claims read every train
+    # run, and no bits law is fitted (all runs are 16-bit).
     smoke_fit_args: list[str] = field(default_factory=list)
     claims: list[dict[str, Any]] = field(default_factory=list)
     # Smoke runs of hub families without a hub: random-weight copies of the architecture, one per size
@@ -138,7 +140,8 @@ def collect(study: Study, out: Path) -> Any:
         from analysis.cli import quantized_only
 
         runs = load_records([out / "results"], metric=fit.get("metric", "val_loss"))
-        runs.runs = quantized_only(runs.runs)  # as ksir-fit does
+        if fit.get("runs") != "trained":
+            runs.runs = quantized_only(runs.runs)  # as ksir-fit does
     for col, n in (fit.get("exclude_largest") or {}).items():
         df = runs.runs
         drop = df[col].nlargest(int(n)).index
@@ -204,6 +207,8 @@ def reproduce(study: Study, out: Path, smoke: bool, checkpoints: Path | None = N
     from analysis.fit import FitError
 
     try:
+        if study.fit.get("runs") == "trained":
+            raise FitError("a study of training (fit.runs: trained): its claims read the runs; no bits law to fit")
         report = analyse(runs, out, **fit_args(study, smoke))
         print(summary(report))
     except FitError as e:  # no law fits these runs: claims on laws are then not measurable, and say why
