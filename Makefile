@@ -19,9 +19,8 @@ $(VENV)/.ksir-installed: pyproject.toml
 demo: setup
 	PATH="$(abspath $(BIN)):$$PATH" ksir-repro demo --out outputs/demo
 
-# Two workers (pytest-xdist): most tests wait on subprocesses, start-up and I/O; session fixtures are per worker.
 test: setup
-	$(BIN)/python -m pytest -n 2 -m "not slow and not gpu and not slurm" --timeout 900
+	$(BIN)/python -m pytest -m "not slow and not gpu and not slurm" --timeout 900
 
 test-all: setup
 	$(BIN)/python -m pytest --timeout 1800

@@ -13,8 +13,9 @@ torch's float8 dtypes, cast back, unscale. `trainer.matmul_scaling`:
 - `none`: a plain cast, no scale. This is what unit scaling promises to make safe: tensors near unit
   variance fit FP8's range as they are, while the standard parametrization's 0.02-scale weights fall into
   E4M3's subnormals (smallest normal 2^-6).
-On a CUDA device with FP8 tensor cores (compute capability >= 8.9) the forward matmul runs natively
-through `torch._scaled_mm` on the same rounded operands with the same scales (`native_fp8_available`).
+On a CUDA device with FP8 tensor cores (compute capability >= 8.9) an E4M3 forward matmul of plain linears runs
+natively through `torch._scaled_mm` on the same rounded operands with the same scales (`native_fp8_available`);
+E5M2 x E5M2 has no tensor-core kernel and u-muP's scaled linears wrap their own op, so those stay simulated.
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, fmt: Mat
     (x, w) (F.linear, or unit-scaling's scaled linear)."""
     if fmt.dtype is None:
         return op(x, w, bias)
-    native = (fmt.is_fp8 and op is F.linear and native_fp8_available(x.device)
+    native = (fmt.dtype == torch.float8_e4m3fn and op is F.linear and native_fp8_available(x.device)
               and x.shape[-1] % 16 == 0 and w.shape[0] % 16 == 0)
     if native:
         y = _NativeFP8Linear.apply(x, w, fmt, scaling)

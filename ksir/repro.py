@@ -214,6 +214,7 @@ def reproduce(study: Study, out: Path, smoke: bool, checkpoints: Path | None = N
     except FitError as e:  # no law fits these runs: claims on laws are then not measurable, and say why
         print(f"[{study.name}] no fit: {e}")
         report = {"laws": {}, "headline": {}, "n_runs": len(runs.runs), "fit_error": str(e)}
+        (out / "fit.json").write_text(json.dumps(report, indent=2))  # says why there is no law, in place of one
     report["by_budget"] = _other_budgets(study, runs, out, smoke)
     rows = check(study, report, runs.runs)
     meta = {"study": study.name, "smoke": smoke, "date": time.strftime("%Y-%m-%d"), "machine": _machine(),
