@@ -8,7 +8,11 @@ Rows (each a whole process, timed from outside, rounds interleaved so that machi
 - `ksir-run --help`;
 - `ksir-run model.family=nope`: a one-line config error;
 - `ksir-run -m ... dry_run=true` over N jobs: parse, validate and key every job of an N-job sweep and plan
-  its dependencies (the pre-flight every sweep pays before its first job).
+  its dependencies (the pre-flight every sweep pays before its first job);
+- a whole job, start-up included: the tiny model's 16-bit quantize job (its base model trained once before
+  the rounds, `force=true` so that every round evaluates and writes its record, W&B offline), with ksir's
+  start-up measures (`ksir.startup`) and without them (`KSIR_PLAIN_STARTUP=1`), next to the floor every job
+  pays (`import torch` and a transformers model module).
 """
 
 from __future__ import annotations
@@ -25,13 +29,16 @@ from pathlib import Path
 BIN = Path(sys.executable).parent
 
 
-def timed(cmd: list[str], cwd: str) -> float:
-    env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+def timed(cmd: list[str], cwd: str, env: dict[str, str] | None = None) -> float:
+    env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", **(env or {})}
     t0 = time.perf_counter()
-    subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    r = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+    if r.returncode != 0 and "model.family=nope" not in cmd:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{r.stderr.decode()[-2000:]}")
     return time.perf_counter() - t0
 
 
+JOB = ["experiment=tiny", "trainer.min_steps=30", "trainer.max_steps=30", "eval.sequences=16"]
 PER_SEED = 5 * 7 * 4  # sizes x bit-widths x data types
 
 
@@ -49,19 +56,30 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--jobs", type=int, default=1000, help=f"jobs in the pre-flight sweep (a multiple of {PER_SEED})")
+    p.add_argument("--no-job", action="store_true", help="skip the whole-job rows (they need a trained base model)")
     a = p.parse_args(argv)
     n_jobs, args = sweep_args(a.jobs)
     with tempfile.TemporaryDirectory() as tmp:
-        rows = {
-            "import hydra, omegaconf, yaml": [sys.executable, "-c", "import hydra, omegaconf, yaml"],
-            "ksir-run --help": [str(BIN / "ksir-run"), "--help"],
-            "ksir-run model.family=nope (config error)": [str(BIN / "ksir-run"), "model.family=nope", f"out_dir={tmp}"],
-            f"pre-flight of a {n_jobs:,}-job sweep (dry_run)": [str(BIN / "ksir-run"), *args, f"out_dir={tmp}"],
+        rows: dict[str, tuple[list[str], dict[str, str]]] = {
+            "import hydra, omegaconf, yaml": ([sys.executable, "-c", "import hydra, omegaconf, yaml"], {}),
+            "ksir-run --help": ([str(BIN / "ksir-run"), "--help"], {}),
+            "ksir-run model.family=nope (config error)": ([str(BIN / "ksir-run"), "model.family=nope", f"out_dir={tmp}"], {}),
+            f"pre-flight of a {n_jobs:,}-job sweep (dry_run)": ([str(BIN / "ksir-run"), *args, f"out_dir={tmp}"], {}),
         }
+        if not a.no_job:
+            job = [str(BIN / "ksir-run"), *JOB, f"out_dir={tmp}/job"]
+            timed(job, tmp, {"WANDB_MODE": "offline"})  # trains the base model once
+            rows |= {
+                "floor of a job: import torch + a transformers model": (
+                    [sys.executable, "-c", "import torch, transformers.modeling_utils"], {}),
+                "16-bit quantize job (tiny), start-up measures on": ([*job, "force=true"], {"WANDB_MODE": "offline"}),
+                "the same job, KSIR_PLAIN_STARTUP=1": ([*job, "force=true"],
+                                                        {"WANDB_MODE": "offline", "KSIR_PLAIN_STARTUP": "1"}),
+            }
         times: dict[str, list[float]] = {k: [] for k in rows}
         for _ in range(a.rounds):
-            for name, cmd in rows.items():
-                times[name].append(timed(cmd, tmp))
+            for name, (cmd, env) in rows.items():
+                times[name].append(timed(cmd, tmp, env))
     floor = statistics.median(times["import hydra, omegaconf, yaml"])
     print(f"{'command':52} {'median s':>9} {'min s':>7} {'max s':>7} {'x floor':>8}")
     out = {}
@@ -69,6 +87,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         med = statistics.median(ts)
         out[name] = med
         print(f"{name:52} {med:9.2f} {min(ts):7.2f} {max(ts):7.2f} {med / floor:8.1f}")
+    if not a.no_job:
+        on, off = times["16-bit quantize job (tiny), start-up measures on"], times["the same job, KSIR_PLAIN_STARTUP=1"]
+        ratios = [x / y for x, y in zip(on, off, strict=True)]
+        print(f"job with / without start-up measures, round by round: median {statistics.median(ratios):.2f} "
+              f"(min {min(ratios):.2f}, max {max(ratios):.2f})")
     return out
 
 

@@ -60,7 +60,9 @@ def _app(cfg: DictConfig) -> Any:
         from ksir.spec import JobSpec
 
         spec = JobSpec.from_config(cfg)
-        _quiet_libraries()
+        from ksir import startup
+
+        startup.prepare(spec.logger)  # before any job module imports torch or transformers
         from ksir import jobs
 
         if single and spec.raw.get("dry_run"):
@@ -100,13 +102,6 @@ def _progress_line(what: str) -> None:
     elapsed = time.time() - float(start)
     eta = f", ETA ~{elapsed / idx * (int(total) - idx) / 60:.0f} min" if idx else ""
     print(f"[sweep {idx + 1}/{total}] {what} ({elapsed / 60:.1f} min elapsed{eta})", flush=True)
-
-
-def _quiet_libraries() -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
 HELP = """ksir-run: train or post-training-quantize one model, or sweep any config key with -m.

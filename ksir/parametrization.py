@@ -38,11 +38,6 @@ class Parametrization:
     export: Callable[[nn.Module, int], nn.Module]  # (trained model, seq_len) -> plain HF model, same function
 
 
-def _decay_split(model: nn.Module) -> tuple[list[tuple[str, nn.Parameter]], list[tuple[str, nn.Parameter]]]:
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    return [(n, p) for n, p in named if p.ndim >= 2], [(n, p) for n, p in named if p.ndim < 2]
-
-
 # ----------------------------------------------------------------------------- sp
 
 
@@ -99,8 +94,10 @@ def _is_hidden(name: str, p: nn.Parameter) -> bool:
 
 def _mup_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float],
                    scale_lr: float = 1.0) -> torch.optim.Optimizer:
+    from ksir.train import decay_split
+
     m = width_mult(model.config)
-    decay, no_decay = _decay_split(model)
+    decay, no_decay, _ = decay_split(model)  # no QAT constants: QAT runs sp only
     groups = [{"params": [p for n, p in decay if _is_hidden(n, p)], "weight_decay": weight_decay, "lr": lr / m},
               {"params": [p for n, p in decay if not _is_hidden(n, p)], "weight_decay": weight_decay, "lr": lr},
               {"params": [p for _, p in no_decay], "weight_decay": 0.0, "lr": lr}]
@@ -141,7 +138,9 @@ def _umup_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tup
     AdamW's meaning (multiplied by each parameter's learning rate), not the library's lr-independent default."""
     import unit_scaling as uu
 
-    decay, no_decay = _decay_split(model)
+    from ksir.train import decay_split
+
+    decay, no_decay, _ = decay_split(model)  # no QAT constants: QAT runs sp only
     groups = [{"params": [p for _, p in decay], "weight_decay": weight_decay},
               {"params": [p for _, p in no_decay], "weight_decay": 0.0}]
     return uu.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=tuple(betas),

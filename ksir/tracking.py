@@ -4,11 +4,13 @@ W&B is a mirror of the local record (`ksir.records.to_wandb_summary`), so a W&B 
 job goes on. An unreachable server costs one timeout (`INIT_TIMEOUT_S`) per sweep: the first failure leaves
 a marker in the W&B folder, and every later job of any process that shares the folder goes offline at
 once. Every job ends with `wandb.finish()`: Hydra's basic launcher runs all jobs of a sweep in one process
-and a leftover `wandb.run` would swallow the next job's logs.
+and a leftover `wandb.run` would swallow the next job's logs. Each run keeps W&B's `requirements.txt` (the
+installed packages), read once per process rather than by W&B for every run (~0.5 s a job).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import netrc
 import os
@@ -69,17 +71,46 @@ def start_run(logger: Any, run_key: str, job: str, group: str, config: dict[str,
         import wandb
 
         Path(out_dir).mkdir(parents=True, exist_ok=True)
+        settings = {"silent": True, "console": "off", "init_timeout": INIT_TIMEOUT_S}
+        own_requirements = "x_save_requirements" in getattr(wandb.Settings, "model_fields", {})
+        if own_requirements:
+            settings["x_save_requirements"] = False  # saved below, from the list read once per process
         # id=run_key + resume="allow": a relaunched job continues the same W&B run.
-        return wandb.init(project=logger.project, entity=logger.entity, group=logger.group or group,
-                          job_type=job, id=run_key, name=run_key, resume="allow", config=config,
-                          dir=str(out_dir), mode=mode, reinit="finish_previous",
-                          settings=wandb.Settings(silent=True, console="off", init_timeout=INIT_TIMEOUT_S))
+        run = wandb.init(project=logger.project, entity=logger.entity, group=logger.group or group,
+                         job_type=job, id=run_key, name=run_key, resume="allow", config=config,
+                         dir=str(out_dir), mode=mode, reinit="finish_previous", settings=wandb.Settings(**settings))
+        if own_requirements:
+            _save_requirements(run)
+        return run
     except Exception as e:  # noqa: BLE001 - W&B must never take the job down
         if mode == "online":
             _mark_unreachable(out_dir, e)
             return start_run(logger, run_key, job, group, config, out_dir)  # now offline
         log.warning("W&B unavailable, continuing with the local record only: %s", e)
         return None
+
+
+@functools.lru_cache(maxsize=1)
+def installed_packages() -> str:
+    """`name==version` of every installed distribution, sorted (what W&B's requirements.txt holds)."""
+    from importlib.metadata import distributions
+
+    lines = set()
+    for d in distributions():
+        try:
+            lines.add(f"{d.metadata['Name']}=={d.version}")
+        except (KeyError, TypeError, UnicodeDecodeError):  # a distribution with broken metadata: left out
+            continue
+    return "\n".join(sorted(lines, key=str.lower)) + "\n"
+
+
+def _save_requirements(run: Any) -> None:
+    try:
+        path = Path(run.dir) / "requirements.txt"
+        path.write_text(installed_packages())
+        run.save(str(path), base_path=run.dir, policy="now")
+    except Exception as e:  # noqa: BLE001 - provenance, never worth the job
+        log.warning("W&B: could not save requirements.txt: %s", e)
 
 
 def lightning_loggers(run: Any) -> list[Any]:

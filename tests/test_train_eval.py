@@ -30,6 +30,8 @@ def test_train_job_learns_saves_hf_format_and_logs(trained_tiny):
     assert read_record(record_path(cfg.paths.results, rec["run_key"]))["metrics"]["val_loss"] == m["val_loss"]
     runs = list(Path(cfg.paths.wandb, "wandb").glob(f"offline-run-*-{rec['run_key']}"))
     assert runs and list(runs[0].glob("*.wandb"))
+    # with the installed packages, as W&B's own requirements.txt lists them (ksir reads them once per process)
+    assert f"torch=={torch.__version__}" in (runs[0] / "files" / "requirements.txt").read_text().splitlines()
 
 
 def test_evaluate_matches_direct_cross_entropy_and_ignores_batch_size(trained_tiny):
