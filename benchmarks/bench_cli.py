@@ -12,7 +12,7 @@ Rows (each a whole process, timed from outside, rounds interleaved so that machi
 - a whole job, start-up included: the tiny model's 16-bit quantize job (its base model trained once before
   the rounds, `force=true` so that every round evaluates and writes its record, W&B offline), with ksir's
   start-up measures (`ksir.startup`) and without them (`KSIR_PLAIN_STARTUP=1`), next to the floor every job
-  pays (`import torch` and a transformers model module).
+  pays (`import torch` and a transformers model module, hqq / torchao kept out as a job does).
 """
 
 from __future__ import annotations
@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             timed(job, tmp, {"WANDB_MODE": "offline"})  # trains the base model once
             rows |= {
                 "floor of a job: import torch + a transformers model": (
-                    [sys.executable, "-c", "import torch, transformers.modeling_utils"], {}),
+                    [sys.executable, "-c", "from ksir.startup import keep_kernel_libraries_lazy as lazy; lazy(); "
+                     "import torch, transformers.modeling_utils"], {}),
                 "16-bit quantize job (tiny), start-up measures on": ([*job, "force=true"], {"WANDB_MODE": "offline"}),
                 "the same job, KSIR_PLAIN_STARTUP=1": ([*job, "force=true"],
                                                         {"WANDB_MODE": "offline", "KSIR_PLAIN_STARTUP": "1"}),

@@ -5,7 +5,7 @@ job goes on. An unreachable server costs one timeout (`INIT_TIMEOUT_S`) per swee
 a marker in the W&B folder, and every later job of any process that shares the folder goes offline at
 once. Every job ends with `wandb.finish()`: Hydra's basic launcher runs all jobs of a sweep in one process
 and a leftover `wandb.run` would swallow the next job's logs. Each run keeps W&B's `requirements.txt` (the
-installed packages), read once per process rather than by W&B for every run (~0.5 s a job).
+installed packages), read once per process rather than by W&B for every run (0.13 s a job here).
 """
 
 from __future__ import annotations
