@@ -24,8 +24,8 @@ import sys
 from typing import Any
 
 PLAIN_ENV = "KSIR_PLAIN_STARTUP"
-KERNEL_CHECKS = ("is_hqq_available", "is_torchao_available")  # transformers' availability checks, by name
 KEPT_LAZY = ("hqq", "torchao")
+KERNEL_CHECKS = tuple(f"is_{m}_available" for m in KEPT_LAZY)  # transformers' availability check of each
 WANDB_LAUNCH_MODELS = "wandb.sdk.launch.inputs.internal"
 
 
