@@ -5,16 +5,32 @@ BIN    := $(VENV)/bin
 # A CPU build of torch (this pin is served from local disk on ksir's CI machines). On a GPU
 # machine: make setup TORCH=torch  (or any CUDA build you prefer).
 TORCH  ?= torch==2.13.0
+# Every package pinned (constraints.txt): results and tests come from one known environment. `make lock`
+# re-resolves it to the newest releases; `make setup LOCK=` installs without it (newest of everything).
+LOCK   ?= constraints.txt
+PIN    := $(if $(LOCK),-c $(LOCK))
 
-.PHONY: setup demo test test-all lint bench clean
+.PHONY: setup demo test test-all lint bench clean lock
 setup: $(VENV)/.ksir-installed
 
-$(VENV)/.ksir-installed: pyproject.toml
+$(VENV)/.ksir-installed: pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q --upgrade pip $(PIN)
+	$(BIN)/python -m pip install -q "$(TORCH)" $(PIN)
+	$(BIN)/python -m pip install -q -e ".[dev]" $(PIN)
 	touch $@
+
+# Upgrade the lock: resolve ksir[dev] afresh in a scratch venv, pin what it got, then sync .venv to it.
+lock:
+	rm -rf .lock-venv
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install -q --upgrade pip
+	.lock-venv/bin/python -m pip install -q "$(TORCH)"
+	.lock-venv/bin/python -m pip install -q -e ".[dev]"
+	$(PYTHON) scripts/lock.py .lock-venv/bin/python > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	rm -rf .lock-venv
+	$(MAKE) setup
 
 demo: setup
 	PATH="$(abspath $(BIN)):$$PATH" ksir-repro demo --out outputs/demo

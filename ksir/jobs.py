@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ksir import identity, records, tracking
+from ksir import environment, identity, records, tracking
 from ksir.errors import ConfigError
 from ksir.spec import JobSpec
 
@@ -139,11 +139,13 @@ def execute(spec: JobSpec) -> dict[str, Any]:
         try:
             fields = JOB_KINDS[spec.job].run(spec)
         except Exception as e:
-            failed = {**base, **records.failure(f"{type(e).__name__}: {e}\n{traceback.format_exc()}"),
-                      "created": records.now()}
+            failed = {**base, "environment": environment.collect(),
+                      **records.failure(f"{type(e).__name__}: {e}\n{traceback.format_exc()}"), "created": records.now()}
             records.save_or_rescue(results, failed)
             raise
-        rec = {**base, **fields, "status": "done", "error": None, "created": records.now()}
+        # The job's own environment (with its data's digests) when it gives one, else the process's.
+        rec = {**base, "environment": environment.collect(), **fields, "status": "done", "error": None,
+               "created": records.now()}
         path = records.save_or_rescue(results, rec)
     m = rec.get("metrics", {})
     print(f"[{spec.job}] {describe(spec)}: val_loss={m.get('val_loss', float('nan')):.4f} "

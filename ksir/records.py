@@ -25,6 +25,8 @@ Record layout (schema 2), one file ``<results_dir>/<run_key>.json``, readable by
     wall_time_s: float      # the job's compute, W&B start-up and finish excluded
     started, created: ISO-8601 UTC
     git_commit, host: str | None
+    environment: dict       # ksir.environment.collect(): Python, machine, library versions, the lock, torch's
+                            # kernels and threads, git state, and the job's data digests (records since 2026-12)
     error: str | None       # message and traceback of a failed run
     config: dict            # the resolved config as composed
 
@@ -35,7 +37,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
 import json
 import math
 import os
@@ -43,9 +44,11 @@ import socket
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from ksir import environment
 
 if TYPE_CHECKING:
     from ksir.spec import JobSpec
@@ -63,7 +66,7 @@ BASELINE_BITS = 16.0
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat()
+    return datetime.now(UTC).isoformat()
 
 
 # ----------------------------------------------------------------------------- constructors
@@ -72,7 +75,7 @@ def now() -> str:
 def new_record(spec: JobSpec, key: str, identity: Mapping[str, Any]) -> dict[str, Any]:
     """The fields every record has, from the job description."""
     return {"schema": SCHEMA_VERSION, "run_key": key, "identity": dict(identity), "job": spec.job,
-            "family": spec.model.family, "size": spec.model.size, "git_commit": _git_commit(),
+            "family": spec.model.family, "size": spec.model.size, "git_commit": environment.git_commit(),
             "host": socket.gethostname(), "config": spec.raw}
 
 
@@ -441,15 +444,3 @@ def job_lock(results_dir: str | Path, key: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
-
-
-@functools.lru_cache(maxsize=1)
-def _git_commit() -> str | None:
-    import subprocess
-
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).parent)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None

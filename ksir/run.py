@@ -18,8 +18,9 @@ from typing import Any
 import torch
 from transformers.utils import logging as hf_logging
 
-from ksir import checkpoints, identity, records, tracking
+from ksir import checkpoints, environment, identity, records, tracking
 from ksir.data import build_tokenizer, load_documents, load_token_data
+from ksir.data.corpus import documents_digest
 from ksir.data.tokenizer import load_pretrained_tokenizer
 from ksir.evaluate import evaluate_lm
 from ksir.families import count_params, own_config
@@ -48,6 +49,13 @@ def evaluate_all(spec: JobSpec, model: torch.nn.Module, tok: Any, data: Any, dev
         print(f"  zero-shot: {', '.join(zs.tasks)} (limit {zs.limit})", flush=True)
         metrics.update(evaluate_zeroshot(model, tok, zs.as_dict(), device))
     return metrics
+
+
+def job_environment(spec: JobSpec, docs: Any, data: Any) -> dict[str, Any]:
+    """The record's `environment`: this process's, plus digests of the documents and token blocks the job
+    read (the embedded corpus is the running Python's standard library: it differs between Pythons)."""
+    return environment.collect(data={"source": spec.data.source, "documents": documents_digest(docs),
+                                     "tokens": data.digest})
 
 
 def run_train(spec: JobSpec) -> dict[str, Any]:
@@ -117,6 +125,7 @@ def run_train(spec: JobSpec) -> dict[str, Any]:
             fields = records.qat_fields(spec, summary, init_ckpt, **common)
         shutil.rmtree(resume_dir, ignore_errors=True)  # finished: the resume state is no longer needed
         fields["wall_time_s"] = time.time() - t0
+        fields["environment"] = job_environment(spec, docs, data)
         tracking.finish_run(run, records.to_wandb_summary(fields))
         run = None
         return fields
@@ -163,7 +172,8 @@ def run_quantize(spec: JobSpec) -> dict[str, Any]:
     model = checkpoints.load_base_model(ckpt, device, cache=spec.model.cache_base)
     tok = load_pretrained_tokenizer(ckpt)
     cache = spec.paths.cache_dir
-    data = load_token_data(load_documents(spec.data.as_dict(), cache), tok, spec.data.seq_len, cache)
+    docs = load_documents(spec.data.as_dict(), cache)
+    data = load_token_data(docs, tok, spec.data.seq_len, cache)
     data.eval_blocks(spec.eval.sequences)  # checked before quantizing
     n_total, n_nonemb = count_params(model)
     key = identity.run_key(spec)
@@ -197,6 +207,7 @@ def run_quantize(spec: JobSpec) -> dict[str, Any]:
                                          train_tokens=meta.get("train_tokens") or spec.family.train_tokens,
                                          metrics=metrics, deploy=deploy)
         fields["wall_time_s"] = time.time() - t0
+        fields["environment"] = job_environment(spec, docs, data)
         tracking.finish_run(run, records.to_wandb_summary(fields))
         run = None
         return fields

@@ -70,6 +70,13 @@ def test_end_to_end_sweep_then_fit(tmp_path, cache_dir):
     base = {x["size"]: x["metrics"]["val_loss"] for x in train}
     for size in ("xs", "s", "m", "l"):
         assert by[(size, 2.0)] != by[(size, 16.0)] and by[(size, 16.0)] == base[size]
+    # Every record says what produced it: this interpreter and torch, and the same data for every job.
+    import platform
+
+    envs = [x["environment"] for x in recs]
+    assert {e["python"] for e in envs} == {platform.python_version()}
+    assert all(e["torch"]["cpu_capability"] and e["packages"]["torch"] for e in envs)
+    assert len({(e["data"]["documents"], e["data"]["tokens"]) for e in envs}) == 1
     # Every job has its W&B offline run, named by its run key.
     wandb_runs = list((out / "wandb").glob("offline-run-*"))
     assert {p.name.rsplit("-", 2)[-2] + "-" + p.name.rsplit("-", 2)[-1] for p in wandb_runs} >= {x["run_key"] for x in recs}
@@ -81,11 +88,21 @@ def test_end_to_end_sweep_then_fit(tmp_path, cache_dir):
     assert len(runs) == 12 and set(runs["bits"]) == {2, 4, 16}
     fit = json.loads((fit_dir / "fit.json").read_text())
     curves = {s["group"]["bits"]: s for s in fit["laws"]["power_bits"]}
-    assert set(curves) == {2.0, 4.0, 16.0}
-    # The fitted curves are monotone: more total bits, lower loss (alpha > 0, A > 0), as the data say.
-    for s in curves.values():
-        assert s["params"]["alpha"]["value"] > 0 and s["params"]["a"]["reported_value"] > 0
-        assert s["goodness_of_fit"]["n"] == 4
+    assert set(curves) == {2.0, 4.0, 16.0} and all(s["goodness_of_fit"]["n"] == 4 for s in curves.values())
+    # Whether these curves fall with size is not asserted: 100-step models are barely trained, and on some
+    # CPUs their loss rises with size (kernels differ by instruction set). What must hold on any machine:
+    # every fitted law carries a verdict that explains anything short of "ok" and lists the parameters
+    # sitting on a bound, and the headline trusts only a law whose every fit is "ok".
+    verdicts = {}
+    for tag, entry in fit["laws"].items():
+        for s in entry if isinstance(entry, list) else [entry]:
+            v = s["verdict"]
+            assert v["status"] in ("ok", "poor", "unidentified") and (v["status"] == "ok" or v["reasons"]), (tag, v)
+            assert set(v["at_bound"]) == {n for n, p in s["params"].items() if p["at_bound"]}, (tag, v)
+            verdicts.setdefault(tag.split("[")[0], []).append(v["status"])
+    assert {"power_bits", "precision", "efficiency"} <= set(verdicts)
+    trusted = fit["headline"]["trusted"]
+    assert trusted is None or set(verdicts[trusted]) == {"ok"}, (trusted, verdicts)
     assert {r["best"] for r in fit["optimal"]} <= {"2", "4", "16 (unquantized)"} and len(fit["optimal"]) > 5
     assert fit["headline"]["question"] == "bits" and "Answer:" in r.stdout
     assert (fit_dir / "bit_scaling.png").stat().st_size > 10_000

@@ -17,7 +17,7 @@ import datasets
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from ksir.data.cache import cached
+from ksir.data.cache import cached, memo
 from ksir.errors import ConfigError
 
 
@@ -25,7 +25,8 @@ from ksir.errors import ConfigError
 class TokenData:
     train: torch.Tensor  # LongTensor [n_blocks, seq_len]
     validation: torch.Tensor  # LongTensor [n_blocks, seq_len]
-    fingerprint: str
+    fingerprint: str  # of the inputs (documents, tokenizer, seq_len): names the cache
+    digest: str = ""  # of the token blocks themselves: equal digests, equal data, on any machine
 
     def eval_blocks(self, n: int) -> torch.Tensor:
         if n > len(self.validation):
@@ -70,4 +71,15 @@ def load_token_data(docs: datasets.DatasetDict, tok: PreTrainedTokenizerBase, se
     if len(train) == 0 or len(val) == 0:
         raise ConfigError("data", f"{len(train)} train / {len(val)} validation blocks",
                           why=f"too little text for seq_len={seq_len}")
-    return TokenData(train=train.long(), validation=val.long(), fingerprint=fp)
+    train, val = train.long(), val.long()
+    digest = memo(path / "tokens.sha256", lambda: tensors_digest(train, val))
+    return TokenData(train=train, validation=val, fingerprint=fp, digest=digest)
+
+
+def tensors_digest(*tensors: torch.Tensor) -> str:
+    """sha256 (16 hex digits) of tensors' shapes and values (int64, little-endian)."""
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(repr(tuple(t.shape)).encode())
+        h.update(t.contiguous().numpy().astype("<i8", copy=False).tobytes())
+    return h.hexdigest()[:16]

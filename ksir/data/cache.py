@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,3 +32,22 @@ def cached(path: Path, build: Callable[[], datasets.DatasetDict]) -> datasets.Da
                 shutil.rmtree(path, ignore_errors=True)  # an incomplete folder from an older version
                 os.replace(tmp, path)
     return datasets.load_from_disk(str(path))
+
+
+def memo(path: Path, compute: Callable[[], str]) -> str:
+    """A small text derived from a cache (a digest), kept in the file `path` beside it: computed once, then
+    read. Written by a rename, so a reader never sees half of it; a folder that refuses the file costs only
+    the recomputation next time."""
+    try:
+        return path.read_text().strip()
+    except OSError:
+        pass
+    value = compute()
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            f.write(value + "\n")
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return value

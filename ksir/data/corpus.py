@@ -18,7 +18,7 @@ from typing import Any
 
 import datasets
 
-from ksir.data.cache import cached
+from ksir.data.cache import cached, memo
 from ksir.data.embedded import embedded_files, stable_fraction
 from ksir.errors import ConfigError
 from ksir.spec import DATA_SOURCES as SOURCES
@@ -31,6 +31,31 @@ def embedded_fingerprint(cfg: Mapping[str, Any]) -> str:
     for f in files:
         h.update(f"{f.relative_to(root)}:{f.stat().st_size}".encode())
     return h.hexdigest()[:16]
+
+
+def documents_digest(docs: datasets.DatasetDict) -> str:
+    """sha256 (16 hex digits) of every document's text (and name, where the source has names), split by split:
+    equal digests, equal corpus. The embedded corpus is the running Python's standard library, so two
+    machines with different Pythons train on different text; this is how a record shows it. Kept beside
+    each split's Arrow file, so jobs after the first pay nothing for it."""
+    def split_digest(split: str) -> str:
+        h = hashlib.sha256()
+        ds = docs[split]
+        cols = [c for c in ("name", "text") if c in ds.column_names]
+        for batch in ds.data.to_batches(max_chunksize=4096):
+            for row in zip(*(batch.column(c).to_pylist() for c in cols), strict=True):
+                for v in row:
+                    b = str(v).encode("utf-8", "surrogatepass")
+                    h.update(len(b).to_bytes(8, "little") + b)
+        return h.hexdigest()
+
+    parts = []
+    for split in sorted(docs):
+        files = docs[split].cache_files
+        digest = (memo(Path(files[0]["filename"]).with_suffix(".sha256"), lambda s=split: split_digest(s))
+                  if files else split_digest(split))
+        parts.append(f"{split}:{digest}")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
 def _split_by_document(names: list[str], texts: list[str], validation_fraction: float) -> datasets.DatasetDict:
