@@ -100,7 +100,7 @@ def test_environment_diff_names_what_differs(tmp_path, trained_tiny):
     rec = trained_tiny.record
     other = json.loads(json.dumps(rec, default=str))
     other["environment"]["packages"]["transformers"] = "0.0.1"
-    other["environment"]["torch"]["cpu_capability"] = "DEFAULT"
+    other["environment"]["torch"]["cpu_capability"] = "ZEN9000"  # unlike any real capability
     (tmp_path / "a.json").write_text(json.dumps(rec, default=str))
     (tmp_path / "b.json").write_text(json.dumps(other))
     r = subprocess.run([sys.executable, "-m", "ksir.environment", str(tmp_path / "a.json"), str(tmp_path / "b.json")],
@@ -108,7 +108,7 @@ def test_environment_diff_names_what_differs(tmp_path, trained_tiny):
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
     assert len(lines) == 2 and lines[0].startswith("packages.transformers:") and "'0.0.1'" in lines[0]
-    assert lines[1].startswith("torch.cpu_capability:") and "'DEFAULT'" in lines[1]
+    assert lines[1].startswith("torch.cpu_capability:") and "'ZEN9000'" in lines[1]
     same = subprocess.run([sys.executable, "-m", "ksir.environment", str(tmp_path / "a.json"), str(tmp_path / "a.json")],
                           capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert same.stdout.strip() == "the two environments are identical"
