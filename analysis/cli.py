@@ -17,17 +17,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
 import pandas as pd
 
-from analysis import headline
+from analysis import design, headline
 from analysis.collect import Collected, clean, load_records, load_table, load_wandb, parse_map, select
-from analysis.fit import ENGINES, FitError
-from analysis.laws import LAWS
+from analysis.fit import FitError
+from analysis.laws import LAWS, load_law_file
 from analysis.memory import BUDGETS, use_measured
 from analysis.report import analyse
+from analysis.settings import ENGINES, FitSettings
 
 FILTERS = ("family", "method", "dtype", "blocksize", "regime", "job", "size", "granularity")
 
@@ -67,8 +69,42 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", choices=BUDGETS, default="total_bits",
                    help="memory axis: total_bits (ksir's formula) or measured_bytes (bytes a packed model stores, "
                         "x 8; runs without a measurement are left out)")
+    p.add_argument("--reference", default="bits=16", metavar="bits=K",
+                   help="the baseline precision: runs at bits=K of a base model are the baseline of every scheme, "
+                        "method and regime built on it (default bits=16)")
+    p.add_argument("--base", action="append", default=[], metavar="COLUMN",
+                   help="a table column that, with N and D, names a base model (repeatable); runs sharing them share "
+                        "a baseline")
+    p.add_argument("--replicate", default="seed", metavar="COLUMN",
+                   help="runs that differ only in this column are replicates of one configuration: fitted together, "
+                        "resampled together by the bootstrap (default: seed)")
+    p.add_argument("--trust-without-heldout", action="store_true",
+                   help="let a law that no held-out check can test answer on BIC alone (recorded in fit.json)")
+    p.add_argument("--law-file", action="append", default=[], metavar="PY",
+                   help="a Python file defining a law of your own (NAME, COLUMNS, PARAMS, law(p, x); see "
+                        "docs/analysis.md), fitted and judged like the built-in ones")
     p.add_argument("--no-figures", action="store_true")
     return p
+
+
+def reference_bits(text: str) -> float:
+    """--reference bits=16 -> 16.0; anything else is a one-line FitError."""
+    col, eq, value = text.partition("=")
+    try:
+        k = float(value)
+    except ValueError:
+        k = math.nan
+    if col.strip() != "bits" or not eq or not math.isfinite(k) or k <= 0:
+        raise FitError(f"--reference {text!r}: expected bits=K with K > 0 (e.g. bits=16)")
+    return k
+
+
+def settings(args: argparse.Namespace) -> FitSettings:
+    """ksir-fit's fitting options as one FitSettings (ksir-repro builds its studies' the same way)."""
+    return FitSettings(loss=args.loss, delta=args.delta, n_boot=args.bootstrap, seed=args.seed, holdout=args.holdout,
+                       engine=args.engine, reference=reference_bits(args.reference), base=tuple(args.base),
+                       replicate=args.replicate or None, trust_without_heldout=args.trust_without_heldout,
+                       extrapolate=args.extrapolate)
 
 
 def collect(args: argparse.Namespace) -> Collected:
@@ -124,12 +160,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         want = points(args.predict)
+        st = settings(args)
+        user = tuple(load_law_file(f) for f in args.law_file)
         runs = collect(args)
         print(runs.report())
-        report = analyse(runs, args.out, metric=args.metric, laws=tuple(args.law), n_boot=args.bootstrap,
-                         delta=args.delta, loss=args.loss, holdout=args.holdout, seed=args.seed, engine=args.engine,
-                         figures=not args.no_figures, extrapolate=args.extrapolate, acc_metric=args.acc_metric,
-                         predict=want, budget=args.budget)
+        report = analyse(runs, args.out, metric=args.metric, laws=tuple(args.law), settings=st,
+                         figures=not args.no_figures, acc_metric=args.acc_metric, predict=want, budget=args.budget,
+                         user_laws=user)
     except (FitError, FileNotFoundError, KeyError, ValueError) as e:
         print(f"ksir-fit: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return 2
@@ -140,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def summary(report: dict) -> str:
     """The terminal summary: the answer first (with its source and why), then the accuracy predictions."""
-    lines = ["", headline.terminal(report["headline"], report["metric"])]
+    lines = design.join_lines(report.get("baselines") or [], report["settings"]["reference"])
+    lines += ["", headline.terminal(report["headline"], report["metric"])]
     acc = report.get("accuracy") or {}
     if acc.get("predictions"):
         lines += ["", f"{acc['metric']} from loss (two steps, loss from {acc['loss_law']}; 95% CI):"]

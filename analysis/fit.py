@@ -20,7 +20,9 @@ interval spanning orders of magnitude, a poor fit) says so (`FitResult.verdict`)
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
+import zlib
 from dataclasses import dataclass, field
 from itertools import product
 from typing import Any
@@ -28,7 +30,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.laws import Law, get_law
+from analysis.laws import REFERENCE, Law, get_law
+from analysis.settings import ENGINES
 from analysis.solver import Batch, huber, lm
 
 try:
@@ -36,12 +39,16 @@ try:
 except ImportError:  # pragma: no cover
     threadpool_limits = None
 
-ENGINES = ("batched", "scipy")
 FINALISTS = 3  # grid starts carried from the batched engine's first 25 iterations to convergence
 
 
 class FitError(ValueError):
     """Data a law cannot honestly be fitted to (too few points, one size, constant metric)."""
+
+
+class Unidentified(FitError):
+    """A group whose design cannot identify the law (no reference precision, one precision): never fitted,
+    never trusted; the message says which runs would fix it."""
 
 
 @dataclass
@@ -55,6 +62,22 @@ class Problem:
     delta: float = 1e-3
     lo: np.ndarray | None = None  # raw-parameter bounds ([P]; None: unbounded)
     hi: np.ndarray | None = None
+    rows: np.ndarray | None = None  # run ids (`_row`, analysis.design): a baseline copied into groups keeps one
+    clusters: np.ndarray | None = None  # configuration ids (`_config`): replicates share one
+    # Clusters resampled together, each (salt, cluster ids): a stratum shared with other groups (their common
+    # baselines) has a salt of its own, so every group draws it alike in a resample; 0: this group's own.
+    strata: list[tuple[int, np.ndarray]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        n = len(self.y)
+        self.rows = np.arange(n) if self.rows is None else np.asarray(self.rows)
+        self.clusters = self.rows.copy() if self.clusters is None else np.asarray(self.clusters)
+        if not self.strata:
+            self.strata = [(0, _unique_in_order(self.clusters))]
+
+    @property
+    def n_clusters(self) -> int:
+        return len(np.unique(self.clusters))
 
     @property
     def target(self) -> np.ndarray:
@@ -74,6 +97,11 @@ class Problem:
         lo = np.broadcast_to(np.full(P, -np.inf) if self.lo is None else self.lo, (p_count, P))
         hi = np.broadcast_to(np.full(P, np.inf) if self.hi is None else self.hi, (p_count, P))
         return Batch(self.law, self.x, self.ctx, t, w, self.delta if delta is None else delta, lo, hi)
+
+
+def _unique_in_order(a: np.ndarray) -> np.ndarray:
+    _, first = np.unique(a, return_index=True)
+    return a[np.sort(first)]
 
 
 def one_blas_thread() -> Any:
@@ -121,13 +149,20 @@ def grid_starts(law: Law, names: list[str]) -> np.ndarray:
 
 
 def prepare(law: Law | str, df: pd.DataFrame, metric: str, delta: float = 1e-3,
-            ctx: dict[str, Any] | None = None) -> Problem:
-    """Check the data can support the law (clear FitError otherwise) and build the Problem."""
+            ctx: dict[str, Any] | None = None, reference: float = REFERENCE) -> Problem:
+    """Check the data can support the law (clear FitError otherwise; Unidentified where the design cannot
+    identify it) and build the Problem. Optional precision columns a run lacks are the reference (16 bits)."""
     law = get_law(law)
     missing = [c for c in (*law.columns, metric) if c not in df.columns]
     if missing:
         raise FitError(f"law {law.name} needs columns {missing}, which the runs do not have")
-    x = {c: pd.to_numeric(df[c], errors="coerce").to_numpy(float) for c in law.columns}
+    cols = [*law.columns, *(c for c in law.optional if c in df.columns)]
+    x = {c: pd.to_numeric(df[c], errors="coerce").to_numpy(float) for c in cols}
+    for c in law.optional:
+        if c in x:
+            x[c] = np.where(np.isnan(x[c]), reference, x[c])
+            if (x[c] == reference).all():  # unquantized everywhere: the precision is not varied here
+                del x[c]
     y = pd.to_numeric(df[metric], errors="coerce").to_numpy(float)
     bad = ~np.isfinite(y) | np.logical_or.reduce([~np.isfinite(v) for v in x.values()])
     if bad.any():
@@ -136,7 +171,12 @@ def prepare(law: Law | str, df: pd.DataFrame, metric: str, delta: float = 1e-3,
         if c in x and len(np.unique(x[c])) < 2:
             raise FitError(f"law {law.name} needs at least 2 distinct {c}; all {len(y)} runs have {x[c][0]:g} "
                            f"(a single model size)")
-    ctx = dict(ctx) if ctx is not None else law.context(x)
+    if ctx is None:
+        _check_design(law, x, reference)
+    try:
+        ctx = dict(ctx) if ctx is not None else law.context(x, reference)
+    except ValueError as e:
+        raise FitError(str(e)) from None
     n_par = len(law.param_names(ctx))
     n_distinct = len({tuple(v[i] for v in x.values()) for i in range(len(y))}) if x else len(y)
     if n_distinct <= n_par:
@@ -165,7 +205,30 @@ def prepare(law: Law | str, df: pd.DataFrame, metric: str, delta: float = 1e-3,
             v = np.log(v) if law.columns[0] == "total_bits" else v
             w = max(float(np.ptp(v)), 1e-9)
             lo[names.index("m")], hi[names.index("m")] = float(v.min()) - 2 * w, float(v.max()) + 2 * w
-    return Problem(law, x, y, ctx, delta, lo, hi)
+    rows = df["_row"].to_numpy() if "_row" in df else None
+    clusters = df["_config"].to_numpy() if "_config" in df else None
+    return Problem(law, x, y, ctx, delta, lo, hi, rows=rows, clusters=clusters)
+
+
+PRECISIONS = ("bits", "fwd_bits", "bwd_bits", "act_bits", "kv_bits")
+
+
+def _check_design(law: Law, x: dict[str, np.ndarray], reference: float) -> None:
+    """Unidentified before any fit: a per-precision parameter (eff(k)) without the reference precision to be
+    relative to trades off freely with A; a precision law (gamma) needs two precisions to see a slope."""
+    for c in law.reference_columns:
+        ks = set(np.unique(x[c]).tolist())
+        if ks - {reference} and reference not in ks:
+            raise Unidentified(f"unidentified: no reference precision ({c} = {reference:g}) in this group, so "
+                               f"{law.name}'s per-precision efficiencies trade off with A; runs that would fix it: "
+                               f"the {reference:g}-bit model of each base model here (same N and D; in ksir, "
+                               f"quant.bits={reference:g}), or --base/--reference to join the baselines you have")
+    if not law.per_k and not law.paired:
+        for c in (c for c in x if c in PRECISIONS and c not in law.reference_columns):
+            if len(np.unique(x[c])) < 2:
+                raise Unidentified(f"unidentified: one precision ({c} = {x[c][0]:g}) in this group, so {law.name} "
+                                   f"cannot tell its precision dependence from A; runs that would fix it: the same "
+                                   f"models at a second {c} (e.g. the {reference:g}-bit baseline)")
 
 
 def _best_starts(pb: Problem, top_starts: int | None, target: np.ndarray | None) -> np.ndarray:
@@ -314,9 +377,11 @@ def resamples(pb: Problem, p_best: np.ndarray, method: str, seeds: list[int]) ->
                                                                                          np.ndarray]:
     """Case weights [S, n], targets [S, n] and a usable mask [S] for the bootstrap's resamples.
 
-    "cases": runs drawn with replacement (multinomial weights on the original points); a resample
-    with too few distinct runs to identify the parameters, or one model size, is unusable.
-    "residuals": the fitted curve plus resampled, centred residuals (fixed design, for curves with
+    "cases": configurations drawn with replacement within each stratum, all replicates of a drawn
+    configuration together (so intervals carry the seed-to-seed spread); a baseline shared with other groups
+    is drawn alike in all of them. With one run per configuration and nothing shared this is plain case
+    resampling. A resample with too few distinct runs to identify the parameters, or one model size, is
+    unusable. "residuals": the fitted curve plus resampled, centred residuals (fixed design, for curves with
     few runs). Resample i always comes from seed i, whatever the engine."""
     n, P = len(pb.y), len(p_best)
     f_hat = pb.law.fn(p_best[None], pb.x, pb.ctx, False)[0][0]
@@ -324,22 +389,26 @@ def resamples(pb: Problem, p_best: np.ndarray, method: str, seeds: list[int]) ->
     resid = (resid - resid.mean()) * math.sqrt(n / max(n - P, 1))  # degrees-of-freedom correction
     keys = [tuple(v[i] for v in pb.x.values()) for i in range(n)]
     sizes = pb.x.get("n_params", pb.x.get(pb.law.size_column))
+    order = np.concatenate([members for _, members in pb.strata])
+    where = {c: i for i, c in enumerate(order.tolist())}
+    row_cluster = np.array([where[c] for c in pb.clusters.tolist()])
     W, T, ok = np.ones((len(seeds), n)), np.tile(pb.target, (len(seeds), 1)), np.ones(len(seeds), bool)
     for j, seed in enumerate(seeds):
-        draw = np.random.default_rng(seed).integers(0, n, n)
         if method == "cases":
-            W[j] = np.bincount(draw, minlength=n)
+            counts = np.concatenate([np.bincount(np.random.default_rng(seed if salt == 0 else [seed, salt]).integers(
+                0, len(members), len(members)), minlength=len(members)) for salt, members in pb.strata])
+            W[j] = counts[row_cluster]
             used = W[j] > 0
             ok[j] = len({keys[i] for i in np.nonzero(used)[0]}) > P and (
                 sizes is None or len(np.unique(sizes[used])) >= 2)
         else:
-            T[j] = f_hat + resid[draw]
+            T[j] = f_hat + resid[np.random.default_rng(seed).integers(0, n, n)]
     return W, T, ok
 
 
-def bootstrap_method(n_points: int, n_params: int) -> str:
-    """Case resampling needs enough runs that most resamples can still identify every parameter."""
-    return "cases" if n_points >= 3 * n_params else "residuals"
+def bootstrap_method(n_configurations: int, n_params: int) -> str:
+    """Case resampling needs enough configurations that most resamples can still identify every parameter."""
+    return "cases" if n_configurations >= 3 * n_params else "residuals"
 
 
 def bootstrap(pb: Problem, p_best: np.ndarray, n_boot: int, *, seed: int = 0, loss: str = "huber",
@@ -349,7 +418,7 @@ def bootstrap(pb: Problem, p_best: np.ndarray, n_boot: int, *, seed: int = 0, lo
     Returns ([n_boot, P] raw parameters, NaN rows for unusable or failed resamples; the method used).
     Deterministic for a seed: resample i always uses the same draw."""
     if method == "auto":
-        method = bootstrap_method(len(pb.y), len(p_best))
+        method = bootstrap_method(pb.n_clusters, len(p_best))
     seeds = [int(s) for s in np.random.SeedSequence(seed).generate_state(n_boot)]
     W, T, ok = resamples(pb, p_best, method, seeds)
     out = np.full((n_boot, len(p_best)), np.nan)
@@ -376,8 +445,8 @@ def bootstrap_many(pbs: list[Problem], ps: list[np.ndarray], n_boot: int, *, see
         return [bootstrap(pb, p, n_boot, seed=seed, loss=loss, method=method, engine=engine)
                 for pb, p in zip(pbs, ps, strict=True)]
     seeds = [int(s) for s in np.random.SeedSequence(seed).generate_state(n_boot)]
-    methods = [bootstrap_method(len(pb.y), len(p)) if method == "auto" else method for pb, p in zip(pbs, ps,
-                                                                                                     strict=True)]
+    methods = [bootstrap_method(pb.n_clusters, len(p)) if method == "auto" else method
+               for pb, p in zip(pbs, ps, strict=True)]
     draws = [resamples(pb, p, m, seeds) for pb, p, m in zip(pbs, ps, methods, strict=True)]
     owner, weights, targets, p0 = [], [], [], []
     for g, ((W, T, ok), m) in enumerate(zip(draws, methods, strict=True)):
@@ -406,6 +475,11 @@ UNIDENTIFIED_SPAN = 100.0
 # (log space, about a relative error) and by more than the floor, or by more than the ceiling at all
 # (published loss laws predict their largest runs to 1-2%), does not extrapolate: poor.
 EXTRAPOLATION_FACTOR, EXTRAPOLATION_FLOOR, EXTRAPOLATION_CEILING = 3.0, 0.02, 0.05
+# At the optimum, the Jacobian of the residuals with respect to the free parameters (columns scaled to unit
+# length) must have full rank: a singular value below this fraction of the largest is a direction of the
+# parameters that moves no prediction the data can see (e.g. eff(k) against A without a reference precision).
+MIN_SINGULAR_RATIO = 1e-6
+WEAK_LOADING = 0.3  # parameters with at least this share of an unpinned direction are named
 
 
 @dataclass
@@ -426,6 +500,12 @@ class FitResult:
     lo: np.ndarray | None = None  # the raw-parameter box the fit searched
     hi: np.ndarray | None = None
     n_sizes: int | None = None  # distinct model sizes in the data
+    rows: np.ndarray | None = None  # run ids of the points (analysis.design `_row`)
+    clusters: np.ndarray | None = None  # configuration ids of the points (replicates share one)
+    residuals: np.ndarray | None = None  # per point, in the law's residual space
+    x_range: dict[str, tuple[float, float]] = field(default_factory=dict)  # measured range of each column
+    identifiability: dict[str, Any] = field(default_factory=dict)  # the Jacobian's conditioning at the optimum
+    heldout_points: tuple[np.ndarray, np.ndarray] | None = None  # (run ids, abs. relative errors) held out
 
     @property
     def n(self) -> int:
@@ -443,7 +523,14 @@ class FitResult:
     def predict(self, data: pd.DataFrame | dict[str, Any], params: np.ndarray | None = None) -> np.ndarray:
         """Metric predicted at the rows of `data` ([n]); with params [S, P], one row per vector ([S, n])."""
         x = {c: np.atleast_1d(np.asarray(data[c], dtype=float)) for c in self.law.columns}
+        n = len(next(iter(x.values())))
+        for c in (c for c in self.law.optional if c in self.x_range):  # an absent precision is unquantized
+            x[c] = np.atleast_1d(np.asarray(data[c], dtype=float)) if c in data else \
+                np.full(n, self.ctx.get("reference", REFERENCE))
         return self.law.predict(self.vector() if params is None else params, x, self.ctx)
+
+    def heldout_possible(self) -> bool:
+        return bool(self.heldout) and "mean_abs_rel_error" in self.heldout
 
     def intervals(self, level: float = 0.95) -> dict[str, tuple[float, float]]:
         """Percentile bootstrap intervals of the raw parameters."""
@@ -466,40 +553,46 @@ class FitResult:
         near = {n: self._near_bound(i, v) for i, (n, v) in enumerate(self.params.items())}
         return {n: b for n, b in near.items() if b is not None}
 
+    def _shown(self, name: str, raw: float) -> float:
+        return self.law.report[name][1](raw) if name in self.law.report else raw
+
     def verdict(self) -> dict[str, Any]:
         """Can the law be trusted for claims? status "ok", "poor" or "unidentified", with the reasons.
 
-        Unidentified: fewer distinct model sizes than the law needs, or a free parameter whose 95%
-        interval reaches its bound or spans orders of magnitude (for exponents: reaches zero). Poor: R^2 < 0.9, no
-        convergence, or a held-out error far above the in-sample error (it does not extrapolate). Parameters at a bound are listed; they are fixed there, not claims."""
+        Unidentified: fewer distinct model sizes than the law needs; a direction of the free parameters the
+        data cannot pin (the Jacobian at the optimum is rank-deficient); or any free parameter (per-k ones
+        included) whose 95% interval reaches its bound, or, for the log of a scale, spans more than a factor
+        100, or, for an exponent, reaches 0 or spans more than a factor 100. Poor: R^2 < 0.9, no convergence,
+        or a held-out error far above the in-sample error (it does not extrapolate). Parameters at a bound
+        are listed; they are fixed there, not claims."""
         reasons, status = [], "ok"
         if self.n_sizes is not None and self.n_sizes < self.law.min_sizes:
             status = "unidentified"
             reasons.append(f"{self.n_sizes} distinct {self.law.size_column} values; the law's size dependence "
                            f"needs at least {self.law.min_sizes}")
+        weak = self.identifiability.get("weak")
+        if weak:
+            status = "unidentified"
+            reasons.append(f"the data cannot pin a direction of ({', '.join(self.law.label(n) for n in weak)}): "
+                           f"Jacobian singular value ratio {self.identifiability['min_singular_ratio']:.1e}")
         bound, ci = self.at_bound(), self.intervals()
         names = list(self.params)
         for name, (lo, hi) in ci.items():
             if name in bound:
                 continue
-            i = names.index(name)
+            i, label, kind = names.index(name), self.law.label(name), self.law.kind(name)
             edge = self._near_bound(i, lo)
             edge = self._near_bound(i, hi) if edge is None else edge
             if edge is not None:
-                label, shown = self.law.report[name][0] if name in self.law.report else name, edge
-                if name in self.law.report:
-                    shown = self.law.report[name][1](edge)
                 status = "unidentified"
-                reasons.append(f"{label}'s 95% interval reaches its bound ({shown:.3g}): the data cannot tell it "
-                               "from there")
-            elif name in self.law.report and self.law.report[name][1] is np.exp:
-                if hi - lo > math.log(UNIDENTIFIED_SPAN):
-                    status = "unidentified"
-                    reasons.append(f"{self.law.report[name][0]}'s 95% interval spans a factor "
-                                   f"{math.exp(min(hi - lo, 700)):.3g}")
-            elif name in ("alpha", "beta") and (lo <= 1e-6 or hi / lo > UNIDENTIFIED_SPAN):
+                reasons.append(f"{label}'s 95% interval reaches its bound ({self._shown(name, edge):.3g}): the data "
+                               "cannot tell it from there")
+            elif kind == "log" and hi - lo > math.log(UNIDENTIFIED_SPAN):
                 status = "unidentified"
-                reasons.append(f"{name}'s 95% interval [{lo:.3g}, {hi:.3g}] " +
+                reasons.append(f"{label}'s 95% interval spans a factor {math.exp(min(hi - lo, 700)):.3g}")
+            elif kind == "exponent" and (lo <= 1e-6 or hi / lo > UNIDENTIFIED_SPAN):
+                status = "unidentified"
+                reasons.append(f"{label}'s 95% interval [{lo:.3g}, {hi:.3g}] " +
                                ("reaches 0" if lo <= 1e-6 else "spans orders of magnitude"))
         r2 = self.gof.get("r2")
         if status == "ok" and (r2 is not None and r2 < 0.9 or not self.converged):
@@ -528,29 +621,61 @@ class FitResult:
             params[name] = entry
         n_boot = 0 if self.boot is None else len(self.boot)
         return {"law": self.law.name, "formula": self.law.formula, "metric": self.metric, "group": self.group,
-                "n_points": self.n, "params": params, "goodness_of_fit": self.gof,
+                "n_points": self.n, "n_configurations": None if self.clusters is None else
+                int(len(np.unique(self.clusters))), "params": params, "goodness_of_fit": self.gof,
                 "bootstrap": {"n": n_boot, "converged": int(len(b)), "method": self.boot_method},
-                "converged": self.converged, "heldout": self.heldout, "verdict": self.verdict(),
+                "converged": self.converged, "heldout": self.heldout, "identifiability": self.identifiability,
+                "measured_range": {c: list(r) for c, r in self.x_range.items()}, "verdict": self.verdict(),
                 "warnings": self.warnings}
 
 
-def _heldout_split(pb: Problem, df: pd.DataFrame, n_holdout: int) -> tuple[dict[str, Any], np.ndarray] | None:
+def identifiability(pb: Problem, p: np.ndarray, free: np.ndarray) -> dict[str, Any]:
+    """Rank and conditioning of the Jacobian at the optimum over the free parameters (columns scaled to unit
+    length, so units do not matter): the smallest singular value over the largest, and the parameters that
+    make up every direction below MIN_SINGULAR_RATIO (a parameter with no effect at all is one)."""
+    names = np.array(pb.names)[free]
+    if not free.any():
+        return {"min_singular_ratio": None, "weak": []}
+    with np.errstate(all="ignore"):
+        _, J = pb.law.fn(p[None], pb.x, pb.ctx, True)
+    J = np.asarray(J[0])[:, free]
+    if not np.isfinite(J).all():
+        return {"min_singular_ratio": None, "weak": []}
+    norms = np.linalg.norm(J, axis=0)
+    dead = norms <= 1e-12 * max(norms.max(), 1e-300)
+    Js = J / np.where(dead, 1.0, norms)
+    sv, vt = np.linalg.svd(Js, full_matrices=False)[1:]
+    ratio = float(sv[-1] / sv[0]) if sv[0] > 0 else 0.0
+    weak = set(names[dead].tolist())
+    for s_val, v in zip(sv, vt, strict=True):
+        if s_val < MIN_SINGULAR_RATIO * sv[0]:
+            weak |= set(names[np.abs(v) >= WEAK_LOADING].tolist())
+    return {"min_singular_ratio": ratio, "weak": [n for n in pb.names if n in weak]}
+
+
+def _heldout_split(pb: Problem, df: pd.DataFrame, n_holdout: int) -> tuple[dict[str, Any], np.ndarray | None] | None:
+    """(description, rows held out) for a held-out refit without the largest `n_holdout` model sizes, or
+    (why it is impossible, None) when the refit would not have more sizes than size-dependent parameters."""
     col = "n_params" if "n_params" in df else pb.law.size_column
     if n_holdout < 1 or col not in df:
         return None
     sizes = np.sort(df[col].unique())
-    if len(sizes) <= n_holdout:
-        return None
+    left = len(sizes) - n_holdout
+    if left <= pb.law.size_params:
+        return {"held_out": f"largest {n_holdout} {col}", "possible": False,
+                "reason": f"{len(sizes)} distinct {col}: a refit without the largest {n_holdout} has {max(left, 0)}, "
+                          f"not more than the law's {pb.law.size_params} size-dependent parameters"}, None
     held = (df[col] >= sizes[-n_holdout]).to_numpy()
-    return {"held_out": f"largest {n_holdout} {col}", "held_out_sizes": [float(s) for s in sizes[-n_holdout:]]}, held
+    return {"held_out": f"largest {n_holdout} {col}", "possible": True,
+            "held_out_sizes": [float(s) for s in sizes[-n_holdout:]]}, held
 
 
-def _heldout_error(pb: Problem, held: np.ndarray, p: np.ndarray, sub: Problem) -> dict[str, Any]:
+def _heldout_error(pb: Problem, held: np.ndarray, p: np.ndarray, sub: Problem) -> tuple[dict[str, Any], np.ndarray]:
     x = {c: v[held] for c, v in pb.x.items()}
     pred, y = pb.law.predict(p, x, pb.ctx), pb.y[held]
-    rel = (pred - y) / np.abs(y)
-    return {"n_fit": len(sub.y), "n_heldout": int(held.sum()), "mean_abs_rel_error": float(np.abs(rel).mean()),
-            "max_abs_rel_error": float(np.abs(rel).max()), "rmse": float(np.sqrt(np.mean((pred - y) ** 2)))}
+    rel = np.abs(pred - y) / np.abs(y)
+    return {"n_fit": len(sub.y), "n_heldout": int(held.sum()), "mean_abs_rel_error": float(rel.mean()),
+            "max_abs_rel_error": float(rel.max()), "rmse": float(np.sqrt(np.mean((pred - y) ** 2)))}, rel
 
 
 def aligned_replicates(fits: list[FitResult]) -> tuple[int, np.ndarray] | None:
@@ -564,29 +689,34 @@ def aligned_replicates(fits: list[FitResult]) -> tuple[int, np.ndarray] | None:
 
 
 def heldout_checks(pbs: list[Problem], dfs: list[pd.DataFrame], metric: str, n_holdout: int, loss: str,
-                   engine: str = "batched") -> list[dict[str, Any] | None]:
-    """For each group: fit without its largest `n_holdout` model size(s); the error predicting them."""
-    out: list[dict[str, Any] | None] = [None] * len(pbs)
+                   engine: str = "batched") -> list[tuple[dict[str, Any] | None, tuple | None]]:
+    """For each group: fit without its largest `n_holdout` model size(s); (the error predicting them, (run ids,
+    abs. relative error) of each held-out point)."""
+    out: list[tuple[dict[str, Any] | None, tuple | None]] = [(None, None)] * len(pbs)
     todo = []
     for i, (pb, df) in enumerate(zip(pbs, dfs, strict=True)):
         split = _heldout_split(pb, df, n_holdout)
         if split is None:
             continue
-        out[i], held = split
+        info, held = split
+        out[i] = (info, None)
+        if held is None:
+            continue
         try:
             todo.append((i, held, prepare(pb.law, df[~held], metric, pb.delta, pb.ctx)))
         except (FitError, ValueError) as e:
-            out[i] = {**out[i], "error": str(e)}
+            out[i] = ({**info, "possible": False, "error": str(e)}, None)
     sols = solve_many([sub for _, _, sub in todo], loss=loss, engine=engine) if todo else []
     for (i, held, sub), (p, _) in zip(todo, sols, strict=True):
-        out[i] = {**out[i], **_heldout_error(pbs[i], held, p, sub)}
+        err, rel = _heldout_error(pbs[i], held, p, sub)
+        out[i] = ({**out[i][0], **err}, (pbs[i].rows[held], rel))
     return out
 
 
 def heldout_check(pb: Problem, df: pd.DataFrame, metric: str, n_holdout: int, loss: str,
                   engine: str = "batched") -> dict[str, Any] | None:
     """Fit without the largest `n_holdout` model size(s); report the error predicting them."""
-    return heldout_checks([pb], [df], metric, n_holdout, loss, engine)[0]
+    return heldout_checks([pb], [df], metric, n_holdout, loss, engine)[0][0]
 
 
 def fit_law(df: pd.DataFrame, law: Law | str = "power_bits", metric: str = "val_loss", *,
@@ -605,40 +735,83 @@ def fit_law(df: pd.DataFrame, law: Law | str = "power_bits", metric: str = "val_
     return res
 
 
+def assign_strata(pbs: list[Problem]) -> None:
+    """Each group's clusters in strata: its own, and per set of groups it shares clusters with (their common
+    baselines), one stratum whose salt is that set's, so every sharing group draws those clusters alike."""
+    member: dict[Any, set[int]] = {}
+    for g, pb in enumerate(pbs):
+        for c in np.unique(pb.clusters).tolist():
+            member.setdefault(c, set()).add(g)
+    for pb in pbs:
+        order = _unique_in_order(pb.clusters)
+        own = np.array([c for c in order.tolist() if len(member[c]) == 1], dtype=order.dtype)
+        shared: dict[tuple[int, ...], list] = {}
+        for c in order.tolist():
+            if len(member[c]) > 1:
+                shared.setdefault(tuple(sorted(member[c])), []).append(c)
+        pb.strata = ([(0, own)] if len(own) else []) + [
+            (zlib.crc32(repr(sig).encode()) or 1, np.array(cs, dtype=order.dtype)) for sig, cs in sorted(shared.items())]
+
+
+def _signature(pb: Problem) -> tuple:
+    """Groups with the same runs and values are one fit (the 16-bit curve copied into every scheme)."""
+    return (tuple(pb.rows.tolist()), pb.y.tobytes(), tuple(v.tobytes() for v in pb.x.values()))
+
+
 def fit_laws(groups: dict[Any, pd.DataFrame], law: Law | str, metric: str = "val_loss", *, delta: float = 1e-3,
              loss: str = "huber", n_boot: int = 200, seed: int = 0, holdout: int = 1, top_starts: int | None = 16,
              boot_method: str = "auto", engine: str = "batched",
-             labels: dict[Any, dict[str, Any]] | None = None) -> dict[Any, FitResult | FitError]:
+             labels: dict[Any, dict[str, Any]] | None = None,
+             reference: float = REFERENCE) -> dict[Any, FitResult | FitError]:
     """`fit_law` for every group of runs (e.g. every (k, scheme) curve of a per-k law), solved together:
     the grid searches, the bootstrap refits and the held-out refits of all groups are one batch each.
-    Returns a FitResult per group, or the FitError saying why that group cannot be fitted."""
+    Groups with the same runs are fitted once. A baseline shared by groups is drawn alike in each bootstrap
+    resample (`assign_strata`). Returns a FitResult per group, or the FitError saying why that group cannot
+    be fitted (Unidentified where its design cannot identify the law)."""
     out: dict[Any, FitResult | FitError] = {}
     pbs: dict[Any, Problem] = {}
+    same: dict[Any, Any] = {}  # group -> the group whose fit it shares
+    seen: dict[tuple, Any] = {}
     law = get_law(law)
     for key, df in groups.items():
         try:
-            pbs[key] = prepare(law, df, metric, delta)
+            pb = prepare(law, df, metric, delta, reference=reference)
         except FitError as e:
             out[key] = e
+            continue
+        sig = _signature(pb)
+        if sig in seen:
+            same[key] = seen[sig]
+            continue
+        seen[sig], pbs[key] = key, pb
     if not pbs:
-        return out
+        return {k: out[k] for k in groups}
     keys, plist = list(pbs), list(pbs.values())
+    assign_strata(plist)
     with one_blas_thread():
         sols = solve_many(plist, loss=loss, top_starts=top_starts, engine=engine)
         boots = bootstrap_many(plist, [p for p, _ in sols], n_boot, seed=seed, loss=loss, method=boot_method,
                                engine=engine) if n_boot > 0 else [(None, None)] * len(plist)
         held = heldout_checks(plist, [groups[k] for k in keys], metric, holdout, loss, engine)
-    for key, pb, (p, ok), (boot, method), ho in zip(keys, plist, sols, boots, held, strict=True):
+    for key, pb, (p, ok), (boot, method), (ho, pts) in zip(keys, plist, sols, boots, held, strict=True):
         out[key] = _result(pb, p, ok, boot, method, ho, metric, (labels or {}).get(key, {}))
+        out[key].heldout_points = pts
+    for key, twin in same.items():
+        out[key] = dataclasses.replace(out[twin], group=(labels or {}).get(key, {}))
     return {k: out[k] for k in groups}
 
 
 def _result(pb: Problem, p: np.ndarray, ok: bool, boot: np.ndarray | None, method: str | None,
             heldout: dict[str, Any] | None, metric: str, group: dict[str, Any]) -> FitResult:
     size_col = pb.law.size_column if pb.law.size_column in pb.x else next(iter(pb.x))
-    res = FitResult(pb.law, metric, group, dict(zip(pb.names, map(float, p), strict=True)), goodness_of_fit(pb, p),
+    gof = goodness_of_fit(pb, p)
+    f, _ = pb.law.fn(p[None], pb.x, pb.ctx, False)
+    res = FitResult(pb.law, metric, group, dict(zip(pb.names, map(float, p), strict=True)), gof,
                     pb.ctx, boot=boot, boot_method=method, heldout=heldout, converged=ok, lo=pb.lo, hi=pb.hi,
-                    n_sizes=len(np.unique(pb.x[size_col])))
+                    n_sizes=len(np.unique(pb.x[size_col])), rows=pb.rows, clusters=pb.clusters,
+                    residuals=f[0] - pb.target, x_range={c: (float(v.min()), float(v.max())) for c, v in pb.x.items()})
+    free = np.array([n not in res.at_bound() for n in pb.names])
+    res.identifiability = identifiability(pb, p, free)
     if not ok:
         res.warnings.append("the optimiser did not report convergence; treat the parameters with care")
     if boot is not None:
@@ -646,10 +819,12 @@ def _result(pb: Problem, p: np.ndarray, ok: bool, boot: np.ndarray | None, metho
         if n_bad:
             res.warnings.append(f"{n_bad} of {len(boot)} bootstrap resamples could not be fitted (left out)")
         if method == "residuals":
-            res.warnings.append(f"only {len(pb.y)} runs for {len(p)} parameters: intervals from resampled "
-                                "residuals (fixed design), not resampled runs")
+            res.warnings.append(f"only {pb.n_clusters} configurations for {len(p)} parameters: intervals from "
+                                "resampled residuals (fixed design), not resampled runs")
     for name, b in res.at_bound().items():
         res.warnings.append(f"{name} is at its bound ({b:.4g}): fixed there by the fit, not a measured value")
+    if heldout and not heldout.get("possible", True):
+        res.warnings.append(f"no held-out check: {heldout.get('error') or heldout['reason']}")
     r2 = res.gof["r2"]
     if r2 is not None and r2 < 0.9:
         res.warnings.append(f"poor fit: R^2 = {r2:.3f} ({pb.law.space} space)")

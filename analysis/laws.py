@@ -38,15 +38,37 @@ class Law:
     # Display transform of fitted parameters: name -> (label, function of the raw value), e.g. A = exp(a).
     report: dict[str, tuple[str, Callable[[float], float]]] = field(default_factory=dict)
     per_k: bool = False  # fitted separately for every curve (bit-width k, scheme)
-    setup: Callable[[dict[str, Array]], dict[str, Any]] | None = None  # data-dependent parameters (eff(k))
+    # Data-dependent parameters (eff(k)): setup(columns, reference precision) -> context.
+    setup: Callable[[dict[str, Array], float], dict[str, Any]] | None = None
     size_column: str = "n_params"  # what "model size" means for degenerate-input checks and held-out fits
     bounds: dict[str, tuple[float, float]] = field(default_factory=dict)  # raw-parameter box (beyond BOUNDS)
-    # Distinct model sizes needed before the law's size dependence is identified (its parameters
-    # along the size axis, plus one degree of freedom); fewer is reported as unidentified.
-    min_sizes: int = 4
+    # Parameters along the size axis (E, A, alpha of a power law): the size dependence is identified only with
+    # more distinct sizes than these, and a held-out refit only if more remain after the largest are left out.
+    size_params: int = 3
+    # Per-precision parameters relative to the reference precision (eff(k), with eff(16) = 1): a group needs
+    # runs at the reference and at another precision in each precision column listed here.
+    reference_columns: tuple[str, ...] = ()
+    paired: bool = False  # fitted on paired differences: each run's metric minus its base model's baseline
+    optional: tuple[str, ...] = ()  # columns read where the table has them (more precisions)
+    headline: bool = True  # a candidate for the answer (a degradation law answers another question)
+    absorbs: tuple[str, ...] = ()  # scheme fields the law models through its own columns: not groups of their own
+
+    @property
+    def min_sizes(self) -> int:
+        return self.size_params + 1
 
     def param_names(self, ctx: dict[str, Any]) -> list[str]:
         return list(self.params) + list(ctx.get("extra_params", []))
+
+    def kind(self, name: str) -> str:
+        """How a parameter's interval is judged: "log" (the log of a positive scale: identified unless its
+        interval spans orders of magnitude), "exponent" (positive: identified unless the interval reaches 0 or
+        spans orders of magnitude), "linear" (identified unless the interval reaches a bound)."""
+        if name.startswith("log_") or name in self.report and self.report[name][1] is np.exp:
+            return "log"
+        if name.split("_")[0] in EXPONENTS:
+            return "exponent"
+        return "linear"
 
     def box(self, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Lower and upper bounds of the raw parameters (the law's own, else BOUNDS by name or prefix)."""
@@ -58,8 +80,11 @@ class Law:
             hi.append(b[1])
         return np.array(lo, float), np.array(hi, float)
 
-    def context(self, cols: dict[str, Array]) -> dict[str, Any]:
-        return dict(self.setup(cols)) if self.setup else {}
+    def context(self, cols: dict[str, Array], reference: float = 16.0) -> dict[str, Any]:
+        return {**(self.setup(cols, reference) if self.setup else {}), "reference": float(reference)}
+
+    def label(self, name: str) -> str:
+        return self.report[name][0] if name in self.report else name
 
     def predict(self, p: Array, x: dict[str, Array], ctx: dict[str, Any]) -> Array:
         """Metric (linear scale) at the points x; p [P] -> [n], p [S, P] -> [S, n]."""
@@ -67,6 +92,9 @@ class Law:
         f, _ = self.fn(np.atleast_2d(p), x, ctx, False)
         out = np.exp(f) if self.space == "log" else f
         return out[0] if p.ndim == 1 else out
+
+
+EXPONENTS = ("alpha", "beta", "gamma")  # parameter names (or prefixes before "_") that are positive exponents
 
 
 # ---- building blocks -------------------------------------------------------------------------------------
@@ -166,8 +194,8 @@ def _precision(p: Array, x: dict[str, Array], ctx: dict[str, Any], jac: bool):
     return _lse_with_data_term(terms, jacs, p, x, ctx, 4)
 
 
-def _eff_setup(cols: dict[str, Array]) -> dict[str, Any]:
-    ks = sorted({float(k) for k in cols["bits"] if float(k) != 16.0})
+def _eff_setup(cols: dict[str, Array], reference: float) -> dict[str, Any]:
+    ks = sorted({float(k) for k in cols["bits"] if float(k) != reference})
     return {"eff_ks": ks, "extra_params": [f"log_eff_{k:g}" for k in ks]}
 
 
@@ -179,7 +207,7 @@ def _efficiency(p: Array, x: dict[str, Array], ctx: dict[str, Any], jac: bool):
     idx = np.full(k.shape, -1)
     for i, kk in enumerate(ctx["eff_ks"]):
         idx[k == kk] = base + i
-    unknown = (idx < 0) & (k != 16.0)
+    unknown = (idx < 0) & (k != ctx.get("reference", REFERENCE))
     if unknown.any():
         raise ValueError(f"no eff(k) for bit-widths {sorted(set(k[unknown].tolist()))[:5]}: the efficiency law "
                          "predicts only at the bit-widths it was fitted on")
@@ -195,6 +223,105 @@ def _efficiency(p: Array, x: dict[str, Array], ctx: dict[str, Any], jac: bool):
         J1[:, rows, idx[rows]] = -alpha
         jacs = [_onehot(sh, P, 0), J1]
     return _lse_with_data_term(terms, jacs, p, x, ctx, 3)
+
+
+def _per_precision(col: str, prefix: str) -> Callable[[dict[str, Array], float], dict[str, Any]]:
+    """Setup of a law with one free log efficiency per precision of `col` (the reference precision's is 0)."""
+    def setup(cols: dict[str, Array], reference: float) -> dict[str, Any]:
+        ks = sorted({float(k) for k in cols[col] if float(k) != reference})
+        return {f"{prefix}_ks": ks, "extra_params": [f"log_{prefix}_{k:g}" for k in ks]}
+
+    return setup
+
+
+def _index(values: Array, ks: list[float], first: int, law: str, reference: float) -> Array:
+    """Parameter column of each row's precision (first + position in ks), -1 at the reference precision."""
+    idx = np.full(values.shape, -1)
+    for i, kk in enumerate(ks):
+        idx[values == kk] = first + i
+    unknown = (idx < 0) & (values != reference)
+    if unknown.any():
+        raise ValueError(f"law {law} has no efficiency for precisions {sorted(set(values[unknown].tolist()))[:5]}: "
+                         "it predicts only at the precisions it was fitted on")
+    return idx
+
+
+def _quartet(p: Array, x: dict[str, Array], ctx: dict[str, Any], jac: bool):
+    """Castro et al. (Quartet): the forward precision scales parameters, the backward precision scales data."""
+    e, a, alpha, b, beta = (_col(p, i) for i in range(5))
+    fk, bk = ctx["effn_ks"], ctx["effd_ks"]
+    ref = ctx.get("reference", REFERENCE)
+    i_f = _index(x["fwd_bits"], fk, 5, "quartet", ref)
+    i_b = _index(x["bwd_bits"], bk, 5 + len(fk), "quartet", ref)
+    ln = np.log(x["n_params"])[None, :] + np.where(i_f >= 0, p[:, np.maximum(i_f, 0)], 0.0)
+    ld = np.log(x["train_tokens"])[None, :] + np.where(i_b >= 0, p[:, np.maximum(i_b, 0)], 0.0)
+    t1, t2 = a - alpha * ln, b - beta * ld
+    sh = np.broadcast_shapes(t1.shape, t2.shape)
+    t1, t2 = np.broadcast_to(t1, sh), np.broadcast_to(t2, sh)
+    if not jac:
+        return _lse([np.broadcast_to(e, sh), t1, t2], None)
+    P = p.shape[1]
+    J1, J2 = _onehot(sh, P, 1), _onehot(sh, P, 3)
+    J1[..., 2], J2[..., 4] = -ln, -ld
+    rows = np.nonzero(i_f >= 0)[0]
+    J1[:, rows, i_f[rows]] = -alpha
+    rows = np.nonzero(i_b >= 0)[0]
+    J2[:, rows, i_b[rows]] = -beta
+    return _lse([np.broadcast_to(e, sh), t1, t2], [_onehot(sh, P, 0), J1, J2])
+
+
+def _quartet_setup(cols: dict[str, Array], reference: float) -> dict[str, Any]:
+    f, b = _per_precision("fwd_bits", "effn")(cols, reference), _per_precision("bwd_bits", "effd")(cols, reference)
+    return {**f, **b, "extra_params": f["extra_params"] + b["extra_params"]}
+
+
+PRECISION_COLUMNS = {"bits": "w", "act_bits": "act", "kv_bits": "kv"}  # Kumar et al.: weights, activations, KV
+
+
+def _multi_setup(cols: dict[str, Array], reference: float) -> dict[str, Any]:
+    present = [c for c in PRECISION_COLUMNS if c in cols]
+    if len(present) < 2:
+        raise ValueError("law precision_multi needs act_bits or kv_bits beside bits (with weights alone, use "
+                         "the law precision)")
+    return {"precisions": present, "extra_params": [f"log_gamma_{PRECISION_COLUMNS[c]}" for c in present]}
+
+
+def _precision_multi(p: Array, x: dict[str, Array], ctx: dict[str, Any], jac: bool):
+    """Kumar et al.: N_eff = N * prod over precisions x of (1 - exp(-P_x / gamma_x))."""
+    e, a, alpha = _col(p, 0), _col(p, 1), _col(p, 2)
+    us = [x[c][None, :] / np.exp(_col(p, 3 + i)) for i, c in enumerate(ctx["precisions"])]
+    log_neff = np.log(x["n_params"])[None, :] + sum(np.log(-np.expm1(-u)) for u in us)
+    t1 = a - alpha * log_neff
+    sh, P = t1.shape, p.shape[1]
+    if not jac:
+        return _lse([np.broadcast_to(e, sh), t1], None)
+    J1 = _onehot(sh, P, 1)
+    J1[..., 2] = -log_neff
+    with np.errstate(over="ignore"):
+        for i, u in enumerate(us):
+            J1[..., 3 + i] = alpha * u / np.expm1(u)
+    return _lse([np.broadcast_to(e, sh), t1], [_onehot(sh, P, 0), J1])
+
+
+def _degradation(p: Array, x: dict[str, Array], ctx: dict[str, Any], jac: bool):
+    """Ouyang et al.: log dL = log c + beta log D - alpha log N - gamma log k (linear in the parameters)."""
+    ln, ld, lk = (np.log(x[c])[None, :] for c in ("n_params", "train_tokens", "bits"))
+    f = _col(p, 0) - _col(p, 1) * ln + _col(p, 2) * ld - _col(p, 3) * lk
+    if not jac:
+        return f, None
+    J = np.stack(np.broadcast_arrays(np.ones_like(f), -ln, ld, -lk), axis=-1)
+    return f, J
+
+
+def _ptq_degradation(p: Array, x: dict[str, Array], ctx: dict[str, Any], jac: bool):
+    """Kumar et al.: log delta = log C_T + gamma_D log D - gamma_N log N - k / gamma_post."""
+    ln, ld = np.log(x["n_params"])[None, :], np.log(x["train_tokens"])[None, :]
+    u = x["bits"][None, :] / np.exp(_col(p, 3))
+    f = _col(p, 0) + _col(p, 1) * ld - _col(p, 2) * ln - u
+    if not jac:
+        return f, None
+    J = np.stack(np.broadcast_arrays(np.ones_like(f), ld, -ln, u), axis=-1)
+    return f, J
 
 
 def _sigmoid(col: str, sign: float) -> LawFn:
@@ -215,20 +342,20 @@ def _sigmoid(col: str, sign: float) -> LawFn:
     return fn
 
 
-def _no_data(cols: dict[str, Array]) -> dict[str, Any]:
+def _no_data(cols: dict[str, Array], reference: float) -> dict[str, Any]:
     return {"data_term": False}
 
 
-def _data(cols: dict[str, Array]) -> dict[str, Any]:
+def _data(cols: dict[str, Array], reference: float) -> dict[str, Any]:
     return {"data_term": True}
 
 
-def _eff_no_data(cols: dict[str, Array]) -> dict[str, Any]:
-    return {**_eff_setup(cols), "data_term": False}
+def _eff_no_data(cols: dict[str, Array], reference: float) -> dict[str, Any]:
+    return {**_eff_setup(cols, reference), "data_term": False}
 
 
-def _eff_data(cols: dict[str, Array]) -> dict[str, Any]:
-    return {**_eff_setup(cols), "data_term": True}
+def _eff_data(cols: dict[str, Array], reference: float) -> dict[str, Any]:
+    return {**_eff_setup(cols, reference), "data_term": True}
 
 
 # Where a parameter can sit: beyond these it has no meaning (negative exponents, gamma far outside the
@@ -237,13 +364,18 @@ def _eff_data(cols: dict[str, Array]) -> dict[str, Any]:
 # (E below 1% of the smallest loss is zero for every purpose) and is set in analysis.fit.prepare.
 BOUNDS: dict[str, tuple[float, float]] = {
     "e": (-20.0, 20.0), "a": (-20.0, 80.0), "b": (-20.0, 80.0), "alpha": (0.0, 5.0), "beta": (0.0, 5.0),
-    "log_gamma": (float(np.log(0.05)), float(np.log(64.0))), "log_eff_*": (-12.0, 3.0), "log_s": (-10.0, 10.0),
+    "log_gamma*": (float(np.log(0.05)), float(np.log(64.0))), "log_eff_*": (-12.0, 3.0), "log_s": (-10.0, 10.0),
+    "log_effn_*": (-12.0, 3.0), "log_effd_*": (-12.0, 3.0), "log_c": (-40.0, 40.0), "log_ct": (-40.0, 40.0),
+    "gamma": (0.0, 20.0), "gamma_d": (0.0, 5.0), "gamma_n": (0.0, 5.0),
 }
+REFERENCE = 16.0  # the reference precision: eff(16) = 1 (analysis.settings.REFERENCE_BITS)
 
 E_A_ALPHA = {"e": np.arange(-1.0, 1.01, 0.5), "a": np.arange(0.0, 25.1, 5.0), "alpha": np.arange(0.0, 2.01, 0.5)}
 B_BETA = {"b": np.arange(0.0, 25.1, 5.0), "beta": np.arange(0.0, 2.01, 0.5)}
 LOG_SCALES = {"e": ("E", np.exp), "a": ("A", np.exp), "b": ("B", np.exp), "log_gamma": ("gamma", np.exp),
-              "log_s": ("s", np.exp)}
+              "log_s": ("s", np.exp), "log_c": ("c", np.exp), "log_ct": ("C_T", np.exp),
+              "log_gamma_post": ("gamma_post", np.exp), "log_gamma_w": ("gamma_w", np.exp),
+              "log_gamma_act": ("gamma_act", np.exp), "log_gamma_kv": ("gamma_kv", np.exp)}
 SIGMOID_GRID = {"lo": [0.0, 0.25], "hi": [0.5, 0.8, 1.0], "log_s": [-1.0, 0.0, 1.0]}
 
 LAWS: dict[str, Law] = {law.name: law for law in [
@@ -262,26 +394,46 @@ LAWS: dict[str, Law] = {law.name: law for law in [
         setup=_data),
     Law("efficiency", "L(N, k) = E + A * (N * eff(k))^(-alpha), eff(16) = 1  [QuEST; Frantar et al. 2025]",
         ("e", "a", "alpha"), ("n_params", "bits"), _efficiency, E_A_ALPHA, report=LOG_SCALES,
-        setup=_eff_no_data),
+        setup=_eff_no_data, reference_columns=("bits",)),
     Law("efficiency_data", "L(N, D, k) = E + A * (N * eff(k))^(-alpha) + B * D^(-beta), eff(16) = 1",
         ("e", "a", "alpha", "b", "beta"), ("n_params", "bits", "train_tokens"), _efficiency,
         {**E_A_ALPHA, **B_BETA}, report=LOG_SCALES,
-        setup=_eff_data),
+        setup=_eff_data, reference_columns=("bits",)),
     Law("chinchilla", "L(N, D) = E + A / N^alpha + B / D^beta  [Hoffmann et al. 2022, Approach 3]",
         ("a", "b", "e", "alpha", "beta"), ("n_params", "train_tokens"), _chinchilla,
         {"a": np.arange(0.0, 25.1, 5.0), "b": np.arange(0.0, 25.1, 5.0), "e": np.arange(-1.0, 1.01, 0.5),
          "alpha": np.arange(0.0, 2.01, 0.5), "beta": np.arange(0.0, 2.01, 0.5)}, report=LOG_SCALES),
+    Law("quant_degradation", "dL(N, D, k) = c * D^beta / (N^alpha * k^gamma) on paired differences (quantized - "
+        "16-bit)  [Ouyang et al. 2024]", ("log_c", "alpha", "beta", "gamma"), ("n_params", "train_tokens", "bits"),
+        _degradation, {"log_c": [-8.0, -4.0, 0.0], "alpha": [0.1, 0.5], "beta": [0.1, 0.5], "gamma": [1.0, 5.0]},
+        report=LOG_SCALES, size_params=2, paired=True, headline=False),
+    Law("ptq_degradation", "delta(N, D, k) = C_T * D^gamma_D / N^gamma_N * exp(-k / gamma_post) on paired "
+        "differences  [Kumar et al. 2025]", ("log_ct", "gamma_d", "gamma_n", "log_gamma_post"),
+        ("n_params", "train_tokens", "bits"), _ptq_degradation,
+        {"log_ct": [-6.0, -2.0, 2.0], "gamma_d": [0.2, 0.6], "gamma_n": [0.2, 0.6], "log_gamma_post": [-1.0, 0.0, 1.0]},
+        report=LOG_SCALES, size_params=2, paired=True, headline=False),
+    Law("quartet", "L(N, D, P_fwd, P_bwd) = E + A / (N * effN(P_fwd))^alpha + B / (D * effD(P_bwd))^beta, "
+        "effN(16) = effD(16) = 1  [Castro et al. 2025, Quartet]", ("e", "a", "alpha", "b", "beta"),
+        ("n_params", "train_tokens", "fwd_bits", "bwd_bits"), _quartet, {**E_A_ALPHA, **B_BETA}, report=LOG_SCALES,
+        setup=_quartet_setup, reference_columns=("fwd_bits", "bwd_bits"), absorbs=("regime",)),
+    Law("precision_multi", "L(N, P_w, P_a, P_kv) = E + A * N_eff^(-alpha), N_eff = N * prod_x (1 - exp(-P_x / "
+        "gamma_x)) over weights, activations, KV cache  [Kumar et al. 2025]", ("e", "a", "alpha"), ("n_params", "bits"),
+        _precision_multi, {**E_A_ALPHA, "log_gamma_w": np.log([1.0, 3.0]), "log_gamma_act": np.log([1.0, 3.0]),
+                           "log_gamma_kv": np.log([1.0, 3.0])}, report=LOG_SCALES, setup=_multi_setup,
+        optional=("act_bits", "kv_bits")),
     Law("sigmoid_bits", "acc(B) = lo + (hi - lo) * sigmoid(s * (log B - m))", ("lo", "hi", "log_s", "m"),
         ("total_bits",), _sigmoid("total_bits", 1.0), {**SIGMOID_GRID, "m": [10.0, 15.0, 20.0, 25.0]},
-        space="linear", report=LOG_SCALES, size_column="total_bits"),
+        space="linear", report=LOG_SCALES, size_column="total_bits", headline=False),
     Law("sigmoid_loss", "acc(L) = lo + (hi - lo) * sigmoid(-s * (L - m))", ("lo", "hi", "log_s", "m"),
         ("val_loss",), _sigmoid("val_loss", -1.0), {**SIGMOID_GRID, "m": [1.0, 2.0, 3.0, 4.0, 6.0]},
-        space="linear", report=LOG_SCALES, size_column="val_loss"),
+        space="linear", report=LOG_SCALES, size_column="val_loss", headline=False),
 ]}
 
 
 def custom_law(name: str, fn: Callable[..., Any], params: Sequence[str], columns: Sequence[str],
-               grid: dict[str, Sequence[float]], space: str = "log", per_k: bool = False) -> Law:
+               grid: dict[str, Sequence[float]], space: str = "log", per_k: bool = False,
+               bounds: dict[str, tuple[float, float]] | None = None, formula: str | None = None,
+               size_params: int = 3) -> Law:
     """A user's own law: `fn(p: dict[str, Tensor], x: dict[str, Tensor]) -> Tensor`, the metric on a
     linear scale, written in torch (float64); its gradient comes from autograd.
 
@@ -309,7 +461,54 @@ def custom_law(name: str, fn: Callable[..., Any], params: Sequence[str], columns
             J = torch.stack([torch.autograd.functional.jacobian(lambda q: f_of(q[None])[0], row) for row in pt])
         return f, J.numpy()
 
-    return Law(name, f"user law {name}", params, tuple(columns), law_fn, grid, space=space, per_k=per_k)
+    return Law(name, formula or f"user law {name}", params, tuple(columns), law_fn, grid, space=space, per_k=per_k,
+               bounds=dict(bounds or {}), size_params=size_params)
+
+
+def load_law_file(path: str) -> Law:
+    """A law from a Python file (`ksir-fit --law-file mylaw.py`), fitted, bootstrapped and judged like the
+    built-in ones. The file defines::
+
+        NAME = "my_chinchilla"                      # how fit.json and the report call it
+        COLUMNS = ["n_params", "train_tokens"]      # run columns the law reads
+        PARAMS = {"e": {"bounds": (-2, 2), "grid": [-1, 0, 1]}, ...}   # every parameter: box and starts
+        def law(p, x):                              # the metric, in torch: p[name] is [S, 1], x[col] is [n]
+            return p["e"].exp() + ...
+        SPACE = "log"                               # optional: "log" (loss, default) or "linear" (accuracy)
+        FORMULA = "L = E + A / N^alpha + B / D^beta"  # optional, for the report
+        SIZE_PARAMS = 3                             # optional: parameters along the size axis (default 3)
+
+    A file that does not define these is a one-line ConfigError naming what is missing."""
+    import importlib.util
+    from pathlib import Path
+
+    from ksir.errors import ConfigError
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ConfigError("--law-file", str(path), why="no such file")
+    spec = importlib.util.spec_from_file_location(f"ksir_user_law_{file.stem}", file)
+    mod = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(mod)
+    except Exception as e:  # noqa: BLE001 - a user's file: its error in one line
+        raise ConfigError("--law-file", str(path), why=f"cannot be loaded: {type(e).__name__}: {e}") from None
+    missing = [a for a in ("NAME", "COLUMNS", "PARAMS", "law") if not hasattr(mod, a)]
+    if missing:
+        raise ConfigError("--law-file", str(path), why=f"defines no {', '.join(missing)} (see ksir-fit --help)")
+    params = dict(mod.PARAMS)
+    bad = [n for n, v in params.items() if not isinstance(v, dict) or "bounds" not in v or "grid" not in v]
+    if bad:
+        raise ConfigError("--law-file", str(path), why=f"PARAMS[{bad[0]!r}] needs 'bounds' (lo, hi) and 'grid' [...]")
+    space = getattr(mod, "SPACE", "log")
+    if space not in ("log", "linear"):
+        raise ConfigError("--law-file", str(path), why=f"SPACE is {space!r}, not 'log' or 'linear'")
+    if mod.NAME in LAWS:
+        raise ConfigError("--law-file", str(path), why=f"NAME {mod.NAME!r} is a built-in law; pick another")
+    return custom_law(str(mod.NAME), mod.law, list(params), list(mod.COLUMNS),
+                      {n: list(v["grid"]) for n, v in params.items()}, space=space,
+                      bounds={n: tuple(map(float, v["bounds"])) for n, v in params.items()},
+                      formula=getattr(mod, "FORMULA", None), size_params=int(getattr(mod, "SIZE_PARAMS", 3)))
 
 
 def get_law(law: str | Law) -> Law:

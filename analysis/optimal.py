@@ -53,7 +53,7 @@ def per_k_optimum(fits: Mapping[tuple, FitResult], budgets: np.ndarray, observed
     rows = []
     for j, b in enumerate(budgets):
         i = int(np.argmin(pred[:, j]))
-        row: dict[str, Any] = {"budget_bits": float(b), "extrapolated": bool(b > observed_max * 1.0001),
+        row: dict[str, Any] = {"budget_bits": float(b), "extrapolated": _outside(fits[keys[i]], b, observed_max),
                                "best": curve_label(keys[i]), "best_k": float(keys[i][0]),
                                "predicted": {curve_label(k): float(pred[m, j]) for m, k in enumerate(keys)}}
         if boot_best is not None:
@@ -63,6 +63,12 @@ def per_k_optimum(fits: Mapping[tuple, FitResult], budgets: np.ndarray, observed
                        best_frequency=float(freq.get(curve_label(keys[i]), 0.0)))
         rows.append(row)
     return rows
+
+
+def _outside(fit: FitResult, budget: float, observed_max: float) -> bool:
+    """A budget outside the measured total bits of this curve (its own runs), not of the whole table."""
+    lo, hi = fit.x_range.get("total_bits", (0.0, observed_max))
+    return bool(budget > hi * 1.0001 or budget < lo / 1.0001)
 
 
 def interpolated_optimum(df: pd.DataFrame, metric: str, keys: list[str], budgets: np.ndarray) -> list[dict[str, Any]]:
@@ -152,9 +158,10 @@ def scheme_frontiers(fits: Mapping[tuple, FitResult], cols: list[str], budgets: 
     for j, b in enumerate(budgets):
         order = np.argsort(env[:, j])
         best, second = int(order[0]), int(order[1])
-        row: dict[str, Any] = {"budget_bits": float(b), "extrapolated": bool(b > observed_max * 1.0001),
+        best_key = keys[member[schemes[best]][int(np.argmin(pred[member[schemes[best]], j]))]]
+        row: dict[str, Any] = {"budget_bits": float(b), "extrapolated": _outside(fits[best_key], b, observed_max),
                                "best_scheme": labels[best],
-                               "best_k": float(keys[member[schemes[best]][int(np.argmin(pred[member[schemes[best]], j]))]][0]),
+                               "best_k": float(best_key[0]),
                                "loss": {lab: float(env[f, j]) for f, lab in enumerate(labels)},
                                "margin": float(env[second, j] - env[best, j]), "runner_up": labels[second]}
         if env_b is not None:

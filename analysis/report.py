@@ -10,39 +10,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis import headline, ladder, memory, optimal, plot, support
+from analysis import design, headline, ladder, memory, optimal, plot, support
 from analysis.collect import Collected
-from analysis.fit import FitError, FitResult, fit_laws
+from analysis.design import SCHEME_COLS
+from analysis.fit import FitError, FitResult, Unidentified, fit_laws
 from analysis.headline import Candidate
-from analysis.laws import get_law
-from ksir.records import is_baseline
-
-BASE_COLS = ("parametrization", "matmul_precision")  # how ksir trained the base model: a baseline serves its own only
-SCHEME_COLS = ("dtype", "blocksize", "method", "regime", "backend", "packed_format", "lowrank_mode", "lowrank_rank",
-               *BASE_COLS)
+from analysis.laws import Law, get_law
+from analysis.settings import FitSettings
 
 
-def attach_baselines(df: pd.DataFrame) -> pd.DataFrame:
-    """Copies of each unquantized PTQ baseline (one job per base model, scheme-free in its record) for every
-    quantization scheme in the data, so that every scheme's curves and joint fits include their 16-bit point."""
-    is_base = df.apply(is_baseline, axis=1).astype(bool) if len(df) else pd.Series(False, index=df.index)
-    cols = [c for c in SCHEME_COLS if c in df]
-    quant = df[~is_base]
-    combos = quant[cols].drop_duplicates() if cols and not quant.empty else pd.DataFrame()
-    if not is_base.any() or combos.empty:
-        return df
-    parts = [quant]
-    for _, combo in combos.iterrows():
-        if combo.get("lowrank_mode") == "factorize":  # its 16-bit curve is fp16 factors, not the unquantized model
-            continue
-        b = df[is_base]
-        for c in (c for c in BASE_COLS if c in cols):
-            b = b[b[c].astype(str) == str(combo[c])]
-        b = b.copy()
-        for c in cols:
-            b[c] = combo[c]
-        parts.append(b)
-    return pd.concat(parts, ignore_index=True)
+def attach_baselines(df: pd.DataFrame, reference: float = 16.0, replicate: str | None = None,
+                     base: tuple[str, ...] = ()) -> pd.DataFrame:
+    """`analysis.design.attach_baselines` without the join account (the Python API's old name)."""
+    return design.attach_baselines(df, reference, replicate, base)[0]
 
 
 def curve_keys(df: pd.DataFrame) -> list[str]:
@@ -83,40 +63,126 @@ def _describe(df: pd.DataFrame, metric: str) -> str:
 NUMERIC = ("bits", "total_bits", "n_params", "train_tokens")
 
 
-def _fit_groups(df: pd.DataFrame, law: str, keys: list[str], metric: str, cand_name: str, report: dict[str, Any],
-                **kw: Any) -> Candidate:
+def _fit_groups(df: pd.DataFrame, law: Law, keys: list[str], metric: str, cand_name: str, report: dict[str, Any],
+                st: FitSettings) -> Candidate:
     """One fit of `law` per group of `keys` (all runs when keys is empty), solved together, as a candidate."""
+    keys = [k for k in keys if k not in law.absorbs]
     groups = {_key(k): g for k, g in df.groupby(keys, sort=True)} if keys else {(): df}
+    if "_row" in df:  # a baseline copied into several schemes that one group merges is one run in its fit
+        groups = {k: g.drop_duplicates("_row") for k, g in groups.items()}
     labels = {k: dict(zip(keys, map(_plain, k), strict=True)) for k in groups}
     cand = Candidate(cand_name, {})
-    for key, res in fit_laws(groups, law, metric, labels=labels, **kw).items():
+    for key, res in fit_laws(groups, law, metric, labels=labels, reference=st.reference, **st.fit_kwargs()).items():
         if isinstance(res, FitError):
             tag = ",".join(map(str, key))
-            cand.skipped.append(f"{tag}: {res}" if tag else str(res))
-            report["skipped_curves"].append({"curve" if law == "power_bits" else "law": labels[key] or cand_name,
-                                             "reason": str(res)})
+            (cand.unidentified if isinstance(res, Unidentified) else cand.skipped).append(
+                f"{tag}: {res}" if tag else str(res))
+            report["skipped_curves"].append({"curve" if law.per_k else "law": labels[key] or cand_name,
+                                             "reason": str(res), "unidentified": isinstance(res, Unidentified)})
         else:
             cand.fits[key] = res
     return cand
 
 
+def _precision_columns(df: pd.DataFrame, reference: float) -> pd.DataFrame:
+    """Forward and backward precision for Quartet's law where a table gives one `bits` column: QAT trains both
+    at k, PTQ (and any run not trained by QAT) has a 16-bit backward."""
+    if "bits" not in df or ("fwd_bits" in df and "bwd_bits" in df):
+        return df
+    df = df.copy()
+    qat = df["regime"].astype(str).isin(["qat", "qat-finetune"]) if "regime" in df else \
+        pd.Series(False, index=df.index)
+    if "fwd_bits" not in df:
+        df["fwd_bits"] = df["bits"]
+    if "bwd_bits" not in df:
+        df["bwd_bits"] = np.where(qat, df["bits"], reference)
+    return df
+
+
+def _paired_laws(raw: pd.DataFrame, laws: list[Law], metric: str, scheme_keys: list[str], rep: str | None,
+                 st: FitSettings, report: dict[str, Any]) -> None:
+    """Degradation laws on paired differences: each post-training-quantized run minus its base model's
+    baseline. Differences at or below 0 (quantization noise that did not hurt) cannot enter a log-space fit:
+    they are left out and counted."""
+    paired = [law for law in laws if law.paired]
+    if not paired:
+        return
+    ptq = raw
+    if "regime" in raw:
+        ptq = raw[raw["regime"].astype(str).isin(["ptq", "nan", "None", NOT_SET])
+                  | design.is_reference(raw, st.reference)]
+    diffs, lonely = design.paired_differences(ptq, metric, st.reference, rep, st.base)
+    dm = f"delta_{metric}"
+    report["paired"] = {"metric": dm, "n_pairs": int(len(diffs)), "unpaired": lonely,
+                        "not_positive": int((diffs[dm] <= 0).sum()) if len(diffs) else 0}
+    pos = diffs[diffs[dm] > 0] if len(diffs) else diffs
+    keys = [k for k in scheme_keys if k in pos and k != "regime"]
+    for law in paired:
+        name = law.name
+        if pos.empty:
+            report["skipped_curves"].append({"law": name, "reason": "no quantized run has a baseline of its base model "
+                                             f"at k={st.reference:g} with a positive difference", "unidentified": True})
+            continue
+        cand = _fit_groups(pos, law, keys, dm, name, report, st)
+        for key, f in cand.fits.items():
+            s = f.summary()
+            if report["paired"]["not_positive"]:
+                s["warnings"].append(f"{report['paired']['not_positive']} paired difference(s) <= 0 left out of "
+                                     "this log-space fit (quantization did not raise the loss measurably there)")
+            report["laws"][name + ("" if not keys else "[" + ",".join(map(str, key)) + "]")] = s
+
+
+def _replicate_spread(df: pd.DataFrame, metric: str, rep: str | None, fits: dict[tuple, FitResult]) -> list[dict]:
+    """Per configuration with several replicates: their mean, standard deviation and range, next to the
+    per-k law's mean residual at that configuration (log space)."""
+    if rep is None or "_config" not in df:
+        return []
+    resid: dict[Any, list[float]] = {}
+    for f in {id(f): f for f in fits.values()}.values():
+        if f.clusters is not None and f.residuals is not None:
+            for c, r in zip(f.clusters.tolist(), f.residuals.tolist(), strict=True):
+                resid.setdefault(c, []).append(r)
+    out = []
+    for cfg, g in df.drop_duplicates("_row").groupby("_config"):
+        if g[rep].nunique() < 2:
+            continue
+        y = g[metric].to_numpy(float)
+        first = g.iloc[0]
+        out.append({"curve": curve_label_of(first), "n_params": _plain(first.get("n_params")),
+                    "replicates": int(len(y)), rep + "s": sorted(map(_plain, g[rep].unique())), "mean": float(y.mean()),
+                    "sd": float(y.std(ddof=1)), "range": float(np.ptp(y)),
+                    "fit_residual": float(np.mean(resid[cfg])) if cfg in resid else None})
+    return out
+
+
+def curve_label_of(row: pd.Series) -> str:
+    parts = [f"k={_plain(row['bits']):g}" if "bits" in row else ""]
+    parts += [f"{c}={row[c]}" for c in SCHEME_COLS if c in row and str(row[c]) not in ("-", "none", "nan", "None")]
+    return " ".join(p for p in parts if p)
+
+
 def analyse(collected: Collected, out_dir: str | Path, *, metric: str = "val_loss", laws: tuple[str, ...] = (),
-            n_boot: int = 200, delta: float = 1e-3, loss: str = "huber", holdout: int = 1, seed: int = 0,
-            figures: bool = True, extrapolate: float = 10.0, engine: str = "batched",
-            acc_metric: str = "zs_acc_mean", predict: tuple[dict[str, float], ...] = (),
-            budget: str = "total_bits") -> dict[str, Any]:
+            settings: FitSettings | None = None, figures: bool = True, acc_metric: str = "zs_acc_mean",
+            predict: tuple[dict[str, float], ...] = (), budget: str = "total_bits",
+            user_laws: tuple[Law, ...] = ()) -> dict[str, Any]:
     """Everything `ksir-fit` does: choose and fit the laws the columns support, compare them, answer the
     question the table asks (headline first), fit accuracy from loss, write fit.json, report.md, figures."""
+    st = settings or FitSettings()
     df = collected.runs.copy()
     if df.empty:
         raise FitError("no runs left to fit (all were left out or none matched the filters)")
     if metric not in df:
         raise FitError(f"runs have no {metric!r} column (columns: {', '.join(sorted(map(str, df.columns))[:30])}); "
                        f"pick one with --metric or map yours with --map theirs={metric}")
-    for c in (*NUMERIC, metric):
+    for c in (*NUMERIC, "act_bits", "kv_bits", "fwd_bits", "bwd_bits", metric):
         if c in df:
             df[c] = pd.to_numeric(df[c], errors="coerce")
-    names = support.laws_for(df, laws, metric)  # one-line errors before any fit
+    missing_base = [c for c in st.base if c not in df]
+    if missing_base:
+        raise FitError(f"--base: the runs have no column(s) {missing_base} (columns: "
+                       f"{', '.join(sorted(map(str, df.columns))[:30])})")
+    extra = {law.name: law for law in user_laws}
+    names = support.laws_for(df, laws, metric, extra)  # one-line errors before any fit
     q = support.question(df)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -124,82 +190,90 @@ def analyse(collected: Collected, out_dir: str | Path, *, metric: str = "val_los
     n_runs, desc = len(df), _describe(df, metric)
     if budget == "measured_bytes":
         desc += "; memory axis = measured bytes x 8 of packed models, not the formula"
+    rep = design.replicate_column(df, st.replicate)
+    df = _precision_columns(design.label(df, rep, st.base), st.reference)
+    raw, joins = df, []
     if q == "bits":
-        df = fill_scheme_gaps(attach_baselines(df))
+        df, joins = design.attach_baselines(df, st.reference, rep, st.base)
+        df = fill_scheme_gaps(df)
     keys = curve_keys(df) if q == "bits" else []
     report: dict[str, Any] = {"metric": metric, "n_runs": int(n_runs), "description": desc, "question": q,
                               "left_out": collected.skipped, "curve_keys": keys, "laws_fitted": names,
-                              "settings": {"loss": loss, "huber_delta": delta, "n_bootstrap": n_boot,
-                                           "heldout_largest_sizes": holdout, "seed": seed, "engine": engine},
+                              "settings": {**st.as_dict(), "replicate": rep}, "baselines": joins,
                               "laws": {}, "skipped_curves": [], "figures": [], "budget": budget,
                               "memory": memory.table(df)}
-    kw = {"delta": delta, "loss": loss, "n_boot": n_boot, "seed": seed, "holdout": holdout, "engine": engine}
+
+    def law_of(name: str) -> Law:
+        return extra.get(name) or get_law(name)
 
     cands: list[Candidate] = []
     fits: dict[tuple, FitResult] = {}
     if "power_bits" in names:
-        per_k = _fit_groups(df, "power_bits", keys, metric, "power_bits", report, **kw)
+        per_k = _fit_groups(df, law_of("power_bits"), keys, metric, "power_bits", report, st)
         fits = per_k.fits
         report["laws"]["power_bits"] = [f.summary() for f in fits.values()]
         cands.append(per_k)
     scheme_keys = [k for k in keys if k != "bits"]
     joint: dict[str, FitResult] = {}
     for name in names:
-        law = get_law(name)
-        if law.per_k or law.space != "log":
+        law = law_of(name)
+        if law.per_k or law.paired:
             continue
-        cand = _fit_groups(df, name, scheme_keys, metric, name, report, **kw)
-        cands.append(cand)
+        cand = _fit_groups(df, law, scheme_keys if q == "bits" else [], metric, name, report, st)
+        if law.headline and law.space == "log":
+            cands.append(cand)
         for key, f in cand.fits.items():
-            tag = name + ("" if not scheme_keys else "[" + ",".join(map(str, key)) + "]")
+            tag = name + ("" if not key else "[" + ",".join(map(str, key)) + "]")
             joint[tag] = f
             s = f.summary()
             if f.ctx.get("eff_ks"):
                 s["efficiency"] = _efficiency_table(f)
             report["laws"][tag] = s
-    if not any(c.fits for c in cands):
+    _paired_laws(raw, [law_of(n) for n in names], metric, scheme_keys, rep, st, report)
+    if not any(c.fits for c in cands) and not any(report["laws"].values()):
         raise FitError("no law could be fitted: " + "; ".join(s["reason"] for s in report["skipped_curves"]))
+    report["replicates"] = _replicate_spread(raw, metric, rep, fits)
 
     # The answer, per budget, from the law that earns it.
     per_k_rows, continuous = [], {}
     if q == "bits":
-        budgets = optimal.budget_grid(df, extrapolate=extrapolate)
+        budgets = optimal.budget_grid(df, extrapolate=st.extrapolate)
         interp = optimal.interpolated_optimum(df, metric, keys, budgets)
         curves = headline.curves_of(df, keys)
         report["headline"] = headline.bits_headline(cands, curves, budgets, df["total_bits"].max(), interp,
-                                                    headline.token_policy(df))
+                                                    headline.token_policy(df), st.trust_without_heldout)
         if fits:
             per_k_rows = optimal.per_k_optimum(fits, budgets, df["total_bits"].max())
             for row, irow in zip(per_k_rows, interp, strict=True):
                 row["best_interpolated"] = irow["best"]
                 row["law_agrees_with_data"] = (irow["best"] == row["best"]) if row["best"] in irow["interpolated"] \
                     and irow["best"] is not None else None
+                row["contradicted_by"] = ["interpolated data"] if row["law_agrees_with_data"] is False else []
                 row["interpolated"] = irow["interpolated"]
             report["scheme_frontiers"] = optimal.scheme_frontiers(fits, keys[1:], budgets, df["total_bits"].max(),
                                                                   interp)
         overhead = optimal.bits_overhead(df)
         for tag, f in joint.items():
-            if "bits" in f.law.columns:
+            if "bits" in f.law.columns and f.law.headline and not f.law.optional:
                 tokens = float(df["train_tokens"].median()) if "train_tokens" in df and df["train_tokens"].notna().any() \
                     else None
-                swept = [*f.ctx["eff_ks"], 16.0] if "eff_ks" in f.ctx else None  # eff(k) exists at swept k only
+                swept = [*f.ctx["eff_ks"], st.reference] if "eff_ks" in f.ctx else None  # eff(k) at swept k only
                 continuous[tag] = optimal.continuous_optimum(f, budgets, (max(1.0, float(df["bits"].min())), 16.0),
                                                              overhead, tokens, ks=swept)
         report["optimal_continuous"] = {"bits_overhead_per_param": overhead, **continuous}
     elif q == "compute":
-        report["headline"] = headline.compute_headline(next(c for c in cands if c.name == "chinchilla"), df,
-                                                       extrapolate)
+        report["headline"] = headline.compute_headline(cands, df, st.extrapolate, st.trust_without_heldout)
     else:
-        report["headline"] = headline.size_headline(cands[0], df, extrapolate)
+        report["headline"] = headline.size_headline(cands, df, st.extrapolate, st.trust_without_heldout)
     report["optimal"] = per_k_rows
 
     # Accuracy from loss (scaling-ladder two-step), when accuracy was measured.
     if acc_metric in df and acc_metric != metric and df[acc_metric].notna().sum() >= 5:
-        report["accuracy"] = ladder.analyse(df, cands, report["headline"], metric, acc_metric, keys, n_boot=n_boot,
-                                            seed=seed, engine=engine, points=predict)
+        report["accuracy"] = ladder.analyse(df, cands, report["headline"], metric, acc_metric, keys, n_boot=st.n_boot,
+                                            seed=st.seed, engine=st.engine, points=predict)
 
     if figures:
-        report["figures"] = _figures(df, metric, keys, fits, per_k_rows, continuous, out, desc, extrapolate,
+        report["figures"] = _figures(df, metric, keys, fits, per_k_rows, continuous, out, desc, st.extrapolate,
                                      report, cands)
     (out / "fit.json").write_text(json.dumps(_jsonable(report), indent=2))
     (out / "report.md").write_text(markdown(report))
@@ -224,11 +298,11 @@ def _figures(df: pd.DataFrame, metric: str, keys: list[str], fits: dict, per_k: 
              out: Path, desc: str, extrapolate: float, report: dict[str, Any], cands: list[Candidate]) -> list[str]:
     q, h = report["question"], report["headline"]
     if q == "compute":
-        fit = next(c for c in cands if c.name == "chinchilla").fits[()]
+        fit = next(c for c in cands if c.name == h["shown"]).fits[()]
         return plot.compute_optimal(h["rows"], df, out / "compute_optimal", desc, law_label=plot.describe_law([fit]),
                                     interval_label=plot.describe_intervals([fit]))
     if q == "size":
-        fit = cands[0].fits[()]
+        fit = next(c for c in cands if c.name == h["shown"]).fits[()]
         return plot.curves(df.assign(_curve="all"), metric, ["_curve"], out / "size_scaling",
                            f"{metric} vs parameters", desc, fits={("all",): fit}, extrapolate=extrapolate,
                            x="n_params")
@@ -326,6 +400,26 @@ def markdown(report: dict[str, Any]) -> str:
     if report["left_out"]:
         lines += [f"Left out {len(report['left_out'])} runs:", ""]
         lines += [f"- {s.get('run_key') or s['source']}: {s['reason']}" for s in report["left_out"]] + [""]
+    if report.get("baselines"):
+        lines += ["## Baselines", "", f"A run at the reference precision (bits = {st['reference']:g}) is the baseline of "
+                  "every scheme built on its base model (same family, N, D, training fields, declared --base columns "
+                  "and replicate), whatever its own labels:", ""]
+        lines += [f"- {t.strip()}" for t in design.join_lines(report["baselines"], st["reference"])[1:]] + [""]
+    if report.get("replicates"):
+        rep = st.get("replicate") or "seed"
+        lines += ["## Replicates", "", f"Configurations measured more than once (runs differing only in `{rep}`): "
+                  "the spread between replicates next to the per-k law's mean residual there (log space; a residual "
+                  "well inside the spread is noise, one far outside it is misfit). The bootstrap resamples each "
+                  "configuration with all its replicates.", "",
+                  "| curve | N | replicates | mean | sd | range | per-k law residual |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['curve']} | {_fmt(r['n_params'])} | {r['replicates']} | {r['mean']:.4g} | {r['sd']:.3g} | "
+                  f"{r['range']:.3g} | {_fmt(r['fit_residual'])} |" for r in report["replicates"]] + [""]
+    if report.get("paired"):
+        pr = report["paired"]
+        lines += [f"Degradation laws are fitted on {pr['n_pairs']} paired differences ({pr['metric']}: each "
+                  "post-training-quantized run minus its base model's baseline); "
+                  f"{pr['not_positive']} at or below 0 are left out of their log-space fits, "
+                  f"{len(pr['unpaired'])} runs have no baseline.", ""]
     if report["laws"].get("power_bits"):
         lines += ["## Per-k power laws  L_k(B) = E + A * B^(-alpha)", "",
                   "| curve | E [95% CI] | A | alpha [95% CI] | R^2 (log) | RMSE (log) | held-out rel. error | n | CI by "
@@ -393,6 +487,9 @@ def markdown(report: dict[str, Any]) -> str:
     if report["skipped_curves"]:
         lines += ["", "## Not fitted", ""] + [f"- {_fmt(s.get('curve') or s.get('law'))}: {s['reason']}"
                                               for s in report["skipped_curves"]]
+        if any(s.get("unidentified") for s in report["skipped_curves"]):
+            lines += ["", "A law left unfitted for lack of design (unidentified) is never trusted: its candidate is "
+                      "marked unidentified in the table of the answer."]
     if report["figures"]:
         lines += ["", "## Figures", ""] + [f"- {Path(f).name}" for f in report["figures"] if f.endswith(".png")]
     return "\n".join(lines) + "\n"

@@ -8,17 +8,19 @@ table lacks is a one-line error naming them, before any fit runs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from analysis.fit import FitError
-from analysis.laws import LAWS, get_law
+from analysis.laws import LAWS, Law, get_law
 
 # Human names of the columns laws read, for error messages.
 COLUMN_NAMES = {"n_params": "parameters", "train_tokens": "training tokens", "bits": "bits per weight k",
-                "total_bits": "total model bits"}
+                "total_bits": "total model bits", "fwd_bits": "forward precision", "bwd_bits": "backward precision",
+                "act_bits": "activation bits", "kv_bits": "KV-cache bits"}
+DERIVED = ("fwd_bits", "bwd_bits")  # derived from `bits` (and the regime) where a table has only that
 
 
 def varies(df: pd.DataFrame, col: str) -> bool:
@@ -69,31 +71,43 @@ def auto_laws(df: pd.DataFrame) -> list[str]:
     if varies(df, "n_params"):
         laws += ["precision", "efficiency"]
         if independent(df, "train_tokens"):
-            laws += ["precision_data", "efficiency_data"]
+            # Degradation laws need D to vary on its own: with D set by N, their beta trades off with alpha.
+            laws += ["precision_data", "efficiency_data", "quant_degradation", "ptq_degradation"]
+        if varies(df, "act_bits") or varies(df, "kv_bits"):
+            laws.append("precision_multi")
+        if ("fwd_bits" in df or "bwd_bits" in df) and independent(df, "train_tokens"):
+            laws.append("quartet")
     return laws
 
 
-def check_laws(df: pd.DataFrame, names: Sequence[str], metric: str) -> list[str]:
+def check_laws(df: pd.DataFrame, names: Sequence[str], metric: str, extra: Mapping[str, Law] | None = None) -> list[str]:
     """The requested laws, each checked against the columns present (one-line FitError otherwise)."""
+    extra = dict(extra or {})
     for name in names:
-        law = get_law(name)
-        cols = [c for c in law.columns if c != metric]
+        law = extra.get(name) or get_law(name)
+        cols = [c for c in law.columns if c != metric and not (c in DERIVED and "bits" in df)]
         missing = [c for c in cols if not present(df, c)]
         if missing:
             have = ", ".join(sorted(map(str, df.columns))[:30])
             raise FitError(f"law {name} needs column(s) {', '.join(f'{c} ({COLUMN_NAMES.get(c, c)})' for c in missing)}"
                            f", which the runs do not have (columns: {have}); map yours with --map theirs=ours")
+        if law.optional and not any(present(df, c) for c in law.optional):
+            raise FitError(f"law {name} needs at least one of {', '.join(law.optional)} beside {', '.join(cols)}; "
+                           f"the runs have none (columns: {', '.join(sorted(map(str, df.columns))[:30])})")
     return list(dict.fromkeys(names))
 
 
-def laws_for(df: pd.DataFrame, requested: Sequence[str], metric: str) -> list[str]:
-    """Requested laws (checked), or the automatic choice; per-k power laws whenever k varies."""
+def laws_for(df: pd.DataFrame, requested: Sequence[str], metric: str, extra: Mapping[str, Law] | None = None) -> list[str]:
+    """Requested laws (checked), or the automatic choice; per-k power laws whenever k varies; user laws
+    (`extra`, from --law-file) always."""
+    extra = dict(extra or {})
+    users = check_laws(df, [n for n in extra if n not in requested], metric, extra)
     if requested:
-        laws = check_laws(df, requested, metric)
+        laws = check_laws(df, requested, metric, extra)
         if varies(df, "bits") and present(df, "total_bits") and "power_bits" not in laws:
             laws = ["power_bits", *laws]
-        return laws
-    return auto_laws(df)
+        return [*laws, *users]
+    return [*auto_laws(df), *users]
 
 
 __all__ = ["LAWS", "auto_laws", "check_laws", "independent", "laws_for", "present", "question", "varies"]

@@ -143,6 +143,10 @@ def _optimal_k(claim: Mapping[str, Any], report: Mapping[str, Any], runs: pd.Dat
     v = _within(k, claim)
     src = h.get("trusted") or "interpolated data"
     v.reason = f"most frequent best k over {len(rows)} measured budgets, from {src}; " + v.reason
+    against = [r for r in rows if float(r["best_k"]) == k and r.get("contradicted_by")]
+    if against:  # never reported bare: a usable law or the measured data answers otherwise there
+        who = sorted({n for r in against for n in r["contradicted_by"]})
+        v.reason += f"; contradicted at {len(against)} of those budgets by {', '.join(who)}"
     return v
 
 

@@ -11,6 +11,7 @@ Record layout (schema 2), one file ``<results_dir>/<run_key>.json``, readable by
     status: "done" | "failed"
     job: "train" | "quantize"
     family, size: str
+    seed: int               # runs differing only in seed are replicates (ksir-fit resamples them together)
     checkpoint: str         # hub id or local path the job loaded / wrote
     n_params, n_params_nonembedding, n_quantized_params: int
     method: str             # "none" (16-bit), "rtn", "gptq", "qat", "qat-finetune"
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import math
 import os
@@ -61,7 +63,7 @@ LEGACY_DIR = ".v1"  # schema-1 files replaced by their upgraded record are moved
 SCALARS = ("job", "family", "size", "checkpoint", "n_params", "n_params_nonembedding", "n_quantized_params",
            "method", "regime", "bits", "dtype", "blocksize", "granularity", "total_bits", "bits_per_param",
            "train_tokens", "git_commit", "backend", "packed_format", "measured_bytes", "lowrank_mode", "lowrank_rank",
-           "parametrization", "matmul_precision", "matmul_scaling", "lr")
+           "parametrization", "matmul_precision", "matmul_scaling", "lr", "seed")
 BASELINE_BITS = 16.0
 
 
@@ -75,7 +77,8 @@ def now() -> str:
 def new_record(spec: JobSpec, key: str, identity: Mapping[str, Any]) -> dict[str, Any]:
     """The fields every record has, from the job description."""
     return {"schema": SCHEMA_VERSION, "run_key": key, "identity": dict(identity), "job": spec.job,
-            "family": spec.model.family, "size": spec.model.size, "git_commit": environment.git_commit(),
+            "family": spec.model.family, "size": spec.model.size, "seed": spec.seed,
+            "git_commit": environment.git_commit(),
             "host": socket.gethostname(), "config": spec.raw}
 
 
@@ -196,8 +199,24 @@ def flat_row(rec: Mapping[str, Any], source: str) -> dict[str, Any]:
     row["parametrization"] = row.get("parametrization") or "sp"
     if not row.get("matmul_precision") and _own_family(row.get("family")):
         row["matmul_precision"] = "fp32"
+    if isinstance(rec.get("identity"), Mapping):
+        row["config_key"] = config_key(rec["identity"])
+    if row.get("seed") is None and isinstance(rec.get("config"), Mapping) and "seed" in rec["config"]:
+        row["seed"] = rec["config"]["seed"]  # records before `seed` was a field: the composed config has it
     row["source"] = source
     return row
+
+
+def config_key(identity: Mapping[str, Any]) -> str:
+    """The run's configuration: its identity without any seed, so that runs differing only in seed (of the job,
+    or of the base model it quantizes) share one key and analysis treats them as replicates."""
+    def strip(v: Any) -> Any:
+        if isinstance(v, Mapping):
+            return {k: strip(x) for k, x in v.items() if k != "seed"}
+        return [strip(x) for x in v] if isinstance(v, list) else v
+
+    blob = json.dumps(strip(identity), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def _own_family(name: Any) -> bool:
@@ -222,13 +241,6 @@ def deploy_columns(deploy: Mapping[str, Any]) -> dict[str, Any]:
     if cols.get("prefill_tokens_per_s") and cols.get("ref_prefill_tokens_per_s"):
         cols["prefill_speedup"] = cols["prefill_tokens_per_s"] / cols["ref_prefill_tokens_per_s"]
     return cols
-
-
-def is_baseline(row: Mapping[str, Any]) -> bool:
-    """An unquantized PTQ baseline (one per base model, whatever scheme it was launched under); a 16-bit
-    factor pair (`lowrank_mode` factorize) is not one."""
-    return row.get("regime") == "ptq" and _num(row.get("bits")) == BASELINE_BITS and \
-        str(row.get("lowrank_mode") or "none") in ("none", "nan")
 
 
 def is_done(rec: Mapping[str, Any] | None) -> bool:

@@ -154,12 +154,13 @@ def collect(study: Study, out: Path) -> Any:
 
 def fit_args(study: Study, smoke: bool) -> dict[str, Any]:
     """ksir-fit's options for this study (the CLI's own parser, so both accept the same words)."""
-    from analysis.cli import parser
+    from analysis.cli import parser, settings
+    from analysis.laws import load_law_file
 
     args = parser().parse_args(["--out", "x", *study.fit.get("args", []), *(study.smoke_fit_args if smoke else [])])
-    return {"metric": args.metric, "laws": tuple(args.law), "n_boot": args.bootstrap, "delta": args.delta,
-            "loss": args.loss, "holdout": args.holdout, "seed": args.seed, "extrapolate": args.extrapolate,
-            "engine": args.engine, "figures": not args.no_figures, "acc_metric": args.acc_metric}
+    return {"metric": args.metric, "laws": tuple(args.law), "settings": settings(args),
+            "figures": not args.no_figures, "acc_metric": args.acc_metric,
+            "user_laws": tuple(load_law_file(f) for f in args.law_file)}
 
 
 def check(study: Study, report: dict[str, Any], runs: Any) -> list[dict[str, Any]]:
