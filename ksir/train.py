@@ -137,6 +137,58 @@ class ProgressPrinter(pl.Callback):
                   f"{(step - self.start_step) * self.tokens_per_step / max(dt, 1e-9):,.0f} tok/s", flush=True)
 
 
+class ResumableSampler(RandomSampler):
+    """torch's RandomSampler with a seeded generator (the same index order, so uninterrupted runs are unchanged),
+    that can start part-way: `start` indices are drawn and skipped. The position is saved in every checkpoint
+    (`DataPosition`), so a resumed job sees exactly the batches an uninterrupted one would, none twice."""
+
+    def __init__(self, data: Any, num_samples: int, seed: int):
+        super().__init__(data, num_samples=num_samples)
+        self.seed, self.start = seed, 0
+
+    def __iter__(self) -> Any:
+        self.generator = torch.Generator().manual_seed(self.seed)  # each pass the same order, from its start
+        for i, idx in enumerate(super().__iter__()):
+            if i >= self.start:
+                yield idx
+
+
+class DataPosition(pl.Callback):
+    """Counts the batches training has consumed (a prefetched batch is not consumed) and keeps torch's CPU
+    random state in the checkpoint. Lightning runs checkpoint callbacks last, so a checkpoint written at step s
+    records the s batches behind it."""
+
+    def __init__(self) -> None:
+        self.batches = 0
+
+    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any,
+                           idx: int) -> None:
+        self.batches += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": torch.get_rng_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("rng") is not None:
+            torch.set_rng_state(state["rng"])
+
+
+class ResumableLoader(DataLoader):
+    """The training loader with its position in the data order as Lightning-checkpointed state: restored into
+    the sampler before the first batch of a resumed run."""
+
+    def __init__(self, data: Any, sampler: ResumableSampler, batch_size: int, position: DataPosition):
+        super().__init__(data, batch_size=batch_size, sampler=sampler, num_workers=0, drop_last=True)
+        self.position = position
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"samples": self.position.batches * int(self.batch_size)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sampler.start = int(state["samples"])
+        self.position.batches = self.sampler.start // int(self.batch_size)
+
+
 def plan_steps(n_params: int, cfg: Any, seq_len: int) -> tuple[int, int]:
     """(steps, tokens): the token budget tokens_per_param * N rounded up to whole batches."""
     tokens_per_step = int(cfg.batch_size) * seq_len
@@ -171,8 +223,9 @@ def train_model(model: torch.nn.Module, train_blocks: torch.Tensor, cfg: Any, n_
     """Train in place; returns what the result record needs about training.
 
     With `resume_dir`, a Lightning checkpoint is written there every `checkpoint_every_n_steps`
-    steps, and an interrupted job relaunched with the same identity resumes from it (optimizer,
-    scheduler and step restored; the data order restarts, which only reshuffles the remaining batches).
+    steps, and an interrupted job relaunched with the same identity resumes from it exactly: weights, optimizer,
+    scheduler, step, the position in the data order and the random state are restored, so it ends with the
+    weights of an uninterrupted run.
     QAT: `model` is already prepared (ksir.qat.prepare_qat); `teacher`/`distill_*` add distillation,
     `scale_lr` multiplies the learning rate of the quantization constants, `lr` overrides cfg.lr.
     `parametrization` (ksir.parametrization) picks the optimizer's per-parameter learning rates; the model is
@@ -188,13 +241,12 @@ def train_model(model: torch.nn.Module, train_blocks: torch.Tensor, cfg: Any, n_
                       max_steps=steps, teacher=teacher, distill_weight=float(distill_weight),
                       distill_temperature=float(distill_temperature), scale_lr=float(scale_lr),
                       compile_model=bool(cfg.compile), parametrization=parametrization)
-    sampler = RandomSampler(train_blocks, num_samples=steps * int(cfg.batch_size),
-                            generator=torch.Generator().manual_seed(seed))
-    loader = DataLoader(TensorDataset(train_blocks), batch_size=int(cfg.batch_size), sampler=sampler,
-                        num_workers=0, drop_last=True)
+    position = DataPosition()
+    loader = ResumableLoader(TensorDataset(train_blocks), ResumableSampler(train_blocks, steps * int(cfg.batch_size),
+                                                                           seed), int(cfg.batch_size), position)
     on_terminal = sys.stderr.isatty()
     clock = ProgressPrinter(steps, int(cfg.batch_size) * seq_len, lines=not on_terminal)
-    cbs: list[pl.Callback] = [clock]
+    cbs: list[pl.Callback] = [clock, position]
     every = int(cfg.checkpoint_every_n_steps or 0)
     checkpointing = resume_dir is not None and every > 0
     if checkpointing:
