@@ -6,16 +6,19 @@ An own-family checkpoint's folder name carries the model key of the train job th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from ksir.identity import base_train_spec, checkpoint_dir, find_checkpoint
+from ksir.identity import base_train_spec, checkpoint_dir, find_checkpoint, model_key
+from ksir.locks import flock
 from ksir.spec import JobSpec
 
 META_FILE = "ksir_train.json"
@@ -40,16 +43,40 @@ def resolve_checkpoint(spec: JobSpec) -> str:
     return spec.family.size(spec.model.size).hub_id
 
 
+def model_lock(train: JobSpec, shared: bool = False) -> contextlib.AbstractContextManager[None]:
+    """The lock of one model (its model key), whichever jobs need it: exclusive while a train job resumes,
+    trains and saves it (one builder, nobody resumes from a checkpoint another live job writes), shared while
+    a job loads it (never half-replaced under a reader)."""
+    key = model_key(train)
+    return flock(train.paths.checkpoints_dir / ".locks" / f"{key}.lock", f"model {key}", shared=shared,
+                 what="the model's lock file")
+
+
 def save_checkpoint(model: PreTrainedModel, tokenizer: Any, path: Path, meta: dict[str, Any]) -> None:
-    """Write to a temp folder, then rename: a killed job never leaves a half checkpoint."""
+    """Write to a temp folder, then rename: a killed job never leaves a half checkpoint. A folder being
+    replaced is renamed away first, so the name always points to a whole model (callers hold model_lock)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
+    old = path.with_name(f".{path.name}.old-{os.getpid()}")
     if path.exists():
-        shutil.rmtree(path)
+        os.replace(path, old)
     os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+class CheckpointUnusable(RuntimeError):
+    """A checkpoint that looked intact but cannot be loaded; it has been set aside (renamed)."""
+
+
+def set_aside(path: Path, problem: str) -> Path:
+    """Rename an unusable checkpoint out of the way (kept for inspection, never deleted) and say so in one line."""
+    dest = path.with_name(f"{path.name}.unusable-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.replace(path, dest)
+    print(f"  warning: unusable checkpoint set aside: {problem} (moved to {dest})", flush=True)
+    return dest
 
 
 def read_meta(checkpoint: str | Path) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from ksir.errors import ConfigError
+from ksir.locks import StorageError
 from ksir.paths import CONF_DIR
 
 SWEEP_TOTAL_ENV, SWEEP_START_ENV = "KSIR_SWEEP_TOTAL", "KSIR_SWEEP_START"  # set by the sweeper for progress
@@ -82,6 +83,11 @@ def _app(cfg: DictConfig) -> Any:
             print(e, file=sys.stderr)
             sys.exit(2)
         raise  # in a sweep the job is recorded as failed and the others go on
+    except StorageError as e:
+        if single:  # a full or unwritable folder: one line naming it (and where a finished record went), exit 1
+            print(e, file=sys.stderr)
+            sys.exit(1)
+        raise
     except KeyboardInterrupt:
         if single:
             print("interrupted: no record was written for the unfinished job (a train job resumes from its last "

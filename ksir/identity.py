@@ -69,6 +69,11 @@ def non_default(obj: Any, drop: tuple[str, ...] = ()) -> dict[str, Any]:
     return out
 
 
+def hash_identity(kind: str, ident: dict[str, Any]) -> str:
+    """The key of an identity: `<kind>-` + 16 hex digits of its canonical JSON's sha256."""
+    return _hash(kind, ident)
+
+
 def _hash(kind: str, ident: dict[str, Any]) -> str:
     blob = json.dumps(ident, sort_keys=True, separators=(",", ":"))
     return f"{kind}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"

@@ -114,8 +114,12 @@ def execute(spec: JobSpec) -> dict[str, Any]:
     key = identity.run_key(spec)
     results = spec.paths.results_dir
     with records.job_lock(results, key):
+        records.remove_stale_tmp(results)
         try:
             rec, path = records.find_record(results, key)
+        except records.NewerRecord as e:  # never rerun over, even with force
+            print(f"[{spec.job}] {e}", flush=True)
+            return {"run_key": key, "status": "done", "skipped": True, "newer": True}
         except ValueError as e:
             log.warning("%s; rerunning", e)
             print(f"[{spec.job}] {key}: {e}; rerunning", flush=True)
@@ -137,7 +141,7 @@ def execute(spec: JobSpec) -> dict[str, Any]:
                                     "or was not run (a sweep runs it first; see its record)")
         base = {**records.new_record(spec, key, identity.identity(spec)), "started": records.now()}
         try:
-            fields = JOB_KINDS[spec.job].run(spec)
+            fields = _run(spec)
         except Exception as e:
             failed = {**base, "environment": environment.collect(),
                       **records.failure(f"{type(e).__name__}: {e}\n{traceback.format_exc()}"), "created": records.now()}
@@ -152,6 +156,23 @@ def execute(spec: JobSpec) -> dict[str, Any]:
           f"total_bits={rec.get('total_bits', 0):.3e}{_measured(rec)} ({rec.get('wall_time_s', 0):.1f}s) -> {path}",
           flush=True)
     return rec
+
+
+def _run(spec: JobSpec) -> dict[str, Any]:
+    """The job's body; if the model it builds on proves unloadable (set aside by the job), the model is built
+    again, as for a truncated one, and the job retried once."""
+    from ksir.checkpoints import CheckpointUnusable
+
+    try:
+        return JOB_KINDS[spec.job].run(spec)
+    except CheckpointUnusable:
+        missing = check_dependencies(spec)  # train_if_missing=false: one line, nothing rebuilt
+        if not missing:
+            raise
+        for dep in missing:
+            print(f"[{spec.job}] {describe(spec)}: rebuilding {describe(dep)} ({identity.run_key(dep)})", flush=True)
+            execute(dep.replace(force=True))
+        return JOB_KINDS[spec.job].run(spec)
 
 
 def _measured(rec: dict[str, Any]) -> str:

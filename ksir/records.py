@@ -37,26 +37,28 @@ Schema-1 records (no `identity`, keys hashed from the raw config) are upgraded w
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import math
 import os
 import socket
+import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ksir import environment
+from ksir.locks import StorageError, flock, storage_error
 
 if TYPE_CHECKING:
     from ksir.spec import JobSpec
 
 SCHEMA_VERSION = 2
-FILE_MODE = 0o664  # group-readable (and writable): a results folder shared on a cluster
+SET_ASIDE_DIR = ".set-aside"  # records that do not belong under their file name are moved here, never deleted
+STALE_TMP_S = 600  # a record is written in milliseconds: a temp file this old belongs to a killed writer
 FAILED_SUFFIX = ".failed.json"  # a failed rerun of a job whose done record is kept
 LEGACY_DIR = ".v1"  # schema-1 files replaced by their upgraded record are moved here, never deleted
 # Record fields mirrored into the W&B summary next to the metrics (and read back by from_wandb_summary).
@@ -295,8 +297,23 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def write_atomic(path: Path, text: str, mode: int = FILE_MODE) -> None:
-    """Write via a temp file in the same folder + os.replace, so readers never see half a file."""
+def umask() -> int:
+    """This process's umask (read without changing it where Linux says it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def write_atomic(path: Path, text: str, mode: int | None = None) -> None:
+    """Write via a temp file in the same folder + os.replace, so readers never see half a file. The file gets
+    the mode any new file of the user gets (0666 under the umask; a group-writable umask shares a cluster
+    folder), not mkstemp's private 0600."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -304,11 +321,26 @@ def write_atomic(path: Path, text: str, mode: int = FILE_MODE) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, mode)
+        os.chmod(tmp, 0o666 & ~umask() if mode is None else mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_stale_tmp(folder: str | Path, older_than_s: float = STALE_TMP_S) -> list[Path]:
+    """Temp files of record writers that were killed mid-write (`.<record>.<random>.tmp`, older than a record
+    could take to write): removed. Returns what was removed."""
+    gone = []
+    now_s = time.time()
+    for p in Path(folder).glob(".*.tmp"):
+        try:
+            if now_s - p.stat().st_mtime > older_than_s:
+                p.unlink()
+                gone.append(p)
+        except OSError:
+            continue
+    return gone
 
 
 def record_path(results_dir: str | Path, run_key: str) -> Path:
@@ -319,10 +351,12 @@ def write_record(results_dir: str | Path, record: dict[str, Any]) -> Path:
     """Write a record under its key. A failed record never replaces a done one: it goes beside it."""
     record = {"schema": SCHEMA_VERSION, **record}
     path = record_path(results_dir, record["run_key"])
-    if record.get("status") != "done" and path.exists():
+    if path.exists():
         try:
-            if is_done(read_record(path)):
+            if record.get("status") != "done" and is_done(read_record(path)):
                 path = Path(results_dir) / f"{record['run_key']}{FAILED_SUFFIX}"
+        except NewerRecord:
+            raise  # never written over
         except ValueError:
             pass  # a corrupt file is no result to keep
     write_atomic(path, _serialise(record))
@@ -334,19 +368,33 @@ def _serialise(record: dict[str, Any]) -> str:
 
 
 def save_or_rescue(results_dir: str | Path, record: dict[str, Any]) -> Path:
-    """write_record; if the results folder refuses the file, the record goes to a temp file that is named in
-    the error, so a finished result is never lost to a permission or disk problem."""
+    """write_record; if the results folder refuses the file, the record goes into a private folder made for this
+    run (mkdtemp: mode 0700, a fresh name nobody can plant) that the error names; if even that fails, the
+    record is printed to stderr. A finished result is never lost to a permission or disk problem."""
     try:
         return write_record(results_dir, record)
     except OSError as e:
-        rescue = Path(tempfile.gettempdir()) / "ksir-unsaved" / f"{record['run_key']}.json"
-        write_atomic(rescue, _serialise(record))
-        raise OSError(f"could not write the record into {results_dir} ({e.strerror or e}); "
-                      f"it was saved to {rescue}: move it there once the folder is writable") from e
+        why = storage_error(results_dir, f"the record {record['run_key']}.json", e)
+        text = _serialise(record)
+        try:
+            rescue = Path(tempfile.mkdtemp(prefix="ksir-unsaved-")) / f"{record['run_key']}.json"
+            with open(rescue, "x") as f:
+                f.write(text)
+        except OSError:
+            print(text, file=sys.stderr, flush=True)
+            raise StorageError(e.errno, f"{why}; the record is printed above (stderr): save it as "
+                                        f"{record_path(results_dir, record['run_key'])}") from e
+        raise StorageError(e.errno, f"{why}; it was saved to {rescue}: move it there once the folder can take "
+                                    "it") from e
+
+
+class NewerRecord(ValueError):
+    """A record written by a newer ksir (a schema this version does not know): not read, never rerun over."""
 
 
 def read_record(path: str | Path) -> dict[str, Any]:
-    """Read one record, upgraded to the current schema; ValueError (with the path) for a corrupt or foreign file."""
+    """Read one record, upgraded to the current schema; ValueError (with the path) for a corrupt or foreign file,
+    NewerRecord for one a newer ksir wrote."""
     path = Path(path)
     try:
         rec = json.loads(path.read_text())
@@ -354,7 +402,34 @@ def read_record(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path}: unreadable result record ({e})") from e
     if not isinstance(rec, dict) or "run_key" not in rec or "schema" not in rec:
         raise ValueError(f"{path}: not a ksir result record (no schema/run_key)")
+    if not isinstance(rec["schema"], int) or rec["schema"] > SCHEMA_VERSION:
+        raise NewerRecord(f"{path}: written by a newer ksir (schema {rec['schema']}; this one reads up to "
+                          f"{SCHEMA_VERSION}): not read, not rerun over; upgrade ksir to use it")
     return upgrade(rec)
+
+
+def misplaced(rec: Mapping[str, Any], path: Path) -> str | None:
+    """Why a record does not belong under its file name (None: it does): its own run key is another, or its
+    stored identity hashes to another key (a record copied under another job's name)."""
+    key = path.name.removesuffix(FAILED_SUFFIX).removesuffix(".json")
+    if rec.get("run_key") != key:
+        return f"it is the record of {rec.get('run_key')!r}"
+    ident = rec.get("identity")
+    if isinstance(ident, Mapping) and "-" in key and "legacy_run_keys" not in rec and "upgrade_note" not in rec:
+        from ksir.identity import hash_identity
+
+        if hash_identity(key.split("-", 1)[0], dict(ident)) != key:
+            return "its stored identity hashes to another key"
+    return None
+
+
+def set_aside(results_dir: str | Path, path: Path, why: str) -> Path:
+    """Move a record that does not belong where it is into `.set-aside/` (kept, never deleted); one line."""
+    dest = Path(results_dir) / SET_ASIDE_DIR / f"{path.name}.{time.strftime('%Y%m%d-%H%M%S')}"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(path, dest)
+    print(f"  warning: {path} set aside ({why}; moved to {dest}): the job runs", flush=True)
+    return dest
 
 
 def iter_record_files(results_dir: str | Path) -> list[Path]:
@@ -410,7 +485,14 @@ def find_record(results_dir: str | Path, key: str, adopt_old: bool = True) -> tu
     finished job."""
     path = record_path(results_dir, key)
     if path.exists():
-        return read_record(path), path
+        rec = read_record(path)
+        why = misplaced(rec, path)
+        if why is None:
+            return rec, path
+        if not adopt_old:  # a read-only look (the sweep's plan): the job itself sets it aside
+            return None, path
+        set_aside(results_dir, path, why)
+        return None, path
     if not Path(results_dir).is_dir():
         return None, path
     files = schema1_index(results_dir).get(key)
@@ -431,28 +513,7 @@ def migrate(results_dir: str | Path) -> dict[str, list[str]]:
 # ----------------------------------------------------------------------------- one job at a time
 
 
-@contextlib.contextmanager
-def job_lock(results_dir: str | Path, key: str) -> Iterator[None]:
+def job_lock(results_dir: str | Path, key: str) -> contextlib.AbstractContextManager[None]:
     """Hold the lock of one identity while its job runs: a second process with the same job waits, then finds
-    the record. An flock is released by the kernel when its holder dies, so a killed job never blocks."""
-    folder = Path(results_dir) / ".locks"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{key}.lock"
-    with open(path, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            print(f"[{key}] held by {holder}: waiting for it to finish", flush=True)
-            t0 = time.time()
-            fcntl.flock(f, fcntl.LOCK_EX)
-            print(f"[{key}] released after {time.time() - t0:.0f}s", flush=True)
-        try:
-            f.seek(0)
-            f.truncate()
-            f.write(f"{socket.gethostname()}:{os.getpid()} since {now()}\n")
-            f.flush()
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    the record (`ksir.locks.flock`: released by the kernel when its holder dies)."""
+    return flock(Path(results_dir) / ".locks" / f"{key}.lock", key, what="the job's lock file")

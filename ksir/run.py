@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import errno
 import math
 import shutil
 import time
@@ -24,6 +25,7 @@ from ksir.data.corpus import documents_digest
 from ksir.data.tokenizer import load_pretrained_tokenizer
 from ksir.evaluate import evaluate_lm
 from ksir.families import count_params, own_config
+from ksir.locks import STORAGE_ERRNOS, StorageError, storage_error
 from ksir.spec import JobSpec
 
 hf_logging.disable_progress_bar()  # ksir prints its own progress lines
@@ -59,11 +61,65 @@ def job_environment(spec: JobSpec, docs: Any, data: Any) -> dict[str, Any]:
 
 
 def run_train(spec: JobSpec) -> dict[str, Any]:
-    """Train one own-family size, save it (HF format + tokenizer), evaluate it.
+    """Train one own-family size, save it (HF format + tokenizer), evaluate it; under the lock of its model
+    key, so that a model is built once whichever jobs need it. A model another job built already (the same
+    model key, e.g. a train job with other evaluation settings) is evaluated, not rebuilt, unless `force`.
 
     With `qat.enabled`: quantization-aware training at qat.bits (from scratch, or fine-tuning the own-family
     full-precision checkpoint given by qat.init_from, optionally distilling from it); the export also holds the
     learned quantization constants (ksir.qat.save_qat_checkpoint) and the record is accounted like PTQ."""
+    with checkpoints.model_lock(spec):
+        built = identity.find_checkpoint(spec)
+        if built is not None and not spec.force:
+            try:
+                return _evaluate_built(spec, built)
+            except checkpoints.CheckpointUnusable:
+                pass  # set aside: build it again
+        return _build(spec)
+
+
+def _evaluate_built(spec: JobSpec, path: Path) -> dict[str, Any]:
+    """The record of a train job whose model exists: evaluated with this job's settings; how it was trained
+    comes from the checkpoint (`built_by` names the job that built it)."""
+    meta = checkpoints.read_meta(path)
+    fields = dict(meta.get("record_fields") or {})
+    if not fields and spec.qat.enabled:
+        raise RuntimeError(f"{path}: a QAT model built by an older ksir (no record fields in its metadata); "
+                           "rerun with force=true to rebuild it")
+    cache = spec.paths.cache_dir
+    device = eval_device(spec)
+    tok = load_pretrained_tokenizer(str(path))
+    docs = load_documents(spec.data.as_dict(), cache)
+    data = load_token_data(docs, tok, spec.data.seq_len, cache)
+    data.eval_blocks(spec.eval.sequences)
+    try:
+        model = checkpoints.load_model(str(path), device)
+    except Exception as e:  # noqa: BLE001 - anything that stops it loading: set aside, rebuilt by the caller
+        checkpoints.set_aside(path, f"{path} cannot be loaded ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
+        raise checkpoints.CheckpointUnusable(str(path)) from e
+    key = identity.run_key(spec)
+    print(f"[train] {spec.model.family}-{spec.model.size}: model {identity.model_key(spec)} exists (built by "
+          f"{meta.get('run_key', 'an earlier job')}): evaluating it, not training it again", flush=True)
+    run = tracking.start_run(spec.logger, key, "train", f"{spec.model.family}/train", spec.raw, spec.paths.wandb)
+    try:
+        t0 = time.time()
+        metrics = evaluate_all(spec, model, tok, data, device)
+        if not fields:  # a plain model saved before records were kept in its metadata
+            n_total, n_nonemb = count_params(model)
+            fields = records.train_fields(checkpoint=str(path), n_params=n_total, n_nonemb=n_nonemb,
+                                          train_tokens=int(meta.get("train_tokens") or 0), metrics={},
+                                          resumed_from_step=None, spec=spec)
+        fields.update(checkpoint=str(path), metrics={**metrics, **(meta.get("train_info") or {})},
+                      resumed_from_step=None, built_by=meta.get("run_key"), wall_time_s=time.time() - t0,
+                      environment=job_environment(spec, docs, data))
+        tracking.finish_run(run, records.to_wandb_summary(fields))
+        run = None
+        return fields
+    finally:
+        tracking.finish_run(run, {}, exit_code=1)
+
+
+def _build(spec: JobSpec) -> dict[str, Any]:
     from ksir.qat import prepare_qat, save_qat_checkpoint
     from ksir.train import train_model
 
@@ -89,6 +145,7 @@ def run_train(spec: JobSpec) -> dict[str, Any]:
         precision.apply(model, spec.trainer.matmul_precision, spec.trainer.matmul_scaling)
     n_total, n_nonemb = count_params(model)
     n_budget = n_total if spec.trainer.param_count == "total" else n_nonemb
+    check_space(spec, n_total)  # a full disk is one line now, not a truncated checkpoint later
     summary = prepare_qat(model, qat, data.train[: spec.trainer.batch_size]) if qat.enabled else None
     key = identity.run_key(spec)
     run = tracking.start_run(spec.logger, key, "train", f"{spec.model.family}/train", spec.raw, spec.paths.wandb)
@@ -101,10 +158,15 @@ def run_train(spec: JobSpec) -> dict[str, Any]:
         tag += f" matmuls {spec.trainer.matmul_precision}" if lowp else ""
         print(f"[train] {spec.model.family}-{spec.model.size}{tag}: N={n_total:,} ({n_nonemb:,} non-embedding)", flush=True)
         resume_dir = identity.partial_dir(spec)
-        info = train_model(model, data.train, spec.trainer, n_budget, loggers, spec.seed, resume_dir,
-                           teacher=teacher, distill_weight=qat.distill.weight if qat.enabled else 0.0,
-                           distill_temperature=qat.distill.temperature, scale_lr=qat.scale_lr,
-                           lr=qat.lr if qat.enabled else None, parametrization=spec.model.parametrization)
+        try:
+            info = train_model(model, data.train, spec.trainer, n_budget, loggers, spec.seed, resume_dir,
+                               teacher=teacher, distill_weight=qat.distill.weight if qat.enabled else 0.0,
+                               distill_temperature=qat.distill.temperature, scale_lr=qat.scale_lr,
+                               lr=qat.lr if qat.enabled else None, parametrization=spec.model.parametrization)
+        except OSError as e:
+            if e.errno in STORAGE_ERRNOS:  # a resume checkpoint the device could not take (set aside on relaunch)
+                raise storage_error(resume_dir, "a resume checkpoint", e) from None
+            raise
         resumed_from = info.pop("resumed_from_step", None)
         if lowp:
             precision.remove(model)  # the trained weights are evaluated and saved at full precision
@@ -116,13 +178,20 @@ def run_train(spec: JobSpec) -> dict[str, Any]:
         common = {"checkpoint": str(path), "n_params": n_total, "n_nonemb": n_nonemb,
                   "train_tokens": info["train_tokens"], "metrics": {**metrics, **info},
                   "resumed_from_step": resumed_from}
-        if summary is None:
-            checkpoints.save_checkpoint(model.cpu(), tok, path, meta)
-            fields = records.train_fields(**common, spec=spec)
-        else:
-            meta.update(qat=qat.as_dict(), init_from=init_ckpt)
-            save_qat_checkpoint(model.cpu(), tok, path, meta, qat, summary)
-            fields = records.qat_fields(spec, summary, init_ckpt, **common)
+        fields = records.train_fields(**common, spec=spec) if summary is None else \
+            records.qat_fields(spec, summary, init_ckpt, **common)
+        # What a later job with other evaluation settings needs to record this model without rebuilding it.
+        meta.update(record_fields={k: v for k, v in fields.items() if k != "metrics"}, train_info=info)
+        try:
+            if summary is None:
+                checkpoints.save_checkpoint(model.cpu(), tok, path, meta)
+            else:
+                meta.update(qat=qat.as_dict(), init_from=init_ckpt)
+                save_qat_checkpoint(model.cpu(), tok, path, meta, qat, summary)
+        except OSError as e:
+            if e.errno in STORAGE_ERRNOS:
+                raise storage_error(path, f"the trained model ({4 * n_total / 1e6:.0f} MB)", e) from None
+            raise
         shutil.rmtree(resume_dir, ignore_errors=True)  # finished: the resume state is no longer needed
         fields["wall_time_s"] = time.time() - t0
         fields["environment"] = job_environment(spec, docs, data)
@@ -131,6 +200,25 @@ def run_train(spec: JobSpec) -> dict[str, Any]:
         return fields
     finally:
         tracking.finish_run(run, {}, exit_code=1)
+
+
+# A Lightning resume checkpoint holds the fp32 weights and AdamW's two moments; the export holds the weights.
+RESUME_COPIES, EXPORT_COPIES, MARGIN = 3, 1, 1.2
+
+
+def check_space(spec: JobSpec, n_params: int) -> None:
+    """The checkpoint folder's device can take the resume checkpoint and the exported model, or one line naming
+    the folder, what it needs and what it has, before training starts."""
+    folder = spec.paths.checkpoints_dir
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    copies = EXPORT_COPIES + (RESUME_COPIES if spec.trainer.checkpoint_every_n_steps else 0)
+    need = int(4 * n_params * copies * MARGIN)
+    free = shutil.disk_usage(probe).free
+    if free < need:
+        raise StorageError(errno.ENOSPC, f"{folder}: needs about {need / 1e6:.1f} MB free for the model and its "
+                           f"resume checkpoint ({n_params:,} parameters), the device has {free / 1e6:.1f} MB")
 
 
 def _qat_init_checkpoint(spec: JobSpec) -> str:
@@ -162,6 +250,21 @@ def _export(spec: JobSpec, model: torch.nn.Module, seq_len: int) -> torch.nn.Mod
     return PARAMETRIZATIONS[spec.model.parametrization].export(model, seq_len)
 
 
+def _load_base(spec: JobSpec, ckpt: str, device: torch.device) -> torch.nn.Module:
+    """The base model, read under its model's shared lock (ksir's own: never while a job replaces it). An own
+    model that cannot be loaded is set aside (one line) and CheckpointUnusable raised: the caller rebuilds it,
+    as for a truncated one."""
+    if not spec.uses_own_checkpoint:
+        return checkpoints.load_base_model(ckpt, device, cache=spec.model.cache_base)
+    with checkpoints.model_lock(identity.base_train_spec(spec), shared=True):
+        try:
+            return checkpoints.load_base_model(ckpt, device, cache=spec.model.cache_base)
+        except Exception as e:  # noqa: BLE001 - anything that stops it loading
+            checkpoints.set_aside(Path(ckpt), f"{ckpt} cannot be loaded ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0][:200] if str(e) else ''})")
+            raise checkpoints.CheckpointUnusable(ckpt) from e
+
+
 def run_quantize(spec: JobSpec) -> dict[str, Any]:
     from ksir.quant import needs_calibration, quantize_model
     from ksir.quant.backends import format_for
@@ -169,7 +272,7 @@ def run_quantize(spec: JobSpec) -> dict[str, Any]:
     ckpt = checkpoints.resolve_checkpoint(spec)
     qcfg = spec.quant
     device = eval_device(spec)
-    model = checkpoints.load_base_model(ckpt, device, cache=spec.model.cache_base)
+    model = _load_base(spec, ckpt, device)
     tok = load_pretrained_tokenizer(ckpt)
     cache = spec.paths.cache_dir
     docs = load_documents(spec.data.as_dict(), cache)

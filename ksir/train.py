@@ -198,20 +198,43 @@ def plan_steps(n_params: int, cfg: Any, seq_len: int) -> tuple[int, int]:
     return steps, steps * tokens_per_step
 
 
-def last_checkpoint(resume_dir: Path | None) -> Path | None:
-    """The newest intact Lightning checkpoint of an interrupted run: last.ckpt, else the periodic one. A
-    truncated file is set aside (renamed *.corrupt) with one warning line naming it; none left = fresh start."""
+def last_checkpoint(resume_dir: Path | None, expected: dict[str, torch.Size] | None = None) -> Path | None:
+    """The newest usable Lightning checkpoint of an interrupted run: last.ckpt, else the periodic one. A file
+    that is truncated, or complete but not loadable as this model's checkpoint (another shape, a garbled
+    pickle, no training state), is set aside (renamed *.corrupt) with one warning line naming it and why; none
+    left = fresh start."""
     if resume_dir is None or not resume_dir.is_dir():
         return None
-    from ksir.integrity import verify_torch_file
-
     candidates = sorted(resume_dir.glob("*.ckpt"), key=lambda p: (p.name != "last.ckpt", -p.stat().st_mtime))
     for p in candidates:
-        problem = verify_torch_file(p)
+        problem = checkpoint_problem(p, expected)
         if problem is None:
             return p
         print(f"  warning: corrupt resume checkpoint set aside ({problem})", flush=True)
         p.rename(p.with_suffix(".corrupt"))
+    return None
+
+
+def checkpoint_problem(path: Path, expected: dict[str, torch.Size] | None = None) -> str | None:
+    """Why a Lightning checkpoint cannot resume this model (None: it can). Loaded memory-mapped: the weights
+    are not read, only the pickle and the tensor shapes."""
+    from ksir.integrity import verify_torch_file
+
+    problem = verify_torch_file(path)
+    if problem is not None:
+        return problem
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as e:  # noqa: BLE001 - any failure to unpickle is the file's problem
+        return f"{path}: cannot be loaded ({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''})"
+    if not isinstance(state, dict) or "state_dict" not in state or "global_step" not in state:
+        return f"{path}: not a Lightning training checkpoint (no state_dict / global_step)"
+    if expected is not None:
+        got = {k: tuple(v.shape) for k, v in state["state_dict"].items() if hasattr(v, "shape")}
+        want = {k: tuple(v) for k, v in expected.items()}
+        if got != want:
+            diff = sorted(set(got) ^ set(want)) or sorted(k for k in want if got.get(k) != want[k])
+            return f"{path}: its weights do not fit this model ({len(diff)} differ, e.g. {diff[0]})"
     return None
 
 
@@ -255,7 +278,7 @@ def train_model(model: torch.nn.Module, train_blocks: torch.Tensor, cfg: Any, n_
     trainer = pl.Trainer(max_steps=steps, logger=loggers or False, enable_checkpointing=checkpointing,
                          enable_model_summary=False, enable_progress_bar=on_terminal, callbacks=cbs + list(callbacks or []),
                          **dict(cfg.lightning))
-    ckpt = last_checkpoint(resume_dir)
+    ckpt = last_checkpoint(resume_dir, {k: v.shape for k, v in module.state_dict().items()})
     if ckpt is not None:
         print(f"  resuming from {ckpt}", flush=True)
     try:

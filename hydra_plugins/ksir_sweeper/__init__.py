@@ -183,6 +183,8 @@ class ValidatingSweeper(BasicSweeper):
             return False
         try:
             rec, _ = records.find_record(spec.paths.results_dir, identity.run_key(spec), adopt_old=False)
+        except records.NewerRecord:
+            return True  # a newer ksir's result: never rerun over
         except ValueError:
             return False  # a corrupt record: the job reruns, and needs its model
         return records.is_done(rec)
