@@ -76,10 +76,18 @@ def _kind(reason: str) -> str:
 
 
 def _expand(sources: Iterable[str | Path]) -> list[Path]:
+    """Folders, files and globs as a user types them: `~` expanded; a path that exists is taken literally (a
+    folder named `runs[1]` is that folder, not a glob); otherwise a pattern is globbed; anything else that does
+    not exist is a FileNotFoundError naming it."""
     files: list[Path] = []
     for s in sources:
-        s = str(s)
-        paths = [Path(p) for p in sorted(glob.glob(s))] if any(ch in s for ch in "*?[") else [Path(s)]
+        s = str(Path(str(s)).expanduser())
+        if Path(s).exists():
+            paths = [Path(s)]
+        elif any(ch in s for ch in "*?["):
+            paths = [Path(p) for p in sorted(glob.glob(s))]
+        else:
+            raise FileNotFoundError(f"{s}: no such results folder or record file")
         for p in paths:
             files += iter_record_files(p) if p.is_dir() else [p]
     return files

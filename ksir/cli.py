@@ -15,11 +15,13 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from ksir import resolvers  # noqa: F401 - registers ${ksir_path:...} and ${ksir_dirname:...}
 from ksir.errors import ConfigError
 from ksir.locks import StorageError
 from ksir.paths import CONF_DIR
+from ksir.resolvers import short_dirname  # noqa: F401 - kept importable as ksir.cli.short_dirname
 
 SWEEP_TOTAL_ENV, SWEEP_START_ENV = "KSIR_SWEEP_TOTAL", "KSIR_SWEEP_START"  # set by the sweeper for progress
 
@@ -37,21 +39,6 @@ class ValidateFirst(Callback):
         except ConfigError as e:
             print(e, file=sys.stderr)
             sys.exit(2)
-
-
-MAX_DIRNAME = 200  # file systems refuse names over 255 bytes; the job number is prefixed
-
-
-def short_dirname(name: str) -> str:
-    """A sweep job's folder name (its overrides), cut with a hash of the whole when too long for a file name."""
-    if len(name.encode()) <= MAX_DIRNAME:
-        return name
-    import hashlib
-
-    return name.encode()[: MAX_DIRNAME - 17].decode(errors="ignore") + "~" + hashlib.sha256(name.encode()).hexdigest()[:16]
-
-
-OmegaConf.register_new_resolver("ksir_dirname", short_dirname, replace=True)
 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
@@ -148,11 +135,37 @@ def _fast_help() -> str:
     return HELP.format(groups="\n".join(lines))
 
 
+def check_overrides(args: list[str]) -> None:
+    """Every KEY=VALUE on the command line parsed by Hydra's override grammar first: a malformed one
+    (`quant.bits=4,`, `quant.bits=[4`) is one line naming it and exit 2, not Hydra's three lines without it."""
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    try:
+        overrides = get_args_parser().parse_known_args(args)[0].overrides
+    except SystemExit:
+        return  # Hydra's own flags are Hydra's to report
+    parser = OverridesParser.create()
+    for o in overrides:
+        try:
+            parser.parse_overrides([o])
+        except OverrideParseException as e:
+            first = str(e).splitlines()[0] if str(e) else "not an override"
+            key, _, value = o.partition("=")
+            hint = f"a value with ~ needs quotes: {key}='{value}'" if "~" in value else \
+                "KEY=VALUE, a sweep KEY=A,B,C"
+            print(f"invalid override {o!r}: {first} ({hint}; grammar: "
+                  "https://hydra.cc/docs/advanced/override_grammar/basic/)", file=sys.stderr)
+            sys.exit(2)
+
+
 def main() -> None:
     args = sys.argv[1:]
     if args and all(a in ("--help", "-h") for a in args):
         print(_fast_help())
         return
+    check_overrides(args)
     _app()
 
 
@@ -168,7 +181,13 @@ def migrate_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="ksir-migrate", description=migrate_main.__doc__)
     p.add_argument("results", nargs="+", help="results folders (<out_dir>/results)")
     args = p.parse_args(argv)
+    from pathlib import Path
+
     for folder in args.results:
+        if not Path(folder).expanduser().is_dir():
+            print(f"ksir-migrate: error: {folder}: no such results folder", file=sys.stderr)
+            return 2
+    for folder in (str(Path(f).expanduser()) for f in args.results):
         merged = migrate(folder)
         n_old = sum(len(v) for v in merged.values())
         print(f"{folder}: {n_old} schema-1 record(s) -> {len(merged)} schema-2 record(s); originals in {folder}/.v1/")

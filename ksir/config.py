@@ -20,6 +20,8 @@ __all__ = ["CONF_DIR", "compose_config", "compose_spec"]
 def compose_config(overrides: list[str] | None = None) -> DictConfig:
     from hydra import compose, initialize_config_dir
 
+    from ksir import resolvers  # noqa: F401 - the resolvers the config uses
+
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return compose(config_name="config", overrides=list(overrides or []))
 

@@ -21,3 +21,9 @@ class ConfigError(CompactHydraException, ValueError):
             allowed_s = allowed if isinstance(allowed, str) else ", ".join(str(a) for a in allowed)
             msg += f" (allowed: {allowed_s})"
         super().__init__(msg)
+
+    def within(self, context: str) -> ConfigError:
+        """The same error, its one line followed by where it was found (`[in sweep job: ...]`)."""
+        err = ConfigError(self.key, self.value)
+        err.args = (f"{self} [{context}]",)
+        return err

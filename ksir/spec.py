@@ -31,6 +31,9 @@ from ksir.qat.config import QATConfig, validate_qat_config
 from ksir.quant.config import QuantConfig, validate_quant_config
 
 JOBS = ("train", "quantize")
+# The top-level keys of a composed config (conf/config.yaml): anything else is a typo, refused by name.
+TOP_LEVEL = frozenset({"job", "seed", "force", "dry_run", "out_dir", "paths", "model", "data", "quant", "qat",
+                       "trainer", "eval", "logger"})
 DATA_SOURCES = ("embedded", "hub", "files")
 FILE_FORMATS = {".txt": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 LOGGER_MODES = ("auto", "offline", "online", "disabled")
@@ -334,6 +337,13 @@ class JobSpec:
     def from_config(cls, cfg: Any, *, check_env: bool = True) -> JobSpec:
         """Parse and validate a composed config (DictConfig or plain mapping, with or without `hydra`)."""
         raw = {k: v for k, v in plain_config(cfg).items() if k != "hydra"}
+        unknown = sorted(set(raw) - TOP_LEVEL)
+        if unknown:  # `+sed=3` would otherwise run silently with seed 0
+            import difflib
+
+            near = difflib.get_close_matches(unknown[0], sorted(TOP_LEVEL), n=1)
+            _fail(unknown[0], raw[unknown[0]], why="unknown key" + (f" (did you mean {near[0]!r}?)" if near else ""),
+                  allowed=sorted(TOP_LEVEL))
         job = raw.get("job")
         if job not in JOBS:
             _fail("job", job, JOBS)
@@ -459,14 +469,28 @@ def check_environment(spec: JobSpec) -> None:
 
 
 def _check_creatable(key: str, folder: Path) -> None:
-    """The folder exists and is writable, or the nearest existing ancestor is a writable folder."""
+    """The folder exists and is writable, or the nearest existing ancestor is a writable folder. Tried, not
+    asked: os.access says yes to root on a read-only mount or in /proc, where a folder still cannot be made."""
     probe = folder
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if not probe.is_dir():
         _fail(key, str(folder), why=f"cannot create the folder: {probe} is not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        _fail(key, str(folder), why=f"{probe} is not writable")
+    problem = _write_probe(str(probe))
+    if problem:
+        _fail(key, str(folder), why=f"{probe} is not writable ({problem})")
+
+
+@functools.lru_cache(maxsize=64)
+def _write_probe(folder: str) -> str | None:
+    """Why a folder cannot take a new entry (a folder made and removed at once; checked once per process)."""
+    import tempfile
+
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".ksir-probe-", dir=folder))
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
 
 
 def check_data_file(key: str, path: Path, fmt: str | None) -> None:

@@ -140,8 +140,28 @@ class ValidatingSweeper(BasicSweeper):
             try:
                 self._specs[key] = JobSpec.from_config(self.compose(overrides))
             except ConfigError as e:
-                raise ConfigError(e.key, e.value, why=f"{e} [in sweep job: {' '.join(overrides)}]") from None
+                raise e.within(f"in sweep job: {' '.join(overrides)}") from None
         return self._specs[key]
+
+    def distinct(self, jobs: list[list[str]]) -> list[list[str]]:
+        """Every job validated; jobs that are one job (`quant.bits=4,4.0`, `model.size=xs,xs`: the same run key)
+        collapse into the first, and the plan says so."""
+        from ksir import identity
+
+        seen: dict[str, list[str]] = {}
+        out, dropped = [], []
+        for o in jobs:
+            key = identity.run_key(self.spec_of(o))
+            if key in seen:
+                dropped.append((o, seen[key]))
+            else:
+                seen[key] = o
+                out.append(o)
+        if dropped:
+            print(f"[sweep] {len(dropped)} of {len(jobs)} jobs are the same job as another (collapsed): "
+                  + "; ".join(f"{' '.join(o)} = {' '.join(first)}" for o, first in dropped[:3])
+                  + (" ..." if len(dropped) > 3 else ""), flush=True)
+        return out
 
     def plan(self, jobs: list[list[str]]) -> tuple[dict[str, list[str]], dict[int, str]]:
         """({model key: overrides of the train job to run first}, {job index: model key it needs}) for the jobs
@@ -164,7 +184,7 @@ class ValidatingSweeper(BasicSweeper):
                     try:
                         registry.check_dependencies(spec)
                     except ConfigError as e:
-                        raise ConfigError(e.key, e.value, why=f"{e} [in sweep job: {' '.join(overrides)}]") from None
+                        raise e.within(f"in sweep job: {' '.join(overrides)}") from None
                 needs[i] = mkey
                 if mkey not in deps:
                     dep_overrides = with_job(overrides, "train", ["qat.enabled=false"] if spec.job == "train" else [])
@@ -202,18 +222,26 @@ class ValidatingSweeper(BasicSweeper):
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         self.overrides = self.split_arguments(parser.parse_overrides(params_conf), self.max_batch_size)
         sweep_dir = Path(self.config.hydra.sweep.dir)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
 
         t_check = time.time()
-        jobs = [list(o) for batch in self.overrides for o in batch]
-        for o in jobs:
-            self.spec_of(o)
-        deps, needs = self.plan(jobs)
+        try:
+            jobs = self.distinct([list(o) for batch in self.overrides for o in batch])
+            deps, needs = self.plan(jobs)
+        except ConfigError as e:  # one line, exit 2, as for a single job (not Hydra's banner and hint)
+            print(e, file=sys.stderr, flush=True)
+            sys.exit(2)
         dep_jobs = list(deps.values())
         print(f"[sweep] {len(jobs)} jobs validated in {time.time() - t_check:.1f}s"
               + (f"; {len(dep_jobs)} train job(s) they need run first" if dep_jobs else "")
               + ("" if self.config.get("dry_run") else "; launching"), flush=True)
+        if not self.config.get("dry_run"):  # written only once every job is valid
+            try:
+                sweep_dir.mkdir(parents=True, exist_ok=True)
+                OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+            except OSError as e:
+                print(ConfigError("hydra.sweep.dir", str(sweep_dir), why=f"cannot be written ({e.strerror or e})"),
+                      file=sys.stderr, flush=True)
+                sys.exit(2)
         if self.config.get("dry_run"):
             from ksir import identity
             from ksir import jobs as registry
@@ -256,8 +284,17 @@ class ValidatingSweeper(BasicSweeper):
 
     @staticmethod
     def _report(sweep_dir: Path, table: str) -> None:
-        (sweep_dir / "summary.txt").write_text(table + "\n")
+        """The table on the terminal and in a file of this sweep's own (`summary-<time>-<pid>.txt`: concurrent
+        sweeps of one out_dir do not overwrite each other's); `summary.txt` is the last one finished."""
+        from ksir.records import write_atomic
+
         print("\n" + table, flush=True)
+        own = sweep_dir / f"summary-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
+        try:
+            write_atomic(own, table + "\n")
+            write_atomic(sweep_dir / "summary.txt", table + "\n")
+        except OSError as e:
+            print(f"[sweep] could not write {own} ({e.strerror or e}); the table above is the summary", flush=True)
 
     def _launch(self, batch: list[list[str]], idx: int, one_by_one: bool, rows: list, returns: list) -> list[JobReturn]:
         assert self.launcher is not None
