@@ -72,18 +72,20 @@ def test_dry_run_plans_with_the_keys_the_jobs_will_have(tmp_path):
             "logger=none", f"out_dir={tmp_path}"]
     r = run_cli("ksir-run", *args, "dry_run=true", cwd=tmp_path, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "dry run: 10 jobs planned, none run" in r.stdout  # 8 jobs + the 2 base models they need
+    # 8 jobs, of which the two 16-bit jobs per size are one (rtn == gptq at 16 bits), + the 2 base models they need
+    assert "[sweep] 2 of 8 jobs are the same job as another (collapsed)" in r.stdout
+    assert "dry run: 8 jobs planned, none run" in r.stdout
     planned = [ln.split(None, 1) for ln in r.stdout.splitlines() if ln.startswith("  ") and ln.strip()[1] == "-"]
-    assert len(planned) == 10
+    assert len(planned) == 8
     for key, rest in planned:
         overrides = rest.split("  ")[-1].split()
         assert run_key(compose_spec([*overrides, "dry_run=true"])) == key, overrides
-    assert len({k for k, _ in planned}) == 10 - 2  # the two 16-bit jobs per size are one (rtn == gptq at 16 bits)
+    assert len({k for k, _ in planned}) == 8  # every planned job is a job of its own
     assert not (tmp_path / "results").exists() and not (tmp_path / "checkpoints").exists()
     # Hydra's own overrides (a launcher's options) apply to every composition the pre-flight makes.
     r = run_cli("ksir-run", *args, "launcher=joblib", "hydra.launcher.n_jobs=1", "dry_run=true", cwd=tmp_path,
                 timeout=120)
-    assert r.returncode == 0 and "dry run: 10 jobs planned" in r.stdout, r.stderr[-2000:]
+    assert r.returncode == 0 and "dry run: 8 jobs planned" in r.stdout, r.stderr[-2000:]
 
 
 @pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
