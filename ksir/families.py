@@ -65,13 +65,14 @@ FAMILIES: dict[str, Family] = {
     f.name: f
     for f in [
         # Own family: non-embedding parameters span ~53k .. ~25M (about 470x), 1.3-2x apart at the
-        # small end so that a CPU study gets 6 sizes in minutes (xs..xl; "ms" sits between s and m).
+        # small end so that a CPU study gets 6 sizes in minutes (xs..xl; "ms" sits between s and m). m, xl and
+        # w256 are hidden 64, 128 and 256 at one depth (4 layers): the widths of a learning-rate transfer study.
         # Hidden sizes are multiples of 64 so that block-64 quantization fits every row. The
         # vocabulary comes from the data's tokenizer (256 byte tokens + specials by default).
         _own(
             "llama",
             [("xs", 64, 1, 4), ("s", 64, 2, 4), ("ms", 64, 3, 4), ("m", 64, 4, 4), ("l", 128, 2, 4),
-             ("xl", 128, 4, 4), ("2xl", 192, 6, 6), ("3xl", 256, 8, 8), ("4xl", 512, 8, 8)],
+             ("xl", 128, 4, 4), ("2xl", 192, 6, 6), ("w256", 256, 4, 4), ("3xl", 256, 8, 8), ("4xl", 512, 8, 8)],
             max_position_embeddings=2048, tie_word_embeddings=False, rope_theta=10000.0,
         ),
         _hub("pythia", [(s, f"EleutherAI/pythia-{s}") for s in

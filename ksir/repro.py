@@ -1,18 +1,24 @@
 """`ksir-repro`: one command per published result (sweep -> fit -> figures -> claims).
 
 A study is a folder `experiments/<study>/`: a README (the question, the source and its numbers,
-what is reproduced, hardware, time), `study.yaml` (sweeps, fit, claims), its data if it ships any,
-and the last full run's `claims.md` / `claims.json`, committed so that the README's table of
-studies is regenerated from them (`ksir-repro --readme`), never typed by hand.
+what is reproduced, hardware, time), `study.yaml` (sweeps, fit, margins, claims), its data if it ships any,
+and the last full run's `claims.md` / `claims.json` / `claims_runs.csv`, committed with `--update`, so that the
+README's table of studies is regenerated from them (`ksir-repro --readme`) and `--check` recomputes every
+claim from the committed runs without running a job.
 
     ksir-repro --list                      # studies, hardware, expected time
-    ksir-repro chinchilla_epoch            # run (finished runs are reused), fit, check its claims
-    ksir-repro demo --smoke                # the whole path on tiny settings (< 1 min), results in outputs/
+    ksir-repro chinchilla_epoch            # run (finished runs are reused), fit, check its claims -> outputs/repro/...
+    ksir-repro demo --smoke                # the whole path on tiny settings (< 1 min)
+    ksir-repro kbit_own_family --update    # ... and commit its claims and runs into experiments/kbit_own_family/
+    ksir-repro kbit_own_family --check     # recompute fit and claims from the committed runs; say what differs
     ksir-repro --readme                    # README table of studies and claims from the committed claims.json
     ksir-repro qat_vs_ptq --with trainer=gpu --with model.size=xl,2xl,3xl,4xl --out outputs/qat_gpu   # scaled up
 
-Exit status: 0 when every claim the study expects to hold here holds; 1 when one does not; 2 for bad
-input. A smoke run checks the path, not the science: its claims are reported, never fatal.
+Verdicts are holds / fails / inconclusive, from intervals against the study's declared margins
+(`ksir.claims`). A run writes only under its `--out` folder (default `outputs/repro/<study>` in the working
+directory). Exit status: 0 when every claim the study expects to hold holds; 1 when one does not (or
+`--check` finds a difference); 2 for bad input. A smoke run checks the path, not the science: its claims are
+reported, never fatal.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import yaml
 
 from ksir.paths import REPO_ROOT
@@ -52,6 +59,9 @@ class Study:
     # run, and no bits law is fitted (all runs are 16-bit).
     smoke_fit_args: list[str] = field(default_factory=list)
     claims: list[dict[str, Any]] = field(default_factory=list)
+    # Margins declared once, each with its source (the paper's effect size, the study's own noise floor, a
+    # numerical tolerance): {name: {value, source[, relative]}}; claims name the one they use.
+    margins: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Smoke runs of hub families without a hub: random-weight copies of the architecture, one per size
     # ({model_type, sizes: {size: config overrides}}); each smoke sweep then runs once per size on its copy.
     local_copies: dict[str, Any] = field(default_factory=dict)
@@ -69,9 +79,12 @@ class Study:
             raise StudyError(f"{path}: unknown key(s) {unknown} (allowed: {sorted(known)})")
         from ksir.claims import check
 
+        for margin, m in (raw.get("margins") or {}).items():
+            if not isinstance(m, dict) or "value" not in m or not m.get("source"):
+                raise StudyError(f"{path}: margins.{margin} needs a value and its source")
         for i, c in enumerate(raw.get("claims", [])):
             missing = [k for k in ("id", "text", "kind") if k not in c]
-            problem = f"lacks {missing}" if missing else check(c)
+            problem = f"lacks {missing}" if missing else check(c, raw.get("margins") or {})
             if problem:
                 raise StudyError(f"{path}: claims[{i}] ({c.get('id', '?')}): {problem}")
         return cls(name=name, folder=folder, **raw)
@@ -163,15 +176,17 @@ def fit_args(study: Study, smoke: bool) -> dict[str, Any]:
             "user_laws": tuple(load_law_file(f) for f in args.law_file)}
 
 
-def check(study: Study, report: dict[str, Any], runs: Any) -> list[dict[str, Any]]:
+def judge(study: Study, report: dict[str, Any], runs: Any) -> list[dict[str, Any]]:
+    """Every claim's verdict, interval and margin."""
     from ksir.claims import evaluate
 
     rows = []
     for c in study.claims:
-        v = evaluate(c, report, runs)
+        v = evaluate(c, report, runs, study.margins)
         rows.append({"id": c["id"], "claim": c["text"], "paper": c.get("paper_text", c.get("paper")),
-                     "ksir": v.ksir, "holds": v.holds, "reason": v.reason, "expect": c.get("expect", "unknown"),
-                     "source": c.get("source", study.source)})
+                     "ksir": v.ksir, "interval": list(v.interval) if v.interval else None, "level": v.level,
+                     "replicates": v.replicates, "share": v.share, "verdict": v.verdict, "reason": v.reason,
+                     "margin": v.margin, "expect": c.get("expect", "unknown"), "source": c.get("source", study.source)})
     return rows
 
 
@@ -179,11 +194,30 @@ def markdown(study: Study, rows: list[dict[str, Any]], meta: dict[str, Any]) -> 
     lines = [f"# {study.title}: claims", "",
              f"Measured {meta['date']} on {meta['machine']} by `ksir-repro {study.name}"
              f"{' --smoke' if meta['smoke'] else ''}` in {meta['seconds']:.0f} s (finished jobs are reused) "
-             f"from {meta['n_runs']} runs. Source: {study.source}.", "",
-             "| claim | paper | ksir | holds | why |", "|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['claim']} | {_fmt(r['paper'])} | {_fmt(r['ksir'])} | {r['holds']} | {r['reason']} |")
+             f"from {meta['n_runs']} runs ({meta.get('seeds') or 1} seed(s) per configuration). Source: {study.source}.",
+             "", *claims_table(study, rows)]
     return "\n".join(lines) + "\n"
+
+
+def claims_table(study: Study, rows: list[dict[str, Any]]) -> list[str]:
+    """The claims (verdict, measured value and interval, why) and the margins they are judged against."""
+    out = ["| claim | paper | ksir [interval] | verdict | why |", "|---|---|---|---|---|"]
+    for r in rows:
+        ci = r.get("interval")
+        shown = _fmt(r["ksir"]) + (f" [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "") + \
+            (f" ({r['share']:.0%} of resamples)" if r.get("share") is not None else "")
+        out.append(f"| {r['claim']} | {_fmt(r['paper'])} | {shown} | **{r['verdict']}** | {r['reason']} |")
+    if study.margins:
+        out += ["", "Margins (declared in study.yaml before the runs, with their source):", "",
+                "| margin | value | source |", "|---|---|---|"]
+        out += [f"| {n} | {m['value']:g}{' (relative)' if m.get('relative') else ''} | {m['source']} |"
+                for n, m in study.margins.items()]
+    out += ["", "Verdicts: superiority holds when the 95% interval of the measured difference lies wholly on the "
+            "claimed side of its margin, fails when wholly on the other; equivalence holds when the 90% interval "
+            "lies inside (-margin, margin) (two one-sided tests), fails when wholly outside; an exact choice holds "
+            "when >= 95% of seed resamples agree with the paper, fails at <= 5%; anything else is inconclusive. "
+            "Intervals come from seeds (replicates); one seed gives none."]
+    return out
 
 
 def _fmt(v: Any) -> str:
@@ -194,44 +228,160 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def reproduce(study: Study, out: Path, smoke: bool, checkpoints: Path | None = None,
-              extra: list[str] | None = None) -> tuple[list[dict[str, Any]], int]:
-    """Sweep, fit, figures, claims. Returns the claim rows and the exit status. `extra` overrides go to
-    every sweep (e.g. a GPU-scale version of a CPU study); such a run is not the study's committed result."""
-    from analysis.report import analyse
+# Columns of the committed runs table: what the fits and claims read (no paths, hosts or timestamps).
+DROP_COLUMNS = ("source", "checkpoint", "created", "started", "git_commit", "host", "error", "upgrade_note",
+                "legacy_run_keys", "init_from", "built_by")
 
-    t0 = time.perf_counter()
-    run_sweeps(study, out, smoke, checkpoints, extra)
-    runs = collect(study, out)
-    print(runs.report())
+
+def runs_table(runs: Any) -> pd.DataFrame:
+    """The study's runs as the compact table committed beside its claims, with each record's sha256 (the
+    file it came from), so a claim is tied to the exact records it was computed from."""
+    import hashlib
+
+    df = runs.runs.copy()
+    if "source" in df:
+        def digest(src: Any) -> str | None:
+            try:
+                return hashlib.sha256(Path(str(src)).read_bytes()).hexdigest()[:16]
+            except OSError:
+                return None
+
+        df["record_sha256"] = df["source"].map(digest)
+    return df.drop(columns=[c for c in DROP_COLUMNS if c in df])
+
+
+def conclude(study: Study, runs: Any, out: Path, smoke: bool) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Fit (when the study fits a law) and judge every claim: the part `--check` redoes from committed runs."""
     from analysis.cli import summary
     from analysis.fit import FitError
+    from analysis.report import analyse
 
     try:
         if study.fit.get("runs") == "trained":
             raise FitError("a study of training (fit.runs: trained): its claims read the runs; no bits law to fit")
         report = analyse(runs, out, **fit_args(study, smoke))
         print(summary(report))
-    except FitError as e:  # no law fits these runs: claims on laws are then not measurable, and say why
+    except FitError as e:  # no law fits these runs: claims on laws are then inconclusive, and say why
         print(f"[{study.name}] no fit: {e}")
         report = {"laws": {}, "headline": {}, "n_runs": len(runs.runs), "fit_error": str(e)}
         (out / "fit.json").write_text(json.dumps(report, indent=2))  # says why there is no law, in place of one
     report["by_budget"] = _other_budgets(study, runs, out, smoke)
-    rows = check(study, report, runs.runs)
+    return report, judge(study, report, runs.runs)
+
+
+def provenance(study: Study, smoke: bool, table: Path | None) -> dict[str, Any]:
+    """What produced these claims: the code (commit, dirty tree), the libraries, the machine, the fit
+    settings, and the digest of the runs table they were computed from."""
+    import hashlib
+
+    from ksir import environment
+
+    env = environment.collect()
+    return {"git": env["git"], "python": env["python"], "packages": env["packages"], "cpu": env["cpu"],
+            "lock": env["lock"], "fit_settings": fit_args(study, smoke)["settings"].as_dict(),
+            "runs_sha256": hashlib.sha256(table.read_bytes()).hexdigest()[:16] if table and table.exists() else None}
+
+
+def reproduce(study: Study, out: Path, smoke: bool, checkpoints: Path | None = None,
+              extra: list[str] | None = None) -> tuple[list[dict[str, Any]], int]:
+    """Sweep, fit, figures, claims, all under `out`. Returns the claim rows and the exit status. `extra`
+    overrides go to every sweep (e.g. a GPU-scale version of a CPU study)."""
+    t0 = time.perf_counter()
+    run_sweeps(study, out, smoke, checkpoints, extra)
+    runs = collect(study, out)
+    print(runs.report())
+    table = out / "claims_runs.csv"
+    if "table" not in study.fit:  # a study of a shipped table commits that table, not a copy
+        runs_table(runs).to_csv(table, index=False)
+    report, rows = conclude(study, runs, out, smoke)
     meta = {"study": study.name, "smoke": smoke, "date": time.strftime("%Y-%m-%d"), "machine": _machine(),
-            "seconds": time.perf_counter() - t0, "n_runs": report["n_runs"], "with": extra or []}
-    payload = json.dumps({**meta, "claims": rows}, indent=2, default=float)
+            "seconds": time.perf_counter() - t0, "n_runs": report["n_runs"], "with": extra or [],
+            "seeds": int(runs.runs["seed"].nunique()) if "seed" in runs.runs else None,
+            "provenance": provenance(study, smoke, table if table.exists() else None)}
+    payload = json.dumps({**meta, "claims": rows}, indent=2, default=_json_default)
     md = markdown(study, rows, meta)
-    for folder in {out} | (set() if smoke or extra else {study.folder}):
-        (folder / "claims.json").write_text(payload)
-        (folder / "claims.md").write_text(md)
+    (out / "claims.json").write_text(payload)
+    (out / "claims.md").write_text(md)
     print("\n" + md)
-    failed = [r for r in rows if r["expect"] == "hold" and r["holds"] != "yes"]
+    failed = [r for r in rows if r["expect"] == "hold" and r["verdict"] != "holds"]
+    status = 0
     if failed and not smoke:
         print(f"ksir-repro: {len(failed)} claim(s) expected to hold here do not: "
               f"{', '.join(r['id'] for r in failed)}", file=sys.stderr)
-        return rows, 1
-    return rows, 0
+        status = 1
+    print(f"[{study.name}] outputs in {out}: claims.md, claims.json, claims_runs.csv, report.md, fit.json, figures")
+    return rows, status
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "item"):
+        return o.item()
+    return float(o)
+
+
+def update(study: Study, out: Path) -> list[Path]:
+    """Copy a full run's claims (and runs table) into the study's folder and regenerate its README section:
+    the only way a study writes into the checkout, and only when asked."""
+    import shutil
+
+    data = json.loads((out / "claims.json").read_text())
+    if data.get("smoke") or data.get("with"):
+        raise StudyError(f"{out}: a smoke or --with run is not the study's result; run the study itself to --update")
+    written = []
+    for name in ("claims.json", "claims.md", "claims_runs.csv"):
+        if (out / name).exists():
+            shutil.copyfile(out / name, study.folder / name)
+            written.append(study.folder / name)
+    readme = study.folder / "README.md"
+    if readme.exists():
+        text = readme.read_text()
+        block = "\n".join([CLAIM_MARKERS[0], *claims_table(study, data["claims"]), CLAIM_MARKERS[1]])
+        a, b = (text.find(m) for m in CLAIM_MARKERS)
+        text = text[:a] + block + text[b + len(CLAIM_MARKERS[1]):] if 0 <= a < b else text.rstrip() + "\n\n" + block + "\n"
+        readme.write_text(text)
+        written.append(readme)
+    return written
+
+
+CLAIM_MARKERS = ("<!-- claims:start (ksir-repro --update) -->", "<!-- claims:end -->")
+
+
+def check_committed(study: Study, out: Path, tolerance: float = 1e-6) -> list[str]:
+    """Recompute the fit and every claim from the committed runs (no job runs) and list what differs from the
+    committed claims.json: verdicts, values and intervals beyond `tolerance` (relative)."""
+    from analysis.collect import Collected
+
+    committed = study.folder / "claims.json"
+    if not committed.exists():
+        raise StudyError(f"{study.name}: no committed claims.json to check (run it with --update first)")
+    if "table" in study.fit:
+        runs = collect(study, out)
+    else:
+        path = study.folder / "claims_runs.csv"
+        if not path.exists():
+            raise StudyError(f"{study.name}: no committed claims_runs.csv to recompute from (run it with --update)")
+        runs = Collected(pd.read_csv(path))
+    _, rows = conclude(study, runs, out, smoke=False)
+    old = {r["id"]: r for r in json.loads(committed.read_text())["claims"]}
+    diffs = []
+    for r in rows:
+        was = old.get(r["id"])
+        if was is None:
+            diffs.append(f"{r['id']}: not in the committed claims")
+            continue
+        for key in ("verdict", "ksir", "interval", "share"):
+            if not _close(was.get(key), r.get(key), tolerance):
+                diffs.append(f"{r['id']}.{key}: committed {was.get(key)!r}, recomputed {r.get(key)!r}")
+    diffs += [f"{i}: committed, no longer a claim" for i in old if i not in {r['id'] for r in rows}]
+    return diffs
+
+
+def _close(a: Any, b: Any, tol: float) -> bool:
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(_close(x, y, tol) for x, y in zip(a, b, strict=True))
+    if isinstance(a, int | float) and isinstance(b, int | float) and not isinstance(a, bool):
+        return abs(a - b) <= tol * max(abs(a), abs(b), 1e-12) or a == b
+    return a == b
 
 
 def _other_budgets(study: Study, runs: Any, out: Path, smoke: bool) -> dict[str, Any]:
@@ -272,7 +422,7 @@ def listing() -> str:
 
 def readme_table() -> str:
     """The studies and their claims, from the committed claims.json files."""
-    lines = ["| study | claim | paper | ksir | holds |", "|---|---|---|---|---|"]
+    lines = ["| study | claim | paper | ksir [interval] | verdict |", "|---|---|---|---|---|"]
     for n in names():
         path = STUDIES / n / "claims.json"
         if not path.is_file():
@@ -280,8 +430,10 @@ def readme_table() -> str:
             continue
         data = json.loads(path.read_text())
         for r in data["claims"]:
-            lines.append(f"| [{n}](experiments/{n}/) | {r['claim']} | {_fmt(r['paper'])} | {_fmt(r['ksir'])} | "
-                         f"{r['holds']} |")
+            ci = r.get("interval")
+            shown = _fmt(r["ksir"]) + (f" [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "")
+            lines.append(f"| [{n}](experiments/{n}/) | {r['claim']} | {_fmt(r['paper'])} | {shown} | "
+                         f"{r.get('verdict', r.get('holds'))} |")
     return "\n".join(lines)
 
 
@@ -305,6 +457,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="an override added to every sweep (repeatable), e.g. --with trainer=gpu; the claims are "
                         "written to --out only")
     p.add_argument("--readme", action="store_true", help="rewrite README.md's table of studies from claims.json")
+    p.add_argument("--update", action="store_true",
+                   help="after a full run, copy claims.md/json and claims_runs.csv into experiments/<study>/ and regenerate "
+                        "its README's claims section (the only write into the checkout)")
+    p.add_argument("--check", action="store_true",
+                   help="recompute the fit and the claims from the committed runs (no job runs); exit 1 if anything "
+                        "differs from the committed claims.json")
     a = p.parse_args(argv)
     try:
         if a.list:
@@ -317,10 +475,23 @@ def main(argv: list[str] | None = None) -> int:
         if not a.study:
             raise StudyError(f"name a study (studies: {', '.join(names())}) or pass --list")
         study = Study.load(a.study)
-        out = Path(a.out or REPO_ROOT / "outputs" / "repro" / (study.name + ("-smoke" if a.smoke else "")))
+        kind = "check" if a.check else "smoke" if a.smoke else ""
+        out = Path(a.out or Path("outputs") / "repro" / (study.name + (f"-{kind}" if kind else ""))).expanduser()
         out.mkdir(parents=True, exist_ok=True)
-        _, status = reproduce(study, out.resolve(), a.smoke, Path(a.checkpoints).resolve() if a.checkpoints else None,
+        out = out.resolve()
+        if a.check:
+            diffs = check_committed(study, out)
+            for d in diffs:
+                print(f"  differs: {d}")
+            print(f"[{study.name}] --check: {'the committed claims are reproduced' if not diffs else f'{len(diffs)} difference(s)'}"
+                  f" (recomputed from {study.folder / study.fit.get('table', 'claims_runs.csv')}"
+                  f"; outputs in {out})")
+            return 1 if diffs else 0
+        _, status = reproduce(study, out, a.smoke, Path(a.checkpoints).expanduser().resolve() if a.checkpoints else None,
                               a.extra)
+        if a.update:
+            for path in update(study, out):
+                print(f"[{study.name}] updated {path}")
         return status
     except (StudyError, ValueError, KeyError) as e:
         print(f"ksir-repro: error: {str(e).splitlines()[0]}", file=sys.stderr)
