@@ -480,6 +480,10 @@ EXTRAPOLATION_FACTOR, EXTRAPOLATION_FLOOR, EXTRAPOLATION_CEILING = 3.0, 0.02, 0.
 # parameters that moves no prediction the data can see (e.g. eff(k) against A without a reference precision).
 MIN_SINGULAR_RATIO = 1e-6
 WEAK_LOADING = 0.3  # parameters with at least this share of an unpinned direction are named
+# With fewer residual degrees of freedom than this, the noise is estimated from one number (or none): a
+# bootstrap of residuals then gives intervals far too narrow (4 sizes for 3 parameters covered the true
+# exponent in 3 of 7 curves of a test table), so the fit is not identified, whatever its intervals say.
+MIN_DOF = 2
 
 
 @dataclass
@@ -529,6 +533,15 @@ class FitResult:
                 np.full(n, self.ctx.get("reference", REFERENCE))
         return self.law.predict(self.vector() if params is None else params, x, self.ctx)
 
+    def n_configurations(self) -> int:
+        return int(len(np.unique(self.clusters))) if self.clusters is not None else self.n
+
+    def dof(self) -> int | None:
+        """Residual degrees of freedom: distinct configurations minus the free parameters (those not on a bound)."""
+        if self.gof.get("n") is None:
+            return None
+        return self.n_configurations() - (len(self.params) - len(self.at_bound()))
+
     def heldout_possible(self) -> bool:
         return bool(self.heldout) and "mean_abs_rel_error" in self.heldout
 
@@ -559,8 +572,8 @@ class FitResult:
     def verdict(self) -> dict[str, Any]:
         """Can the law be trusted for claims? status "ok", "poor" or "unidentified", with the reasons.
 
-        Unidentified: fewer distinct model sizes than the law needs; a direction of the free parameters the
-        data cannot pin (the Jacobian at the optimum is rank-deficient); or any free parameter (per-k ones
+        Unidentified: fewer distinct model sizes than the law needs; fewer than MIN_DOF residual degrees of
+        freedom (configurations minus free parameters); a direction of the free parameters the data cannot pin (the Jacobian at the optimum is rank-deficient); or any free parameter (per-k ones
         included) whose 95% interval reaches its bound, or, for the log of a scale, spans more than a factor
         100, or, for an exponent, reaches 0 or spans more than a factor 100. Poor: R^2 < 0.9, no convergence,
         or a held-out error far above the in-sample error (it does not extrapolate). Parameters at a bound
@@ -570,6 +583,11 @@ class FitResult:
             status = "unidentified"
             reasons.append(f"{self.n_sizes} distinct {self.law.size_column} values; the law's size dependence "
                            f"needs at least {self.law.min_sizes}")
+        dof = self.dof()
+        if dof is not None and dof < MIN_DOF:
+            status = "unidentified"
+            reasons.append(f"{dof} residual degree(s) of freedom ({self.n_configurations()} configurations for "
+                           f"{len(self.params) - len(self.at_bound())} free parameters): its intervals cannot be trusted")
         weak = self.identifiability.get("weak")
         if weak:
             status = "unidentified"

@@ -548,7 +548,7 @@ def _best_scheme(claim: Mapping[str, Any], report: Mapping[str, Any], runs: pd.D
     cols = [c for c in claim.get("schemes", ["regime", "lowrank_mode", "lowrank_rank", "method"]) if c in runs]
 
     def choose(d: pd.DataFrame) -> str | None:
-        d = d.assign(_scheme=d[cols].astype(str).agg(",".join, axis=1) if cols else "all")
+        d = d.assign(_scheme=[",".join(map(str, t)) for t in d[cols].itertuples(index=False)] if cols else "all")
         d = d[~((d["bits"] == 16) & ~d["_scheme"].str.contains("factorize"))] if "bits" in d else d
         curves = {}
         for (s, _k), g in d.groupby(["_scheme", "bits"]):

@@ -71,7 +71,22 @@ def test_apply_sets_every_block_linear_and_remove_restores_the_model(name):
     assert n == 7 * cfg.num_hidden_layers  # q k v o gate up down; readout and embedding stay
     assert list(model.state_dict()) == keys
     low = model(input_ids=ids).logits
-    assert 0 < (low - ref).abs().max() < 0.5 * ref.abs().max()
+    assert (low - ref).abs().max() > 0  # the model computes something else now
+    if name == "sp":  # ... exactly what E4M3 matmuls compute, written here from the format's definition
+        import copy
+        import math
+
+        import torch.nn.functional as F
+
+        def e4m3(t: torch.Tensor) -> torch.Tensor:  # power-of-two per-tensor scale, saturating cast
+            s = 2.0 ** math.floor(math.log2(448.0 / t.detach().abs().max().item()))
+            return (t * s).clamp(-448, 448).to(torch.float8_e4m3fn).float() / s
+
+        plain = copy.deepcopy(model)
+        precision.remove(plain)
+        for m in precision.block_linears(plain).values():
+            m.forward = (lambda lin: lambda x: F.linear(e4m3(x), e4m3(lin.weight), lin.bias))(m)
+        torch.testing.assert_close(low, plain(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
     precision.remove(model)
     assert torch.equal(model(input_ids=ids).logits, ref)
     if name == "sp":

@@ -105,15 +105,21 @@ def test_block_groups_follow_transformer_blocks():
     ]
 
 
-def test_gptq_model_loss_below_rtn(trained):
-    """End to end: sequential GPTQ over the whole model keeps the calibration loss closer to the 16-bit model."""
-    losses = {}
+def test_gptq_model_stays_closer_to_the_16_bit_model_than_rtn(trained):
+    """End to end: sequential GPTQ over the whole model keeps its predictions closer to the 16-bit model's than
+    RTN does, on held-out blocks the calibration never saw: KL(16-bit || quantized) per token. (The loss itself
+    is no test here: on this barely trained model 3-bit RTN noise can lower the held-out loss.)"""
+    import torch.nn.functional as F
+
+    held = trained.eval_blocks
+    with torch.no_grad():
+        ref = F.log_softmax(trained.model(held).logits.float(), -1)
+    kl = {}
     for method in ("rtn", "gptq"):
         m = copy.deepcopy(trained.model)
         s = quantize_model(m, QuantConfig(method=method, bits=3, dtype="int", blocksize=32), trained.calib)
         with torch.no_grad():
-            losses[method] = m(trained.calib, labels=trained.calib).loss.item()
+            low = F.log_softmax(m(held).logits.float(), -1)
+        kl[method] = F.kl_div(low.flatten(0, 1), ref.flatten(0, 1), log_target=True, reduction="batchmean").item()
         assert s.n_layers == len(quantized_linear_names(trained.model, QuantConfig())) > 0
-    with torch.no_grad():
-        base = trained.model(trained.calib, labels=trained.calib).loss.item()
-    assert base < losses["gptq"] < losses["rtn"]
+    assert 0 < kl["gptq"] < kl["rtn"], kl

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from ksir import repro
-from ksir.claims import NOT_MEASURABLE, evaluate
+from ksir.claims import VERDICTS, evaluate
 from tests.helpers import run_cli
 
 
@@ -37,100 +38,196 @@ def shared_checkpoints(tmp_path_factory):
 
 @pytest.mark.parametrize("name", repro.names())
 def test_every_study_smoke_runs_end_to_end(name, tmp_path, shared_checkpoints):
-    """Every study's --smoke path: sweep (if any) through ksir-run, ksir-fit, claims, in under a minute."""
+    """Every study's --smoke path: sweep (if any) through ksir-run, ksir-fit, claims, in under a minute; it
+    writes only under --out, and says what it can know: a claim measured from one seed has no interval, so it
+    is inconclusive and says so."""
     out = tmp_path / "out"
+    study = repro.Study.load(name)
+    before = {p: p.stat().st_mtime_ns for p in study.folder.iterdir()}
     r = run_cli("ksir-repro", name, "--smoke", "--out", str(out), "--checkpoints", str(shared_checkpoints),
                 cwd=tmp_path, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     data = json.loads((out / "claims.json").read_text())
-    study = repro.Study.load(name)
     assert data["smoke"] is True and [c["id"] for c in data["claims"]] == [c["id"] for c in study.claims]
-    assert all(c["holds"] in ("yes", "no", NOT_MEASURABLE) and c["reason"] for c in data["claims"])
-    assert (out / "fit.json").is_file() and "| claim | paper | ksir | holds |" in (out / "claims.md").read_text()
-    # A smoke run never overwrites the study's committed results.
-    committed = study.folder / "claims.json"
-    assert not committed.exists() or json.loads(committed.read_text())["smoke"] is False
+    assert all(c["verdict"] in VERDICTS and c["reason"] for c in data["claims"])
+    seeds = data["seeds"] or 1
+    for c in data["claims"]:
+        if seeds == 1 and c["interval"] is None and c["verdict"] != "inconclusive":
+            assert c["id"] in {k["id"] for k in study.claims if k["kind"] in ("bound", "param", "exponent")}, c
+        if seeds == 1 and c["replicates"] == 1:
+            assert c["verdict"] == "inconclusive" and "needs >= 2 seeds" in c["reason"], c
+    prov = data["provenance"]
+    assert prov["git"]["commit"] and prov["packages"]["torch"] and "loss" in prov["fit_settings"]
+    assert (out / "fit.json").is_file() and "| claim | paper | ksir [interval] | verdict | why |" in \
+        (out / "claims.md").read_text()
+    assert f"outputs in {out}" in r.stdout
+    assert {p: p.stat().st_mtime_ns for p in study.folder.iterdir()} == before, "a run wrote into the study folder"
 
 
-def test_chinchilla_epoch_reproduces_epochs_estimates_within_their_standard_errors(tmp_path):
+def test_demo_smoke_intervals_are_the_seed_level_intervals_of_its_runs(tmp_path):
+    """The demo's smoke (two seeds): its 8-bit claim's numbers recomputed by hand from the runs it committed
+    to its output folder (paired by size and seed; the t interval over the two seeds, 90% for equivalence)."""
+    from scipy import stats
+
     out = tmp_path / "out"
-    r = run_cli("ksir-repro", "chinchilla_epoch", "--smoke", "--out", str(out), cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    claims = {c["id"]: c for c in json.loads((out / "claims.json").read_text())["claims"]}
-    assert {k: c["holds"] for k, c in claims.items()} == {k: "yes" for k in ("E", "A", "B", "alpha", "beta", "a", "b")}
-    assert abs(claims["E"]["ksir"] - 1.817) < 0.01 and abs(claims["alpha"]["ksir"] - 0.3478) < 0.005
-    fit = json.loads((out / "fit.json").read_text())
+    assert repro.main(["demo", "--smoke", "--out", str(out)]) == 0
+    runs = pd.read_csv(out / "claims_runs.csv")
+    assert sorted(runs["seed"].unique()) == [0, 1]
+    claim = next(c for c in json.loads((out / "claims.json").read_text())["claims"] if c["id"] == "eight_bit")
+    widest = None
+    for _, g in runs.groupby("n_params"):
+        a = g[g["bits"] == 8].set_index("seed")["val_loss"]
+        b = g[(g["bits"] == 16) & (g["regime"] == "ptq")].set_index("seed")["val_loss"]
+        rel = (a / b - 1).to_numpy()
+        half = stats.t.ppf(0.95, len(rel) - 1) * rel.std(ddof=1) / np.sqrt(len(rel))
+        ci = (rel.mean() - half, rel.mean() + half)
+        if widest is None or max(map(abs, ci)) > max(map(abs, widest[1])):
+            widest = (rel.mean(), ci)
+    assert claim["ksir"] == pytest.approx(widest[0]) and claim["interval"] == pytest.approx(list(widest[1]))
+    assert claim["level"] == 0.9 and claim["replicates"] == 2
+    inside = widest[1][0] > -0.01 and widest[1][1] < 0.01
+    assert claim["verdict"] == ("holds" if inside else claim["verdict"])
+    k = next(c for c in json.loads((out / "claims.json").read_text())["claims"] if c["id"] == "k_star")
+    assert k["share"] is not None and k["verdict"] == ("holds" if k["share"] >= 0.95 else "fails"
+                                                       if k["share"] <= 0.05 else "inconclusive")
+
+
+def test_chinchilla_epoch_committed_claims_are_recomputed_to_1e6(tmp_path, capsys):
+    """The committed claims of chinchilla_epoch, recomputed from the shipped table (no job runs): every number
+    equal to 1e-6, every verdict the same; and they are what the paper's estimates say."""
+    assert repro.main(["chinchilla_epoch", "--check", "--out", str(tmp_path / "chk")]) == 0
+    assert "the committed claims are reproduced" in capsys.readouterr().out
+    claims = {c["id"]: c for c in json.loads((repro.STUDIES / "chinchilla_epoch" / "claims.json").read_text())["claims"]}
+    assert set(claims) == {"E", "A", "B", "alpha", "beta", "a"}  # one claim per independent quantity
+    assert all(c["verdict"] == "holds" for c in claims.values())
+    assert abs(claims["E"]["ksir"] - 1.817) < 0.0026 and abs(claims["alpha"]["ksir"] - 0.34781) < 0.00154
+    fit = json.loads((tmp_path / "chk" / "fit.json").read_text())
     assert fit["n_runs"] == 240 and sum("excluded by the study" in s["reason"] for s in fit["left_out"]) == 5
 
 
-RUNS = pd.DataFrame({"n_params": [1e5, 1e5, 1e5, 2e5, 2e5, 2e5], "bits": [3, 4, 16, 3, 4, 16],
-                     "val_loss": [3.3, 3.1, 3.0, 3.0, 2.8, 2.79]})
+def test_check_names_what_differs_from_the_committed_claims(tmp_path, monkeypatch, capsys):
+    """A committed number that the runs no longer give is named, and --check exits 1."""
+    import shutil
+
+    folder = tmp_path / "chinchilla_epoch"
+    shutil.copytree(repro.STUDIES / "chinchilla_epoch", folder)
+    data = json.loads((folder / "claims.json").read_text())
+    data["claims"][0]["ksir"] = 1.9
+    (folder / "claims.json").write_text(json.dumps(data))
+    monkeypatch.setattr(repro, "STUDIES", tmp_path)
+    assert repro.main(["chinchilla_epoch", "--check", "--out", str(tmp_path / "chk")]) == 1
+    assert "E.ksir: committed 1.9" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("claim,holds,value", [
-    ({"kind": "gap", "a": {"bits": 3}, "b": {"bits": 4}, "above": 0.1}, "yes", 0.2),
-    ({"kind": "gap", "a": {"bits": 3}, "b": {"bits": 4}, "above": 0.3}, "no", 0.2),
-    ({"kind": "ratio", "a": {"bits": 4}, "b": {"bits": 16}, "max": 0.04}, "yes", 0.1 / 3.0),
-    ({"kind": "ratio", "a": {"bits": 4}, "b": {"bits": 16}, "max": 0.01}, "no", 0.1 / 3.0),
-    ({"kind": "ratio", "a": {"bits": 8}, "b": {"bits": 16}, "max": 0.01}, NOT_MEASURABLE, None),
-    ({"kind": "param", "law": "chinchilla", "param": "e", "paper": 1.8, "tol": 0.1}, NOT_MEASURABLE, None),
-    ({"kind": "gap_closed", "a": {"bits": 4}, "base": {"bits": 3}, "ref": {"bits": 16}, "min": 0.5}, "yes",
-     0.2 / 0.255),  # mean(base - a) / mean(base - ref) over the two sizes
-    ({"kind": "gap_closed", "a": {"bits": 4}, "base": {"bits": 16}, "ref": {"bits": 3}, "min": 0.5}, NOT_MEASURABLE,
-     None),  # base better than ref: no gap to close
-    ({"kind": "correlation", "x": "val_loss", "y": "bits", "paper": -0.5, "tol": 0.1}, "yes",
-     RUNS["val_loss"].corr(RUNS["bits"])),
-    ({"kind": "bound", "where": {"bits": [3, 4]}, "column": "val_loss", "max": 3.35}, "yes", 3.3),
-    ({"kind": "bound", "where": {"bits": [3, 4]}, "column": "val_loss", "min": 2.9, "max": 3.25}, "no", 2.8),
-    ({"kind": "bound", "where": {"bits": [3, 4]}, "column": "val_loss", "min": 2.9, "at": "largest", "per": ["bits"]},
-     "no", 2.8),  # only the 2e5 models: 3.0 and 2.8, the latter below 2.9
-    ({"kind": "bound", "where": {"bits": 8}, "column": "val_loss", "max": 1}, NOT_MEASURABLE, None),
-    ({"kind": "optimal_k", "budget": "measured_bytes", "paper": 4, "tol": 1}, NOT_MEASURABLE, None),
+# Paired runs of two seeds at two sizes (a = 3 bits, b = 4 bits, ref = 16 bits).
+RUNS = pd.DataFrame([{"seed": s, "n_params": n, "bits": k, "total_bits": n * k, "val_loss": v + 0.01 * s}
+                     for s in (0, 1, 2) for n, vals in ((1e5, {3: 3.30, 4: 3.10, 16: 3.00}), (2e5, {3: 3.00, 4: 2.80, 16: 2.79}))
+                     for k, v in vals.items()])
+MARGINS = {"small": {"value": 0.05, "source": "test"}, "pct4": {"value": 0.04, "source": "test"},
+           "pct1": {"value": 0.01, "source": "test"}, "r": {"value": 0.1, "source": "test"},
+           "half": {"value": 0.5, "source": "test"}, "tol": {"value": 0.1, "source": "test"}}
+
+
+def _noisy(runs: pd.DataFrame, sd: float, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return runs.assign(val_loss=runs["val_loss"] + rng.normal(0, sd, len(runs)))
+
+
+@pytest.mark.parametrize("claim,runs,verdict", [
+    # superiority: a beats b (lower) / a worse than b (higher); every seed the same gap: a zero-width interval
+    ({"kind": "gap", "a": {"bits": 4}, "b": {"bits": 3}}, RUNS, "holds"),
+    ({"kind": "gap", "a": {"bits": 3}, "b": {"bits": 4}}, RUNS, "fails"),
+    ({"kind": "gap", "a": {"bits": 3}, "b": {"bits": 4}, "direction": "higher"}, RUNS, "holds"),
+    ({"kind": "gap", "a": {"bits": 3}, "b": {"bits": 4}, "direction": "higher", "margin": "small"}, RUNS, "holds"),
+    # noise as large as the effect: the interval straddles 0
+    ({"kind": "gap", "a": {"bits": 4}, "b": {"bits": 16}}, _noisy(RUNS, 0.2), "inconclusive"),
+    # one seed: no interval
+    ({"kind": "gap", "a": {"bits": 4}, "b": {"bits": 3}}, RUNS[RUNS["seed"] == 0], "inconclusive"),
+    # equivalence (90% interval inside (-m, m))
+    ({"kind": "gap", "test": "equivalence", "margin": "tol", "a": {"bits": 4}, "b": {"bits": 16}}, RUNS, "holds"),
+    ({"kind": "gap", "test": "equivalence", "margin": "small", "a": {"bits": 3}, "b": {"bits": 16}}, RUNS, "fails"),
+    ({"kind": "gap", "test": "equivalence", "margin": "tol", "a": {"bits": 4}, "b": {"bits": 16}},
+     _noisy(RUNS, 0.2), "inconclusive"),
+    ({"kind": "ratio", "a": {"bits": 4}, "b": {"bits": 16}, "margin": "pct4"}, RUNS, "holds"),
+    ({"kind": "ratio", "a": {"bits": 4}, "b": {"bits": 16}, "margin": "pct1"}, RUNS, "fails"),
+    ({"kind": "gap_closed", "a": {"bits": 4}, "base": {"bits": 3}, "ref": {"bits": 16}, "min": 0.5, "margin": "half"},
+     RUNS, "holds"),
+    ({"kind": "gap_closed", "a": {"bits": 4}, "base": {"bits": 16}, "ref": {"bits": 3}, "min": 0.5}, RUNS,
+     "inconclusive"),  # base better than ref: no gap to close
+    ({"kind": "bound", "where": {"bits": [3, 4]}, "column": "val_loss", "max": 3.35}, RUNS, "holds"),
+    ({"kind": "bound", "where": {"bits": [3, 4]}, "column": "val_loss", "min": 2.9, "max": 3.35}, RUNS, "fails"),
+    ({"kind": "bound", "where": {"bits": 8}, "column": "val_loss", "max": 1}, RUNS, "inconclusive"),
+    ({"kind": "optimal_k", "paper": 4}, RUNS, "holds"),  # 4 bits wins every budget both curves reach, every seed
+    ({"kind": "optimal_k", "paper": 3}, RUNS, "fails"),
+    ({"kind": "gap_at_bits", "a": {"bits": 4}, "b": {"bits": 3}}, RUNS, "holds"),
+    ({"kind": "param", "law": "chinchilla", "param": "e", "paper": 1.8, "margin": "tol"}, RUNS, "inconclusive"),
 ])
-def test_claims_compute_their_number_and_say_when_it_cannot_be_measured(claim, holds, value):
-    v = evaluate({"id": "c", "text": "t", **claim}, {"laws": {}}, RUNS)
-    assert v.holds == holds and v.reason
-    assert (v.ksir is None) if value is None else v.ksir == pytest.approx(value)
+def test_claims_compute_their_verdict_from_intervals(claim, runs, verdict):
+    v = evaluate({"id": "c", "text": "t", **claim}, {"laws": {}}, runs, MARGINS)
+    assert v.verdict == verdict and v.reason, v
 
 
-def _lr_runs(best: dict[str, float]) -> pd.DataFrame:
+def test_a_superiority_interval_is_the_t_interval_of_the_seed_level_gaps():
+    runs = _noisy(RUNS, 0.02, seed=3)
+    v = evaluate({"id": "c", "text": "t", "kind": "gap", "a": {"bits": 4}, "b": {"bits": 3}}, {}, runs, MARGINS)
+    from scipy import stats
+
+    gaps = []
+    for s in (0, 1, 2):
+        r = runs[runs["seed"] == s].set_index(["n_params", "bits"])["val_loss"]
+        gaps.append(np.mean([r[(n, 4)] - r[(n, 3)] for n in (1e5, 2e5)]))
+    half = stats.t.ppf(0.975, 2) * np.std(gaps, ddof=1) / np.sqrt(3)
+    assert v.ksir == pytest.approx(np.mean(gaps)) and v.interval == pytest.approx((np.mean(gaps) - half, np.mean(gaps) + half))
+    assert v.level == 0.95 and v.replicates == 3
+
+
+def _lr_runs(best: dict[str, float], seeds: int = 3, sd: float = 0.0) -> pd.DataFrame:
     """A learning-rate sweep at two sizes: parabolas in log2(lr) around each size's best rate."""
     import math
 
+    rng = np.random.default_rng(0)
     lrs = [1e-3 * 2 ** i for i in range(6)]
-    return pd.DataFrame([{"size": s, "lr": lr, "val_loss": 3.0 + 0.04 * (math.log2(lr / b)) ** 2}
-                         for s, b in best.items() for lr in lrs])
+    return pd.DataFrame([{"seed": s, "size": z, "lr": lr, "val_loss": 3.0 + 0.04 * (math.log2(lr / b)) ** 2
+                          + rng.normal(0, sd)} for s in range(seeds) for z, b in best.items() for lr in lrs])
 
 
-@pytest.mark.parametrize("best, holds, penalty", [
-    ({"m": 4e-3, "xl": 4e-3}, "yes", 0.0),  # the optimum does not move
-    ({"m": 4e-3, "xl": 1.6e-2}, "no", 0.04),  # two octaves apart: the best shared rate is one octave off for both
-    ({"m": 1e-3, "xl": 1e-3}, NOT_MEASURABLE, 0.0),  # at the edge of the swept rates: not bracketed
+@pytest.mark.parametrize("best, direction, verdict, penalty", [
+    ({"m": 4e-3, "xl": 4e-3}, "lower", "holds", 0.0),  # the optimum does not move
+    ({"m": 4e-3, "xl": 1.6e-2}, "lower", "fails", 0.04),  # two octaves apart: the shared rate is one octave off
+    ({"m": 4e-3, "xl": 1.6e-2}, "higher", "holds", 0.04),  # ... so "no rate transfers" holds
+    ({"m": 1e-3, "xl": 1e-3}, "lower", "inconclusive", 0.0),  # at the edge of the swept rates: not bracketed
 ])
-def test_lr_transfer_finds_the_best_shared_rate_and_its_penalty(best, holds, penalty):
-    v = evaluate({"id": "c", "text": "t", "kind": "lr_transfer", "max": 0.03}, {}, _lr_runs(best))
-    assert v.holds == holds and v.ksir == pytest.approx(penalty, abs=1e-9)
+def test_lr_transfer_finds_the_best_shared_rate_and_its_penalty(best, direction, verdict, penalty):
+    v = evaluate({"id": "c", "text": "t", "kind": "lr_transfer", "margin": "small" if penalty == 0 else "r",
+                  "direction": direction}, {}, _lr_runs(best), {"small": {"value": 0.03, "source": "t"},
+                                                                 "r": {"value": 0.03, "source": "t"}})
+    assert v.verdict == verdict and v.ksir == pytest.approx(penalty, abs=1e-9)
     assert "best rate per size" in v.reason
 
 
-def test_best_scheme_counts_the_winners_of_the_measured_budgets():
-    rows = [{"budget_bits": b, "extrapolated": False, "measured_best_scheme": w, "best_scheme": "x"}
-            for b, w in [(1, "qat-finetune"), (2, "qat-finetune"), (3, "ptq rtn"), (4, "ptq rtn"), (5, "ptq rtn")]]
-    report = {"scheme_frontiers": rows, "headline": {"candidates": [{"law": "power_bits", "status": "unidentified"}]}}
-    low = evaluate({"id": "c", "text": "t", "kind": "best_scheme", "budgets": "low", "paper": "qat"}, report, RUNS)
-    assert (low.ksir, low.holds) == ("qat-finetune", "yes")
-    every = evaluate({"id": "c", "text": "t", "kind": "best_scheme", "paper": "qat"}, report, RUNS)
-    assert (every.ksir, every.holds) == ("ptq rtn", "no") and "3 of 5" in every.reason
-    laws = evaluate({"id": "c", "text": "t", "kind": "best_scheme", "by": "laws", "paper": "qat"}, report, RUNS)
-    assert laws.holds == NOT_MEASURABLE and "unidentified" in laws.reason
+def test_best_scheme_is_the_winner_of_most_measured_budgets_in_every_resample():
+    runs = pd.concat([RUNS.assign(regime="ptq"),
+                      RUNS[RUNS["bits"] < 16].assign(regime="qat", val_loss=lambda d: d["val_loss"] - 0.1)])
+    v = evaluate({"id": "c", "text": "t", "kind": "best_scheme", "paper": "qat", "schemes": ["regime"]}, {}, runs)
+    assert v.verdict == "holds" and v.ksir == "qat" and v.share == 1.0
+    v = evaluate({"id": "c", "text": "t", "kind": "best_scheme", "paper": "ptq", "schemes": ["regime"]}, {}, runs)
+    assert v.verdict == "fails" and v.share == 0.0
 
 
-def test_a_claim_on_an_unidentified_law_is_not_measurable():
+def test_a_claim_on_an_unidentified_law_is_inconclusive():
     report = {"laws": {"chinchilla": {"verdict": {"status": "unidentified", "reasons": ["B spans a factor 118"]},
                                       "params": {"b": {"value": 7.6, "reported_value": 2000.0}}}}}
     v = evaluate({"id": "B", "text": "t", "kind": "param", "law": "chinchilla", "param": "b", "paper": 2085,
-                  "tol": 1293}, report, RUNS)
-    assert v.holds == NOT_MEASURABLE and "unidentified" in v.reason
+                  "margin": "tol"}, report, RUNS, MARGINS)
+    assert v.verdict == "inconclusive" and "unidentified" in v.reason
+
+
+def test_a_claim_needs_its_margin_declared():
+    from ksir.claims import check
+
+    assert "not declared" in check({"id": "c", "text": "t", "kind": "gap", "a": {}, "b": {}, "margin": "x"}, {})
+    assert "needs a declared margin" in check({"id": "c", "text": "t", "kind": "gap", "a": {}, "b": {},
+                                               "test": "equivalence"}, {})
 
 
 def test_readme_table_is_generated_from_the_committed_claims():
@@ -171,5 +268,5 @@ def test_a_misspelt_claim_field_is_refused_when_the_study_loads(tmp_path, monkey
         "title: t\nsource: s\nhardware: cpu\nexpected_time: 1 s\n"
         "claims:\n  - {id: g, text: t, kind: gap, a: {bits: 3}, b: {bits: 4}, on: [n_params, bits], below: 0}\n")
     monkeypatch.setattr(repro, "STUDIES", tmp_path)
-    with pytest.raises(repro.StudyError, match=r"claims\[0\] \(g\): unknown field\(s\) \['True'\] for kind gap"):
+    with pytest.raises(repro.StudyError, match=r"claims\[0\] \(g\): unknown field\(s\) \['True', 'below'\] for kind gap"):
         repro.Study.load("bad")
