@@ -1,6 +1,6 @@
 """ksir: k-bit scaling-law experiments for language models.
 
-Data flows one way: config (conf/, Hydra) -> job (`ksir.run.execute`) -> result record
+Data flows one way: config (conf/, Hydra) -> typed job (`ksir.spec.JobSpec`) -> job (`ksir.jobs.execute`) -> result record
 (`ksir.records`) -> analysis (`analysis`).
 """
 

@@ -26,16 +26,31 @@ from ksir.resolvers import short_dirname  # noqa: F401 - kept importable as ksir
 SWEEP_TOTAL_ENV, SWEEP_START_ENV = "KSIR_SWEEP_TOTAL", "KSIR_SWEEP_START"  # set by the sweeper for progress
 
 
+# Specs validated before their job runs, by the overrides that made them: the job of the same process (a single
+# run, or a sweep through the basic launcher) takes its spec from here instead of parsing and checking it again.
+_VALIDATED: dict[tuple[str, ...], Any] = {}
+
+
+def validated(overrides: Any, spec: Any = None) -> Any:
+    """Remember a validated spec under its job's overrides (with `spec`), or the one remembered (None)."""
+    key = tuple(str(o) for o in overrides)
+    if spec is not None:
+        _VALIDATED[key] = spec
+    return _VALIDATED.get(key)
+
+
 class ValidateFirst(Callback):
     """A single job's config is parsed and checked as soon as Hydra has composed it, before Hydra creates the
     job's run folder, saves its config there and sets up logging: a bad value writes nothing and costs only
-    composition (conf/config.yaml registers this under hydra.callbacks; sweeps check every job in the sweeper)."""
+    composition (conf/config.yaml registers this under hydra.callbacks; sweeps check every job in the sweeper).
+    The spec is handed to the job: it is built once per process."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from ksir import preflight
         from ksir.spec import JobSpec
 
         try:
-            JobSpec.from_config(config)
+            validated(config.hydra.overrides.task, preflight.check(JobSpec.from_config(config)))
         except ConfigError as e:
             print(e, file=sys.stderr)
             sys.exit(2)
@@ -45,9 +60,10 @@ class ValidateFirst(Callback):
 def _app(cfg: DictConfig) -> Any:
     single = HydraConfig.get().mode == RunMode.RUN
     try:
+        from ksir import preflight
         from ksir.spec import JobSpec
 
-        spec = JobSpec.from_config(cfg)
+        spec = validated(HydraConfig.get().overrides.task) or preflight.check(JobSpec.from_config(cfg))
         from ksir import startup
 
         startup.prepare(spec.logger)  # before any job module imports torch or transformers

@@ -27,6 +27,9 @@ def compose_config(overrides: list[str] | None = None) -> DictConfig:
 
 
 def compose_spec(overrides: list[str] | None = None, check_env: bool = True) -> JobSpec:
+    """A validated JobSpec (and, unless check_env=False, one this machine can run: ksir.preflight)."""
+    from ksir import preflight
     from ksir.spec import JobSpec
 
-    return JobSpec.from_config(compose_config(overrides), check_env=check_env)
+    spec = JobSpec.from_config(compose_config(overrides))
+    return preflight.check(spec) if check_env else spec

@@ -29,6 +29,29 @@ MUP_BASE_WIDTH = 64
 MUP_BASE_HEAD_DIM = 16
 
 
+
+def decay_split(model: torch.nn.Module) -> tuple[list[tuple[str, torch.nn.Parameter]], ...]:
+    """(decay, no_decay, qat) named trainable parameters: matrices decay; norms and biases do not (the usual
+    GPT recipe), nor learned quantization constants (LSQ scales, k-SIR alpha / beta: decay would pull them to
+    zero, i.e. shrink the grid). The one place that decides; every parametrization's optimizer uses it."""
+    from ksir.qat.model import is_qat_param_name
+
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    qat = [(n, p) for n, p in named if is_qat_param_name(n)]
+    rest = [(n, p) for n, p in named if not is_qat_param_name(n)]
+    return [(n, p) for n, p in rest if p.ndim >= 2], [(n, p) for n, p in rest if p.ndim < 2], qat
+
+
+def param_groups(model: torch.nn.Module, lr: float, weight_decay: float, scale_lr: float = 1.0) -> list[dict[str, Any]]:
+    """AdamW groups of `decay_split`; learned quantization constants get lr * scale_lr."""
+    decay, no_decay, qat = decay_split(model)
+    groups = [{"params": [p for _, p in decay], "weight_decay": weight_decay, "lr": lr},
+              {"params": [p for _, p in no_decay], "weight_decay": 0.0, "lr": lr}]
+    if qat:
+        groups.append({"params": [p for _, p in qat], "weight_decay": 0.0, "lr": lr * scale_lr})
+    return groups
+
+
 @dataclass(frozen=True)
 class Parametrization:
     name: str
@@ -49,8 +72,6 @@ def _sp_build(cfg: Any) -> nn.Module:
 
 def _sp_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float],
                   scale_lr: float = 1.0) -> torch.optim.Optimizer:
-    from ksir.train import param_groups
-
     return torch.optim.AdamW(param_groups(model, lr, weight_decay, scale_lr), lr=lr, betas=tuple(betas))
 
 
@@ -94,8 +115,6 @@ def _is_hidden(name: str, p: nn.Parameter) -> bool:
 
 def _mup_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float],
                    scale_lr: float = 1.0) -> torch.optim.Optimizer:
-    from ksir.train import decay_split
-
     m = width_mult(model.config)
     decay, no_decay, _ = decay_split(model)  # no QAT constants: QAT runs sp only
     groups = [{"params": [p for n, p in decay if _is_hidden(n, p)], "weight_decay": weight_decay, "lr": lr / m},
@@ -137,8 +156,6 @@ def _umup_optimizer(model: nn.Module, lr: float, weight_decay: float, betas: tup
     """unit-scaling's AdamW: lr * fan_in^-1/2 for weights (times depth^-1/2 in the blocks). Weight decay keeps
     AdamW's meaning (multiplied by each parameter's learning rate), not the library's lr-independent default."""
     import unit_scaling as uu
-
-    from ksir.train import decay_split
 
     decay, no_decay, _ = decay_split(model)  # no QAT constants: QAT runs sp only
     groups = [{"params": [p for _, p in decay], "weight_decay": weight_decay},

@@ -274,7 +274,7 @@ def upgrade(rec: dict[str, Any]) -> dict[str, Any]:
         from ksir.identity import identity, run_key
         from ksir.spec import JobSpec
 
-        spec = JobSpec.from_config(rec["config"], check_env=False)
+        spec = JobSpec.from_config(rec["config"])
         rec.update(legacy_run_keys=[rec["run_key"]], run_key=run_key(spec), identity=identity(spec))
     except Exception as e:  # noqa: BLE001 - an old config that no longer parses keeps its old key
         rec["upgrade_note"] = f"kept the schema-1 key: {type(e).__name__}: {e}"

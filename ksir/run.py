@@ -298,7 +298,7 @@ def run_quantize(spec: JobSpec) -> dict[str, Any]:
             quant_time = time.time() - t0
             healed = {}
             if teacher is not None:  # PTQ + KD: the 16-bit parts learn from the 16-bit model; k-bit weights frozen
-                from ksir.quant.heal import heal_model
+                from ksir.heal import heal_model
 
                 print(f"  healing: {qcfg.heal.steps} steps of distillation into the 16-bit parameters", flush=True)
                 healed = heal_model(model, teacher, qcfg, data.train, spec.trainer, spec.seed)

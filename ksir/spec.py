@@ -1,15 +1,16 @@
 """The typed job description: a Hydra config in, a validated `JobSpec` out. Validation is construction.
 
-    spec = JobSpec.from_config(cfg)   # ConfigError (one line: key, value, what is allowed) or a runnable job
+    spec = JobSpec.from_config(cfg)   # ConfigError (one line: key, value, what is allowed) or a valid job
+    preflight.check(spec)             # ... and one this machine can run (ksir.preflight)
 
 Everything downstream (identity, jobs, training, quantization, evaluation, records) takes a `JobSpec`,
 never the raw config. This module imports no torch, transformers, datasets or lm-eval, so `--help`, a
 config error and a sweep's pre-flight check cost only Hydra's own start-up (a test checks the imports).
 
 Two kinds of checks, both before any compute:
-- values (`from_config(..., check_env=False)`): types, ranges, names, combinations; pure, so records
-  written long ago can be re-described without their files;
-- the environment (`check_environment`): files and folders exist and are usable, checkpoints are intact,
+- values (`from_config`, here): types, ranges, names, combinations; pure, so records written long ago can be
+  re-described without their files;
+- the environment (`ksir.preflight.check`): files and folders exist and are usable, checkpoints are intact,
   the results folder is writable, a CUDA device exists where one is asked for.
 """
 
@@ -18,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +28,8 @@ from ksir.dataconfig import coerce, from_mapping
 from ksir.errors import ConfigError
 from ksir.families import Family, get_family, linear_row_sizes
 from ksir.qat.config import QATConfig, validate_qat_config
-from ksir.quant.config import QuantConfig, validate_quant_config
+from ksir.quant.config import QuantConfig
+from ksir.quant.validate import validate_quant_config
 
 JOBS = ("train", "quantize")
 # The top-level keys of a composed config (conf/config.yaml): anything else is a typo, refused by name.
@@ -334,8 +335,9 @@ class JobSpec:
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def from_config(cls, cfg: Any, *, check_env: bool = True) -> JobSpec:
-        """Parse and validate a composed config (DictConfig or plain mapping, with or without `hydra`)."""
+    def from_config(cls, cfg: Any) -> JobSpec:
+        """Parse and validate a composed config (DictConfig or plain mapping, with or without `hydra`): the values
+        only; what the job needs from this machine is `ksir.preflight.check`."""
         raw = {k: v for k, v in plain_config(cfg).items() if k != "hydra"}
         unknown = sorted(set(raw) - TOP_LEVEL)
         if unknown:  # `+sed=3` would otherwise run silently with seed 0
@@ -363,8 +365,6 @@ class JobSpec:
             raw=raw,
         )
         spec.check()
-        if check_env:
-            check_environment(spec)
         return spec
 
     def check(self) -> None:
@@ -409,7 +409,7 @@ class JobSpec:
             try:
                 return linear_row_sizes(_Namespace(json.loads((local / "config.json").read_text())))
             except (OSError, ValueError):
-                return None  # reported by check_environment
+                return None  # reported by ksir.preflight
         return None  # a hub model: its row sizes are checked once its config is loaded
 
 
@@ -434,129 +434,3 @@ def plain_config(cfg: Any) -> dict[str, Any]:
     if missing:
         _fail(missing[0], "???", why="a required value is missing; set it on the command line")
     return OmegaConf.to_container(masked, resolve=True)  # type: ignore[return-value]
-
-
-# ----------------------------------------------------------------------------- the environment
-
-
-def check_environment(spec: JobSpec) -> None:
-    """What a job needs from this machine, checked before any compute (files, folders, devices). Writes
-    nothing: folders are created by the job that writes into them."""
-    if spec.data.source == "files":
-        for split, p in spec.data.file_paths():
-            check_data_file(f"data.files.{split}", Path(p).expanduser(), spec.data.format)
-    spec.eval.zeroshot.check_files()
-    if spec.data.source == "embedded" and spec.data.tokenizer.kind == "bytes":
-        from ksir.data.embedded import validation_block_bound
-
-        bound = validation_block_bound(spec.data.max_documents, spec.data.validation_fraction, spec.data.seq_len)
-        if spec.eval.sequences > bound:
-            _fail("eval.sequences", spec.eval.sequences, f"<= {bound} (the validation blocks of data.seq_len="
-                  f"{spec.data.seq_len} tokens that the corpus can give, at most)")
-    if spec.trains and spec.trainer.accelerator in ("gpu", "cuda") or spec.eval.device.startswith("cuda"):
-        import torch  # only GPU configs pay for this import
-
-        if not torch.cuda.is_available():
-            key = "eval.device" if spec.eval.device.startswith("cuda") else "trainer.lightning.accelerator"
-            _fail(key, spec.eval.device if key == "eval.device" else spec.trainer.accelerator, ["cpu", "auto"],
-                  why="no CUDA device on this machine (use trainer=cpu)")
-    if spec.job == "quantize":
-        _check_backend(spec)
-        _check_quantize_source(spec)
-    for key, folder in (("out_dir", Path(spec.out_dir)), ("paths.results", Path(spec.paths.results)),
-                        ("paths.checkpoints", Path(spec.paths.checkpoints))):
-        _check_creatable(key, folder.expanduser().absolute())
-
-
-def _check_creatable(key: str, folder: Path) -> None:
-    """The folder exists and is writable, or the nearest existing ancestor is a writable folder. Tried, not
-    asked: os.access says yes to root on a read-only mount or in /proc, where a folder still cannot be made."""
-    probe = folder
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir():
-        _fail(key, str(folder), why=f"cannot create the folder: {probe} is not a folder")
-    problem = _write_probe(str(probe))
-    if problem:
-        _fail(key, str(folder), why=f"{probe} is not writable ({problem})")
-
-
-@functools.lru_cache(maxsize=64)
-def _write_probe(folder: str) -> str | None:
-    """Why a folder cannot take a new entry (a folder made and removed at once; checked once per process)."""
-    import tempfile
-
-    try:
-        os.rmdir(tempfile.mkdtemp(prefix=".ksir-probe-", dir=folder))
-    except OSError as e:
-        return e.strerror or str(e)
-    return None
-
-
-def check_data_file(key: str, path: Path, fmt: str | None) -> None:
-    """A local data file exists, is not empty, and (for text formats) is text, not binary."""
-    if not path.is_file():
-        _fail(key, str(path), why="file not found")
-    if path.stat().st_size == 0:
-        _fail(key, str(path), why="the file is empty")
-    fmt = fmt or FILE_FORMATS.get(path.suffix)
-    head = path.open("rb").read(65536)
-    if fmt == "parquet":
-        if not head.startswith(b"PAR1"):
-            _fail(key, str(path), why="not a Parquet file (no PAR1 header)")
-    elif b"\x00" in head:
-        _fail(key, str(path), why=f"a binary file, but data.format is {fmt!r} (text)")
-    else:
-        try:
-            head.decode("utf-8")
-        except UnicodeDecodeError as e:
-            if e.start < len(head) - 4:  # not just a character cut at the 64 KiB boundary
-                _fail(key, str(path), why=f"not UTF-8 text (byte {e.start})")
-
-
-def _check_backend(spec: JobSpec) -> None:
-    """A packed backend's library is installed and its kernels run on the evaluation device."""
-    from ksir.quant.backends import check_installed, format_for
-
-    fmt = format_for(spec.quant)
-    if fmt is None:
-        return
-    check_installed(spec.quant)
-    if "cpu" not in fmt.devices:
-        dev = spec.eval.device
-        if dev == "cpu" or (dev == "auto" and not _cuda_available()):
-            _fail("quant.backend", spec.quant.backend, why=f"{fmt.name} runs on {'/'.join(fmt.devices)} only and the "
-                  f"evaluation device is {'cpu' if dev == 'cpu' else 'cpu (no CUDA device here)'}; use "
-                  "quant.backend=simulated or another format")
-
-
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def _check_quantize_source(spec: JobSpec) -> None:
-    """The model a quantize job loads: an intact local folder, or a hub id that can be had (own-family base
-    models are dependencies: `ksir.jobs.check_dependencies`)."""
-    from ksir.integrity import verify_checkpoint
-
-    ckpt = spec.model.checkpoint
-    if ckpt and spec.model.checkpoint_is_path:
-        folder = spec.model.local_folder
-        if not (folder / "config.json").is_file():
-            _fail("model.checkpoint", ckpt, why=f"no Hugging Face model folder (config.json) there, nor in "
-                  f"its subfolder {spec.model.size}/")
-        problem = verify_checkpoint(folder)
-        if problem:
-            _fail("model.checkpoint", ckpt, why=f"corrupt checkpoint: {problem}")
-        return
-    family = spec.family
-    if family.kind == "hub":
-        hub_id = ckpt or family.size(spec.model.size).hub_id
-        if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
-            from huggingface_hub import try_to_load_from_cache
-
-            if not isinstance(try_to_load_from_cache(str(hub_id), "config.json"), str):
-                _fail("model.checkpoint", hub_id, why="not in the local Hugging Face cache and HF_HUB_OFFLINE is "
-                      "set; point model.checkpoint at a local copy")

@@ -69,28 +69,6 @@ class CausalLM(pl.LightningModule):
                                self.scale_lr, self.parametrization)
 
 
-def decay_split(model: torch.nn.Module) -> tuple[list[tuple[str, torch.nn.Parameter]], ...]:
-    """(decay, no_decay, qat) named trainable parameters: matrices decay; norms and biases do not (the usual
-    GPT recipe), nor learned quantization constants (LSQ scales, k-SIR alpha / beta: decay would pull them to
-    zero, i.e. shrink the grid). The one place that decides; every parametrization's optimizer uses it."""
-    from ksir.qat.model import is_qat_param_name
-
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    qat = [(n, p) for n, p in named if is_qat_param_name(n)]
-    rest = [(n, p) for n, p in named if not is_qat_param_name(n)]
-    return [(n, p) for n, p in rest if p.ndim >= 2], [(n, p) for n, p in rest if p.ndim < 2], qat
-
-
-def param_groups(model: torch.nn.Module, lr: float, weight_decay: float, scale_lr: float = 1.0) -> list[dict[str, Any]]:
-    """AdamW groups of `decay_split`; learned quantization constants get lr * scale_lr."""
-    decay, no_decay, qat = decay_split(model)
-    groups = [{"params": [p for _, p in decay], "weight_decay": weight_decay, "lr": lr},
-              {"params": [p for _, p in no_decay], "weight_decay": 0.0, "lr": lr}]
-    if qat:
-        groups.append({"params": [p for _, p in qat], "weight_decay": 0.0, "lr": lr * scale_lr})
-    return groups
-
-
 def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas: tuple[float, float],
                     warmup_steps: int, max_steps: int, scale_lr: float = 1.0, parametrization: str = "sp") -> dict[str, Any]:
     """AdamW (with the parametrization's per-parameter learning rates) + linear warm-up / cosine decay; shared

@@ -80,10 +80,12 @@ def test_spec_from_a_stored_config_needs_no_files():
     from omegaconf import OmegaConf
 
     raw = OmegaConf.to_container(cfg, resolve=True)
-    spec = JobSpec.from_config(raw, check_env=False)
+    spec = JobSpec.from_config(raw)  # the values: pure
     assert spec.model.checkpoint == "/gone/model"
-    with pytest.raises(ConfigError):
-        JobSpec.from_config(raw)
+    from ksir import preflight
+
+    with pytest.raises(ConfigError, match="model.checkpoint"):
+        preflight.check(spec)  # the environment: the folder is gone
 
 
 def test_the_config_layer_imports_no_ml_stack():

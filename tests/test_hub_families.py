@@ -69,5 +69,7 @@ def test_hub_id_not_cached_offline_fails_before_loading(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     cfg = compose_config(["job=quantize", "model=pythia", "model.size=70m", "quant.bits=4", *TINY])
+    from ksir import preflight
+
     with pytest.raises(ConfigError, match="EleutherAI/pythia-70m.*not in the local Hugging Face cache"):
-        JobSpec.from_config(cfg)
+        preflight.check(JobSpec.from_config(cfg))

@@ -112,7 +112,7 @@ def _spec(**over) -> JobSpec:
     for key, value in over.items():
         sec, _, leaf = key.partition(".")
         cfg[sec] = {**cfg[sec], leaf: value}
-    return JobSpec.from_config(cfg, check_env=False)
+    return JobSpec.from_config(cfg)
 
 
 @pytest.mark.parametrize("over, key", [

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from ksir.errors import ConfigError
+from ksir.heal import heal_model
 from ksir.quant import QuantConfig, quantize_model, validate_quant_config
-from ksir.quant.heal import heal_model
 from ksir.quant.select import get_weight, quantized_linear_names
 
 from .helpers import TINY, run_cli

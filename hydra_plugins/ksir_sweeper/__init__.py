@@ -30,7 +30,8 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import CompactHydraException
 from omegaconf import OmegaConf
 
-from ksir.cli import SWEEP_START_ENV, SWEEP_TOTAL_ENV
+from ksir import preflight
+from ksir.cli import SWEEP_START_ENV, SWEEP_TOTAL_ENV, validated
 from ksir.errors import ConfigError
 from ksir.paths import CONF_DIR
 from ksir.spec import JobSpec, plain_config  # torch-free; the job modules load only when a sweep runs
@@ -138,7 +139,7 @@ class ValidatingSweeper(BasicSweeper):
         key = tuple(overrides)
         if key not in self._specs:
             try:
-                self._specs[key] = JobSpec.from_config(self.compose(overrides))
+                self._specs[key] = validated(overrides, preflight.check(JobSpec.from_config(self.compose(overrides))))
             except ConfigError as e:
                 raise e.within(f"in sweep job: {' '.join(overrides)}") from None
         return self._specs[key]

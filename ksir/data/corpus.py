@@ -119,7 +119,8 @@ def validate_data_config(cfg: Mapping[str, Any]) -> None:
     """Checks that need no data read (`ksir.spec.DataSpec`'s): unknown source, bad fractions, missing or
     unusable local files. Raises ConfigError naming the key."""
     from ksir.dataconfig import from_mapping
-    from ksir.spec import DataSpec, check_data_file
+    from ksir.preflight import check_data_file
+    from ksir.spec import DataSpec
 
     spec = from_mapping(DataSpec, cfg, "data")
     spec.check()

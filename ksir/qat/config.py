@@ -20,8 +20,8 @@ from ksir.quant.config import (
     DEFAULT_INCLUDE,
     UNQUANTIZED_BITS,
     QuantConfig,
-    validate_quant_config,
 )
+from ksir.quant.validate import validate_quant_config
 from ksir.quant.vocab import DTYPE_BITS, TERNARY_BITS
 
 SCALES = ("lsq", "absmax")

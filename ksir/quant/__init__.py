@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ksir.quant.config import GPTQConfig, OutlierConfig, QuantConfig, validate_quant_config
+from ksir.quant.config import GPTQConfig, OutlierConfig, QuantConfig
+from ksir.quant.validate import validate_quant_config
 
 if TYPE_CHECKING:
     import torch

@@ -16,7 +16,7 @@ from torch import nn
 from ksir.quant.blockwise import DQ_BLOCKSIZE, DQ_CONST_BITS, n_blocks
 from ksir.quant.config import UNQUANTIZED_BITS, QuantConfig
 from ksir.quant.dtypes import DTYPES, TERNARY_BITS
-from ksir.quant.lowrank import factor_bits, rank_of
+from ksir.quant.lowrank import factor_bits, factor_granularity, rank_of
 
 OUTLIER_INDEX_BITS = 16  # one column index per kept input column
 
@@ -52,11 +52,6 @@ def layer_bits(shape: tuple[int, int], q: QuantConfig, n_keep_cols: int = 0) -> 
     if lr.mode == "correct":
         bits += factor_bits(shape, rank_of(lr.rank, shape), lr.bits)
     return bits, n_q
-
-
-def factor_granularity(q: QuantConfig, shape: tuple[int, int]) -> str:
-    """Block scales for a factor whose rows the block size divides, else one scale per row."""
-    return q.granularity if q.granularity != "block" or shape[1] % q.blocksize == 0 else "channel"
 
 
 def _dense_bits(shape: tuple[int, int], q: QuantConfig, n_keep_cols: int) -> tuple[float, int]:

@@ -27,6 +27,11 @@ FACTOR_BITS = (16, 8)
 SCALE_BITS = 16  # one fp16 scale per factor row when factors are int8
 
 
+def factor_granularity(q: QuantConfig, shape: tuple[int, int]) -> str:
+    """Block scales for a factor whose rows the block size divides, else one scale per row."""
+    return q.granularity if q.granularity != "block" or shape[1] % q.blocksize == 0 else "channel"
+
+
 def rank_of(rank: float, shape: tuple[int, int]) -> int:
     """The rank for an [m, n] weight: `rank` itself if >= 1, else that fraction of min(m, n) (at least 1)."""
     full = min(shape)
@@ -83,7 +88,6 @@ def factorize_layers(layers: list[nn.Module], q: QuantConfig) -> None:
     with q's data type: block scales where the block size divides the factor's rows, else one per row)."""
     from dataclasses import replace
 
-    from ksir.quant.bits import factor_granularity
     from ksir.quant.blockwise import make_grid, quantize_weight
     from ksir.quant.select import get_weight, set_weight
 
