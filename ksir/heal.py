@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ksir.quant.config import QuantConfig
-from ksir.quant.select import get_weight, quantized_linear_names
+from ksir.quant.select import quantized_linear_names
 
 
 def heal_model(model: torch.nn.Module, teacher: torch.nn.Module, q: QuantConfig, train_blocks: torch.Tensor,
@@ -22,7 +22,9 @@ def heal_model(model: torch.nn.Module, teacher: torch.nn.Module, q: QuantConfig,
     """Fine-tune `model` in place for q.heal.steps; returns the record's heal fields."""
     from ksir.train import train_model
 
-    frozen = [get_weight(model.get_submodule(n)) for n in quantized_linear_names(model, q)]
+    # The stored parameters themselves (a GPT-2 Conv1D stores its weight transposed: get_weight's [out, in] view
+    # of it is a new tensor, and freezing that would leave the real parameter training).
+    frozen = [model.get_submodule(n).weight for n in quantized_linear_names(model, q)]
     before = [w.detach().clone() for w in frozen]
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     for w in frozen:

@@ -272,6 +272,9 @@ def run_quantize(spec: JobSpec) -> dict[str, Any]:
     ckpt = checkpoints.resolve_checkpoint(spec)
     qcfg = spec.quant
     device = eval_device(spec)
+    if qcfg.unquantized and qcfg.backend != "simulated":  # said, not done silently
+        print(f"  16-bit baseline: nothing to pack (quant.backend={qcfg.backend} packs k < 16); the unquantized model is "
+              "evaluated, as the baseline of every scheme of this base model", flush=True)
     model = _load_base(spec, ckpt, device)
     tok = load_pretrained_tokenizer(ckpt)
     cache = spec.paths.cache_dir

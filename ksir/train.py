@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,10 @@ import torch.nn.functional as F
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 from transformers import get_cosine_schedule_with_warmup
+
+# Lightning's pytree helper calls a torch API that torch deprecates, once per step: a warning about Lightning's
+# code, not the user's, that filled every training log (the pinned Lightning has no release without it).
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
 class CausalLM(pl.LightningModule):

@@ -12,13 +12,15 @@ import torch
 
 from ksir.errors import ConfigError
 from ksir.quant.backends import BACKENDS, coverage_table, format_for
-from ksir.quant.config import QuantConfig, validate_quant_config
+from ksir.quant.config import QuantConfig
+from ksir.quant.validate import validate_quant_config
 
 from .helpers import TINY, run_cli
 
 # (backend, quant overrides) for every format whose kernels run on a CPU
 CPU_FORMATS = [
     ("bitsandbytes", dict(bits=4, dtype="nf")),
+    ("bitsandbytes", dict(bits=4, dtype="nf", blocksize=32)),  # the library packs block 32 (it was refused)
     ("bitsandbytes", dict(bits=4, dtype="nf", scale_bits=8)),
     ("bitsandbytes", dict(bits=4, dtype="float", exponent_bits=2)),
     ("bitsandbytes", dict(bits=8, dtype="int", granularity="channel")),
@@ -33,7 +35,7 @@ CPU_FORMATS = [
 
 @pytest.mark.parametrize(("overrides", "words"), [
     (dict(backend="bitsandbytes", bits=3, dtype="int"), "no packed kernel for int3 block 64 in bitsandbytes"),
-    (dict(backend="bitsandbytes", bits=4, dtype="nf", blocksize=32), "nf4: block 32 (it has 64, 128"),
+    (dict(backend="bitsandbytes", bits=4, dtype="nf", blocksize=16), "nf4: block 16 (it has 32, 64, 128"),
     (dict(backend="bitsandbytes", bits=4, dtype="float"), "fp4: needs quant.exponent_bits=2"),
     (dict(backend="torchao", bits=3, dtype="int_asym"), "intx_weight_only: needs quant.zero_point=int"),
     (dict(backend="hqq", bits=5, dtype="int_asym"), "no packed kernel for int_asym5 block 64 in hqq"),
@@ -205,3 +207,14 @@ def test_gpu_packed_model_scores_what_the_simulated_model_scores(backend, overri
     assert abs(d["packed_minus_simulated"]) < 5e-3, d
     assert d["bytes"] < 0.4 * d["reference"]["bytes"]
     assert d["peak_method"].startswith("cuda")
+
+
+def test_a_packed_backend_on_the_16_bit_job_says_nothing_is_packed(tiny_cfg, trained_tiny, capsys):
+    """The 16-bit job is the unquantized baseline whatever backend a sweep names: it says so, in one line."""
+    from ksir.jobs import execute
+
+    rec = execute(tiny_cfg("job=quantize", "model.size=xs", "quant.bits=16", "quant.backend=hqq", "logger=none",
+                           "quant.dtype=int_asym"))
+    out = capsys.readouterr().out
+    assert "16-bit baseline: nothing to pack (quant.backend=hqq packs k < 16)" in out
+    assert rec["bits"] == 16 and rec.get("backend") is None  # recorded as the simulated baseline it is

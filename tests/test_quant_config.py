@@ -97,3 +97,22 @@ def test_gptq_without_calibration_data_is_a_config_error():
     model = torch.nn.Sequential(torch.nn.Sequential(torch.nn.Linear(64, 8)))
     with pytest.raises(ConfigError, match="calib"):
         quantize_model(model, QuantConfig(bits=4, method="gptq"))
+
+
+@pytest.mark.parametrize(("overrides", "key"), [
+    (dict(bits=16, granularity="row"), "quant.granularity"),  # a 16-bit job ignores it, but it is a typo
+    (dict(bits=16, scale_search="best"), "quant.scale_search"),
+    (dict(bits=4, lowrank={"mode": "factorize", "rank": 8, "whiten": "activation"}), "quant.lowrank.whiten"),
+    (dict(bits=4, lowrank={"mode": "correct", "rank": 200}), "quant.lowrank.rank"),  # more than the rows have
+])
+def test_values_that_would_be_ignored_or_clamped_are_refused(overrides, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate_quant_config(QuantConfig.from_mapping(overrides), [64, 128])
+
+
+def test_a_rank_a_weight_does_not_have_is_refused_not_clamped():
+    from ksir.quant.lowrank import rank_of
+
+    assert rank_of(8, (64, 32)) == 8 and rank_of(0.5, (64, 32)) == 16
+    with pytest.raises(ConfigError, match=r"<= 32 \(min\(out, in\) of a \[64, 32\] weight\)"):
+        rank_of(33, (64, 32))

@@ -60,3 +60,22 @@ def test_a_healed_job_is_its_own_regime_with_its_own_identity(tmp_path, cache_di
     assert recs["ptq+kd"]["total_bits"] == recs["ptq"]["total_bits"]
     assert recs["ptq+kd"]["metrics"]["heal_steps"] == 10 and "heal" in recs["ptq+kd"]["identity"]["quant"]
     assert "heal" not in recs["ptq"]["identity"]["quant"]
+
+
+def test_healing_a_gpt2_model_freezes_its_conv1d_weights(trained_tiny):
+    """GPT-2 stores its linear weights transposed (Conv1D): the k-bit weights to freeze are those parameters, not
+    the [out, in] view of them (freezing the view crashed, and left the real weights training)."""
+    import transformers
+
+    cfg = transformers.GPT2Config(vocab_size=257, n_positions=64, n_embd=64, n_layer=2, n_head=4)
+    torch.manual_seed(0)
+    base = transformers.GPT2LMHeadModel(cfg).eval()
+    q = QuantConfig(bits=2, granularity="channel", heal={"steps": 5, "lr": 1e-3, "batch_size": 8})
+    model = copy.deepcopy(base)
+    quantize_model(model, q)
+    names = quantized_linear_names(model, q)
+    assert names and all(type(model.get_submodule(n)).__name__ == "Conv1D" for n in names)
+    before = {n: model.get_submodule(n).weight.detach().clone() for n in names}
+    info = heal_model(model, base, q, trained_tiny.data.train, trained_tiny.cfg.trainer, seed=0)
+    assert info["heal_steps"] == 5 and info["heal_trained_params"] > 0
+    assert all(torch.equal(model.get_submodule(n).weight, w) for n, w in before.items())

@@ -82,3 +82,4 @@ def test_train_job_on_a_terminal_shows_lightnings_progress_bar(tmp_path, cache_d
     assert proc.wait(timeout=60) == 0, text[-2000:]
     assert "Epoch 0" in text and "60/60" in text and "it/s" in text, text[-2000:]  # tqdm or rich bar
     assert "train step" not in text, text[-2000:]  # the log lines are for logs
+

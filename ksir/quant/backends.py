@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from ksir.quant.config import QuantConfig
 
 SIMULATED = "simulated"
-BNB_BLOCKS = (64, 128, 256, 512, 1024, 2048, 4096)  # bitsandbytes 4-bit blockwise kernels
+BNB_BLOCKS = (32, 64, 128, 256, 512, 1024, 2048, 4096)  # bitsandbytes 4-bit blockwise kernels (32 since 0.45)
 
 
 @dataclass(frozen=True)

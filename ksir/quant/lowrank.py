@@ -33,10 +33,15 @@ def factor_granularity(q: QuantConfig, shape: tuple[int, int]) -> str:
 
 
 def rank_of(rank: float, shape: tuple[int, int]) -> int:
-    """The rank for an [m, n] weight: `rank` itself if >= 1, else that fraction of min(m, n) (at least 1)."""
+    """The rank for an [m, n] weight: `rank` itself if >= 1, else that fraction of min(m, n) (at least 1). A rank
+    the weight does not have is refused (it was clamped silently, while the record kept the asked rank)."""
     full = min(shape)
-    r = int(rank) if rank >= 1 else max(1, round(rank * full))
-    return min(r, full)
+    if rank >= 1 and int(rank) > full:
+        from ksir.errors import ConfigError
+
+        raise ConfigError("quant.lowrank.rank", rank, f"<= {full} (min(out, in) of a [{shape[0]}, {shape[1]}] weight),"
+                          " or a fraction of min(out, in) in (0, 1)")
+    return int(rank) if rank >= 1 else max(1, round(rank * full))
 
 
 def store_factor(f: torch.Tensor, bits: int) -> torch.Tensor:

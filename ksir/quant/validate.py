@@ -30,6 +30,7 @@ def _is_number(x: object) -> bool:
 
 def validate_quant_config(q: QuantConfig, row_sizes: Iterable[int] | None = None) -> None:
     """Raise ConfigError for any value that cannot run; `row_sizes` are the in_features of the layers to quantize."""
+    row_sizes = list(row_sizes) if row_sizes is not None else None
     if q.method not in METHODS:
         raise ConfigError("quant.method", q.method, METHODS)
     if q.dtype not in DTYPE_BITS:
@@ -42,8 +43,17 @@ def validate_quant_config(q: QuantConfig, row_sizes: Iterable[int] | None = None
                 raise ConfigError(key, p, "Python regular expressions", str(e)) from None
     if not _is_number(q.bits) or q.bits < 1 or q.bits > UNQUANTIZED_BITS:
         raise ConfigError("quant.bits", q.bits, "a number in 1..16 (16 = unquantized)")
-    _validate_lowrank(q)
+    _validate_lowrank(q, row_sizes)
     _validate_heal(q)
+    # Names are checked whatever applies: a 16-bit job ignores the granularity, but `quant.granularity=row` is a
+    # typo, not a setting (it was accepted silently).
+    for key, value, allowed in (("quant.granularity", q.granularity, GRANULARITIES),
+                                ("quant.zero_point", q.zero_point, ZERO_POINTS),
+                                ("quant.scale_bits", q.scale_bits, SCALE_BITS),
+                                ("quant.scale_search", q.scale_search, SCALE_SEARCHES),
+                                ("quant.outlier.mode", q.outlier.mode, OUTLIER_MODES)):
+        if value not in allowed:
+            raise ConfigError(key, value, allowed)
     if q.unquantized:
         format_for(q)  # only the backend's name is checked: a 16-bit job stores nothing packed
         return  # identity: nothing else is used
@@ -128,7 +138,7 @@ def _validate_backend(q: QuantConfig) -> None:
         raise ConfigError("quant.measure.decode_batches", m.decode_batches, "a non-empty list of integers >= 1")
 
 
-def _validate_lowrank(q: QuantConfig) -> None:
+def _validate_lowrank(q: QuantConfig, row_sizes: Iterable[int] | None = None) -> None:
     lr = q.lowrank
     if lr.mode not in LOWRANK_MODES:
         raise ConfigError("quant.lowrank.mode", lr.mode, LOWRANK_MODES)
@@ -136,6 +146,9 @@ def _validate_lowrank(q: QuantConfig) -> None:
         return
     if not _is_number(lr.rank) or lr.rank <= 0 or (lr.rank >= 1 and not float(lr.rank).is_integer()):
         raise ConfigError("quant.lowrank.rank", lr.rank, "an integer rank >= 1, or a fraction of min(out, in) in (0, 1)")
+    if lr.rank >= 1 and row_sizes and int(lr.rank) > min(row_sizes):
+        raise ConfigError("quant.lowrank.rank", lr.rank, f"<= {min(row_sizes)} (the smallest in_features of the layers "
+                          "to quantize), or a fraction of min(out, in) in (0, 1)")
     if lr.bits not in LOWRANK_BITS:
         raise ConfigError("quant.lowrank.bits", lr.bits, LOWRANK_BITS)
     if lr.whiten not in LOWRANK_WHITEN:
@@ -143,6 +156,9 @@ def _validate_lowrank(q: QuantConfig) -> None:
     if lr.mode == "correct" and float(q.bits) == UNQUANTIZED_BITS:
         raise ConfigError("quant.lowrank.mode", lr.mode, why="a correction corrects a k-bit quantization: set "
                           "quant.bits below 16 (or use lowrank.mode=factorize)")
+    if lr.mode == "factorize" and lr.whiten != "none":
+        raise ConfigError("quant.lowrank.whiten", lr.whiten, ["none"], why="factor pairs replace the weight by its "
+                          "truncated SVD; whitening applies to corrections (lowrank.mode=correct)")
     if lr.mode == "factorize" and (q.method != "rtn" or q.outlier.mode != "none"):
         raise ConfigError("quant.lowrank.mode", lr.mode, why="factor pairs are quantized round-to-nearest without "
                           "outlier columns (set quant.method=rtn quant.outlier.mode=none)")
