@@ -20,10 +20,10 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
 from ksir.qat import QATConfig, prepare_qat
+from ksir.spec import TrainerSpec
 from ksir.train import build_optimizer, train_model
 
 # Llama shapes: ~150M and ~450M as in the reference measurements, and a tiny one for CPU smoke runs.
@@ -65,15 +65,12 @@ class SteadyTimer(pl.Callback):
         self.t1 = time.perf_counter()
 
 
-def trainer_cfg(a: argparse.Namespace, cuda: bool) -> Any:
-    return OmegaConf.create({
-        "tokens_per_param": 1e-9, "param_count": "total", "batch_size": a.batch, "lr": 1e-3, "weight_decay": 0.1,
-        "betas": [0.9, 0.95], "warmup_fraction": 0.05, "min_steps": a.steps, "max_steps": a.steps,
-        "checkpoint_every_n_steps": 0, "compile": a.compile,
-        "lightning": {"accelerator": "gpu" if cuda else "cpu", "devices": 1,
-                      "precision": "bf16-mixed" if cuda else "32-true", "log_every_n_steps": 50,
-                      "gradient_clip_val": 1.0},
-    })
+def trainer_cfg(a: argparse.Namespace, cuda: bool) -> TrainerSpec:
+    return TrainerSpec(tokens_per_param=1e-9, batch_size=a.batch, lr=1e-3, weight_decay=0.1, betas=[0.9, 0.95],
+                       warmup_fraction=0.05, min_steps=a.steps, max_steps=a.steps, checkpoint_every_n_steps=0,
+                       compile=a.compile, lightning={"accelerator": "gpu" if cuda else "cpu", "devices": 1,
+                                                     "precision": "bf16-mixed" if cuda else "32-true",
+                                                     "log_every_n_steps": 50, "gradient_clip_val": 1.0})
 
 
 def prepare(a: argparse.Namespace, qat_bits: int | None) -> torch.nn.Module:
@@ -86,7 +83,7 @@ def prepare(a: argparse.Namespace, qat_bits: int | None) -> torch.nn.Module:
 def lightning_tps(a: argparse.Namespace, data: torch.Tensor, qat_bits: int | None, cuda: bool) -> float:
     model = prepare(a, qat_bits)
     timer = SteadyTimer(a.warmup)
-    train_model(model, data, trainer_cfg(a, cuda), n_params=1, loggers=[], seed=a.seed, callbacks=[timer])
+    train_model(model, data, trainer_cfg(a, cuda), n_params=1, seed=a.seed, callbacks=[timer])
     return (a.steps - a.warmup) * a.batch * a.seq / (timer.t1 - timer.t0)
 
 

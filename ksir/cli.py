@@ -69,7 +69,7 @@ def _app(cfg: DictConfig) -> Any:
         startup.prepare(spec.logger)  # before any job module imports torch or transformers
         from ksir import jobs
 
-        if single and spec.raw.get("dry_run"):
+        if single and spec.dry_run:
             from ksir.identity import run_key
 
             for dep in jobs.missing_dependencies(spec):

@@ -15,12 +15,13 @@ import torch
 
 from ksir.quant.config import QuantConfig
 from ksir.quant.select import quantized_linear_names
+from ksir.spec import TrainerSpec
 
 
 def heal_model(model: torch.nn.Module, teacher: torch.nn.Module, q: QuantConfig, train_blocks: torch.Tensor,
-               trainer: Any, seed: int) -> dict[str, Any]:
+               trainer: TrainerSpec, seed: int) -> dict[str, Any]:
     """Fine-tune `model` in place for q.heal.steps; returns the record's heal fields."""
-    from ksir.train import train_model
+    from ksir.train import Distillation, train_model
 
     # The stored parameters themselves (a GPT-2 Conv1D stores its weight transposed: get_weight's [out, in] view
     # of it is a new tensor, and freezing that would leave the real parameter training).
@@ -34,8 +35,8 @@ def heal_model(model: torch.nn.Module, teacher: torch.nn.Module, q: QuantConfig,
     cfg = dataclasses.replace(trainer, tokens_per_param=0, min_steps=h.steps, max_steps=h.steps, lr=h.lr,
                               batch_size=h.batch_size, weight_decay=0.0, checkpoint_every_n_steps=0, compile=False)
     try:
-        info = train_model(model, train_blocks, cfg, n_train, [], seed, None, teacher=teacher, distill_weight=1.0,
-                           distill_temperature=h.temperature)
+        info = train_model(model, train_blocks, cfg, n_train, seed=seed,
+                           distill=Distillation(teacher, weight=1.0, temperature=h.temperature))
     finally:
         for n, p in model.named_parameters():
             p.requires_grad_(flags.get(n, True))

@@ -194,9 +194,17 @@ def base_identity(spec: JobSpec) -> dict[str, Any]:
 
 
 def identity(spec: JobSpec) -> dict[str, Any]:
-    """The normalised description of what changes a job's result (what `run_key` hashes)."""
-    if spec.job == "train":
-        return {"job": "train", **model_identity(spec), "eval": eval_identity(spec.eval)}
+    """The normalised description of what changes a job's result (what `run_key` hashes): its kind's."""
+    return spec.kind.call("identity", spec)
+
+
+def train_identity(spec: JobSpec) -> dict[str, Any]:
+    """A train job: the model it builds, and how it is evaluated."""
+    return {"job": "train", **model_identity(spec), "eval": eval_identity(spec.eval)}
+
+
+def quantize_identity(spec: JobSpec) -> dict[str, Any]:
+    """A quantize job: its base model, data, evaluation and quantization (with the seed where it draws data)."""
     ident = {"job": "quantize", "base": base_identity(spec), "data": data_identity(spec.data),
              "eval": eval_identity(spec.eval), "quant": quant_identity(spec)}
     q = spec.quant
@@ -212,7 +220,7 @@ def identity(spec: JobSpec) -> dict[str, Any]:
 
 def run_key(spec: JobSpec) -> str:
     """`t-…` (train) or `q-…` (quantize): names the record file and the W&B run."""
-    return _hash(spec.job[0], identity(spec))
+    return _hash(spec.kind.key_prefix, identity(spec))
 
 
 # ----------------------------------------------------------------------------- paths named after identities

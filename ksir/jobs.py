@@ -1,4 +1,6 @@
-"""The job registry: each kind of job names how it runs and which jobs it needs first.
+"""Running one job: its record's lifecycle (skip a finished one, lock, run its kind's body inside one W&B
+run, write the record once), and what the kinds of `ksir.kinds` name here: which jobs they need first and
+how they are described.
 
 A quantize job of the own family needs the train job that makes its base model; a QAT fine-tune
 (`qat.init_from=auto`) needs the full-precision train job. Dependencies are declared, never run inside
@@ -10,59 +12,43 @@ compute the same job twice and never resume from a checkpoint that a live proces
 
 from __future__ import annotations
 
-import importlib
 import logging
-import traceback
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-from ksir import environment, identity, records, tracking
+from ksir import identity, records, tracking
 from ksir.errors import ConfigError
 from ksir.spec import JobSpec
 
 log = logging.getLogger("ksir")
 
 
-@dataclass(frozen=True)
-class JobKind:
-    name: str
-    runner: str  # "module:function" taking a JobSpec, returning the record's job-specific fields
-    requires: Callable[[JobSpec], list[JobSpec]]
-
-    def run(self, spec: JobSpec) -> dict[str, Any]:
-        module, fn = self.runner.split(":")
-        return getattr(importlib.import_module(module), fn)(spec)  # torch loads here, not at import
-
-
-def _train_requires(spec: JobSpec) -> list[JobSpec]:
-    return [identity.base_train_spec(spec)] if spec.qat.enabled and spec.qat.init_from == "auto" else []
-
-
-def _quantize_requires(spec: JobSpec) -> list[JobSpec]:
-    return [identity.base_train_spec(spec)] if spec.uses_own_checkpoint else []
-
-
-JOB_KINDS: dict[str, JobKind] = {k.name: k for k in (
-    JobKind("train", "ksir.run:run_train", _train_requires),
-    JobKind("quantize", "ksir.run:run_quantize", _quantize_requires),
-)}
-
-
 class DependencyMissing(RuntimeError):
     """A job's dependency has no usable result (it failed, or was never run)."""
 
 
-def describe(spec: JobSpec) -> str:
-    """A short human label: `llama-xs train`, `llama-m quantize int4 b64 rtn`."""
+# ---- the kinds' own behaviour (named by their entries in ksir.kinds) --------------------------------------
+
+
+def train_requires(spec: JobSpec) -> list[JobSpec]:
+    """A QAT fine-tune of ksir's own full-precision model (qat.init_from=auto) needs that model first."""
+    return [identity.base_train_spec(spec)] if spec.qat.enabled and spec.qat.init_from == "auto" else []
+
+
+def quantize_requires(spec: JobSpec) -> list[JobSpec]:
+    """A quantize job of ksir's own family needs the train job that makes its base model."""
+    return [identity.base_train_spec(spec)] if spec.uses_own_checkpoint else []
+
+
+def describe_train(spec: JobSpec) -> str:
+    q, t = spec.qat, spec.trainer
+    how = "".join([f" {spec.model.parametrization}" if spec.model.parametrization != "sp" else "",
+                   f" {t.matmul_precision}" if t.matmul_precision != "fp32" else "",
+                   " unscaled" if t.matmul_precision.startswith("fp8") and t.matmul_scaling == "none" else ""])
+    return f"{spec.model.family}-{spec.model.size} train" + (f" QAT {q.bits:g}-bit {q.dtype}" if q.enabled else "") + how
+
+
+def describe_quantize(spec: JobSpec) -> str:
     name = f"{spec.model.family}-{spec.model.size}"
-    if spec.job == "train":
-        q = spec.qat
-        t = spec.trainer
-        how = "".join([f" {spec.model.parametrization}" if spec.model.parametrization != "sp" else "",
-                       f" {t.matmul_precision}" if t.matmul_precision != "fp32" else "",
-                       " unscaled" if t.matmul_precision.startswith("fp8") and t.matmul_scaling == "none" else ""])
-        return f"{name} train" + (f" QAT {q.bits:g}-bit {q.dtype}" if q.enabled else "") + how
     q = spec.quant
     if q.unquantized:
         return f"{name} quantize 16-bit baseline"
@@ -76,13 +62,18 @@ def describe(spec: JobSpec) -> str:
     return f"{name} quantize {q.dtype}{q.bits:g} {scheme} {q.method}{low}{heal}{packed}"
 
 
+def describe(spec: JobSpec) -> str:
+    """A short human label: `llama-xs train`, `llama-m quantize int4 b64 rtn`."""
+    return spec.kind.call("describe", spec)
+
+
 def satisfied(dep: JobSpec) -> bool:
     """A train dependency is satisfied by its model: an intact checkpoint (today's or a schema-1 one)."""
     return identity.find_checkpoint(dep) is not None
 
 
 def missing_dependencies(spec: JobSpec) -> list[JobSpec]:
-    return [d for d in JOB_KINDS[spec.job].requires(spec) if not satisfied(d)]
+    return [d for d in spec.kind.call("requires", spec) if not satisfied(d)]
 
 
 def check_dependencies(spec: JobSpec) -> list[JobSpec]:
@@ -101,7 +92,7 @@ def _usable(spec: JobSpec, rec: dict[str, Any] | None) -> tuple[bool, str]:
         return False, ""
     if not records.is_done(rec):
         return False, "its record is not a finished, finite result" if rec.get("status") == "done" else ""
-    if spec.job == "train" and not satisfied(spec):
+    if spec.kind.trains_with_qat and not satisfied(spec):  # a train job's result is its model too
         from ksir.integrity import verify_checkpoint
 
         folder = identity.checkpoint_dir(spec)
@@ -141,15 +132,11 @@ def execute(spec: JobSpec) -> dict[str, Any]:
                                     "or was not run (a sweep runs it first; see its record)")
         base = {**records.new_record(spec, key, identity.identity(spec)), "started": records.now()}
         try:
-            fields = _run(spec)
+            fields = _run(spec, key)
         except Exception as e:
-            failed = {**base, "environment": environment.collect(),
-                      **records.failure(f"{type(e).__name__}: {e}\n{traceback.format_exc()}"), "created": records.now()}
-            records.save_or_rescue(results, failed)
+            records.save_or_rescue(results, records.failed(base, e))
             raise
-        # The job's own environment (with its data's digests) when it gives one, else the process's.
-        rec = {**base, "environment": environment.collect(), **fields, "status": "done", "error": None,
-               "created": records.now()}
+        rec = records.finish(base, fields)
         path = records.save_or_rescue(results, rec)
     m = rec.get("metrics", {})
     print(f"[{spec.job}] {describe(spec)}: val_loss={m.get('val_loss', float('nan')):.4f} "
@@ -158,13 +145,15 @@ def execute(spec: JobSpec) -> dict[str, Any]:
     return rec
 
 
-def _run(spec: JobSpec) -> dict[str, Any]:
-    """The job's body; if the model it builds on proves unloadable (set aside by the job), the model is built
-    again, as for a truncated one, and the job retried once."""
+def _run(spec: JobSpec, key: str) -> dict[str, Any]:
+    """The job's body (its kind's `run`; torch loads here, not at import) inside the job's one W&B run. If the
+    model it builds on proves unloadable (set aside by the job), that model is built again, as a truncated one
+    would be, and the job retried once; the rebuild runs between the two attempts, outside this job's W&B run
+    (one W&B run per process at a time), and the retry continues the same run (its id is the run key)."""
     from ksir.checkpoints import CheckpointUnusable
 
     try:
-        return JOB_KINDS[spec.job].run(spec)
+        return _attempt(spec, key)
     except CheckpointUnusable:
         missing = check_dependencies(spec)  # train_if_missing=false: one line, nothing rebuilt
         if not missing:
@@ -172,7 +161,14 @@ def _run(spec: JobSpec) -> dict[str, Any]:
         for dep in missing:
             print(f"[{spec.job}] {describe(spec)}: rebuilding {describe(dep)} ({identity.run_key(dep)})", flush=True)
             execute(dep.replace(force=True))
-        return JOB_KINDS[spec.job].run(spec)
+        return _attempt(spec, key)
+
+
+def _attempt(spec: JobSpec, key: str) -> dict[str, Any]:
+    with tracking.job_run(spec, key) as run:  # started here, finished here, whatever the kind
+        fields = spec.kind.call("run", spec, run)
+        run.summary = records.to_wandb_summary(fields)
+    return fields
 
 
 def _measured(rec: dict[str, Any]) -> str:

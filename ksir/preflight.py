@@ -39,13 +39,21 @@ def check(spec: JobSpec) -> JobSpec:
             key = "eval.device" if spec.eval.device.startswith("cuda") else "trainer.lightning.accelerator"
             _fail(key, spec.eval.device if key == "eval.device" else spec.trainer.accelerator, ["cpu", "auto"],
                   why="no CUDA device on this machine (use trainer=cpu)")
-    if spec.job == "quantize":
-        _check_backend(spec)
-        _check_quantize_source(spec)
+    spec.kind.call("preflight", spec)
     for key, folder in (("out_dir", Path(spec.out_dir)), ("paths.results", Path(spec.paths.results)),
                         ("paths.checkpoints", Path(spec.paths.checkpoints))):
         _check_creatable(key, folder.expanduser().absolute())
     return spec
+
+
+def check_train(spec: JobSpec) -> None:
+    """A train job builds its model from data already checked: nothing more of the machine."""
+
+
+def check_quantize(spec: JobSpec) -> None:
+    """A quantize job: a packed backend that can run here, and a model it can load."""
+    _check_backend(spec)
+    _check_quantize_source(spec)
 
 
 def _check_creatable(key: str, folder: Path) -> None:

@@ -81,7 +81,7 @@ def new_record(spec: JobSpec, key: str, identity: Mapping[str, Any]) -> dict[str
     return {"schema": SCHEMA_VERSION, "run_key": key, "identity": dict(identity), "job": spec.job,
             "family": spec.model.family, "size": spec.model.size, "seed": spec.seed,
             "git_commit": environment.git_commit(),
-            "host": socket.gethostname(), "config": spec.raw}
+            "host": socket.gethostname(), "config": spec.as_dict()}
 
 
 def training_fields(spec: JobSpec) -> dict[str, Any]:
@@ -90,7 +90,8 @@ def training_fields(spec: JobSpec) -> dict[str, Any]:
     t = spec.trainer
     return {"parametrization": spec.model.parametrization, "matmul_precision": t.matmul_precision,
             "matmul_scaling": t.matmul_scaling if t.matmul_precision.startswith("fp8") else None,
-            "lr": float(spec.qat.lr if spec.job == "train" and spec.qat.enabled and spec.qat.lr is not None else t.lr)}
+            "lr": float(spec.qat.lr if spec.kind.trains_with_qat and spec.qat.enabled and spec.qat.lr is not None
+                        else t.lr)}
 
 
 def train_fields(*, checkpoint: str, n_params: int, n_nonemb: int, train_tokens: int, metrics: Mapping[str, Any],
@@ -145,8 +146,18 @@ def quantize_fields(spec: JobSpec, summary: Any, *, checkpoint: str, n_params: i
             "metrics": dict(metrics)}
 
 
-def failure(error: str) -> dict[str, Any]:
-    return {"status": "failed", "error": error}
+def finish(base: Mapping[str, Any], fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The finished record: the job's description (`new_record`), its kind's fields, status done. The job's own
+    environment (with the digests of the data it read) when its fields give one, else the process's."""
+    return {**base, "environment": environment.collect(), **fields, "status": "done", "error": None, "created": now()}
+
+
+def failed(base: Mapping[str, Any], error: BaseException) -> dict[str, Any]:
+    """The record of a job that raised: the error's message and traceback."""
+    import traceback
+
+    return {**base, "environment": environment.collect(), "status": "failed",
+            "error": f"{type(error).__name__}: {error}\n{traceback.format_exc()}", "created": now()}
 
 
 # ----------------------------------------------------------------------------- W&B mirror

@@ -1,8 +1,9 @@
-"""The bodies of the two kinds of job (registered in `ksir.jobs`): train one model, or load + quantize one.
+"""The bodies of the two kinds of job (registered in `ksir.kinds`): train one model, or load + quantize one.
 
-Each takes a `JobSpec` and returns the job-specific fields of its result record (`ksir.records`);
-`ksir.jobs.execute` adds identity, status and timestamps and writes the record atomically, last.
-`wall_time_s` is the job's compute: W&B start-up and finish (which can stall on a network) are outside it.
+Each takes the `JobSpec` and the job's W&B run (`ksir.tracking.JobRun`, opened and closed by
+`ksir.jobs.execute`) and returns the job-specific fields of its result record (`ksir.records`); execute adds
+identity, status and timestamps and writes the record atomically, last. `wall_time_s` is the job's compute:
+W&B start-up and finish (which can stall on a network) are outside it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 import torch
 from transformers.utils import logging as hf_logging
 
-from ksir import checkpoints, environment, identity, records, tracking
+from ksir import checkpoints, environment, identity, records
 from ksir.data import build_tokenizer, load_documents, load_token_data
 from ksir.data.corpus import documents_digest
 from ksir.data.tokenizer import load_pretrained_tokenizer
@@ -27,6 +28,7 @@ from ksir.evaluate import evaluate_lm
 from ksir.families import count_params, own_config
 from ksir.locks import STORAGE_ERRNOS, StorageError, storage_error
 from ksir.spec import JobSpec
+from ksir.tracking import JobRun
 
 hf_logging.disable_progress_bar()  # ksir prints its own progress lines
 
@@ -49,7 +51,7 @@ def evaluate_all(spec: JobSpec, model: torch.nn.Module, tok: Any, data: Any, dev
         from ksir.zeroshot import evaluate_zeroshot
 
         print(f"  zero-shot: {', '.join(zs.tasks)} (limit {zs.limit})", flush=True)
-        metrics.update(evaluate_zeroshot(model, tok, zs.as_dict(), device))
+        metrics.update(evaluate_zeroshot(model, tok, zs, device))
     return metrics
 
 
@@ -60,7 +62,7 @@ def job_environment(spec: JobSpec, docs: Any, data: Any) -> dict[str, Any]:
                                      "tokens": data.digest})
 
 
-def run_train(spec: JobSpec) -> dict[str, Any]:
+def run_train(spec: JobSpec, run: JobRun) -> dict[str, Any]:
     """Train one own-family size, save it (HF format + tokenizer), evaluate it; under the lock of its model
     key, so that a model is built once whichever jobs need it. A model another job built already (the same
     model key, e.g. a train job with other evaluation settings) is evaluated, not rebuilt, unless `force`.
@@ -72,13 +74,13 @@ def run_train(spec: JobSpec) -> dict[str, Any]:
         built = identity.find_checkpoint(spec)
         if built is not None and not spec.force:
             try:
-                return _evaluate_built(spec, built)
+                return _evaluate_built(spec, built, run)
             except checkpoints.CheckpointUnusable:
                 pass  # set aside: build it again
-        return _build(spec)
+        return _build(spec, run)
 
 
-def _evaluate_built(spec: JobSpec, path: Path) -> dict[str, Any]:
+def _evaluate_built(spec: JobSpec, path: Path, run: JobRun) -> dict[str, Any]:
     """The record of a train job whose model exists: evaluated with this job's settings; how it was trained
     comes from the checkpoint (`built_by` names the job that built it)."""
     meta = checkpoints.read_meta(path)
@@ -89,7 +91,7 @@ def _evaluate_built(spec: JobSpec, path: Path) -> dict[str, Any]:
     cache = spec.paths.cache_dir
     device = eval_device(spec)
     tok = load_pretrained_tokenizer(str(path))
-    docs = load_documents(spec.data.as_dict(), cache)
+    docs = load_documents(spec.data, cache)
     data = load_token_data(docs, tok, spec.data.seq_len, cache)
     data.eval_blocks(spec.eval.sequences)
     try:
@@ -97,45 +99,39 @@ def _evaluate_built(spec: JobSpec, path: Path) -> dict[str, Any]:
     except Exception as e:  # noqa: BLE001 - anything that stops it loading: set aside, rebuilt by the caller
         checkpoints.set_aside(path, f"{path} cannot be loaded ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
         raise checkpoints.CheckpointUnusable(str(path)) from e
-    key = identity.run_key(spec)
     print(f"[train] {spec.model.family}-{spec.model.size}: model {identity.model_key(spec)} exists (built by "
           f"{meta.get('run_key', 'an earlier job')}): evaluating it, not training it again", flush=True)
-    run = tracking.start_run(spec.logger, key, "train", f"{spec.model.family}/train", spec.raw, spec.paths.wandb)
-    try:
-        t0 = time.time()
-        metrics = evaluate_all(spec, model, tok, data, device)
-        if not fields:  # a plain model saved before records were kept in its metadata
-            n_total, n_nonemb = count_params(model)
-            fields = records.train_fields(checkpoint=str(path), n_params=n_total, n_nonemb=n_nonemb,
-                                          train_tokens=int(meta.get("train_tokens") or 0), metrics={},
-                                          resumed_from_step=None, spec=spec)
-        fields.update(checkpoint=str(path), metrics={**metrics, **(meta.get("train_info") or {})},
-                      resumed_from_step=None, built_by=meta.get("run_key"), wall_time_s=time.time() - t0,
-                      environment=job_environment(spec, docs, data))
-        tracking.finish_run(run, records.to_wandb_summary(fields))
-        run = None
-        return fields
-    finally:
-        tracking.finish_run(run, {}, exit_code=1)
+    t0 = time.time()
+    metrics = evaluate_all(spec, model, tok, data, device)
+    if not fields:  # a plain model saved before records were kept in its metadata
+        n_total, n_nonemb = count_params(model)
+        fields = records.train_fields(checkpoint=str(path), n_params=n_total, n_nonemb=n_nonemb,
+                                      train_tokens=int(meta.get("train_tokens") or 0), metrics={},
+                                      resumed_from_step=None, spec=spec)
+    fields.update(checkpoint=str(path), metrics={**metrics, **(meta.get("train_info") or {})},
+                  resumed_from_step=None, built_by=meta.get("run_key"), wall_time_s=time.time() - t0,
+                  environment=job_environment(spec, docs, data))
+    return fields
 
 
-def _build(spec: JobSpec) -> dict[str, Any]:
+def _build(spec: JobSpec, run: JobRun) -> dict[str, Any]:
     from ksir.qat import prepare_qat, save_qat_checkpoint
-    from ksir.train import train_model
+    from ksir.train import Distillation, train_model
 
     qat = spec.qat
     cache = spec.paths.cache_dir
-    docs = load_documents(spec.data.as_dict(), cache)
-    tok = build_tokenizer(dataclasses.asdict(spec.data.tokenizer), docs["train"]["text"])
+    docs = load_documents(spec.data, cache)
+    tok = build_tokenizer(spec.data.tokenizer, docs["train"]["text"])
     data = load_token_data(docs, tok, spec.data.seq_len, cache)
     data.eval_blocks(spec.eval.sequences)  # too few validation blocks fails here, before any training
     torch.manual_seed(spec.seed)
-    init_ckpt, teacher = None, None
+    init_ckpt, distill = None, None
     if qat.enabled and qat.init_from:
         init_ckpt = _qat_init_checkpoint(spec)
         model = checkpoints.load_model(init_ckpt, torch.device("cpu")).train()
         if qat.distill.weight > 0:
-            teacher = checkpoints.load_model(init_ckpt, torch.device("cpu"))
+            distill = Distillation(checkpoints.load_model(init_ckpt, torch.device("cpu")), qat.distill.weight,
+                                   qat.distill.temperature)
     else:
         model = _new_model(spec, tok)
     lowp = spec.trainer.matmul_precision != "fp32"
@@ -147,59 +143,51 @@ def _build(spec: JobSpec) -> dict[str, Any]:
     n_budget = n_total if spec.trainer.param_count == "total" else n_nonemb
     check_space(spec, n_total)  # a full disk is one line now, not a truncated checkpoint later
     summary = prepare_qat(model, qat, data.train[: spec.trainer.batch_size]) if qat.enabled else None
-    key = identity.run_key(spec)
-    run = tracking.start_run(spec.logger, key, "train", f"{spec.model.family}/train", spec.raw, spec.paths.wandb)
+    t0 = time.time()
+    device = eval_device(spec)
+    tag = f" QAT {qat.regime} {qat.bits:g}-bit {qat.dtype}" if qat.enabled else ""
+    tag += f" {spec.model.parametrization}" if spec.model.parametrization != "sp" else ""
+    tag += f" matmuls {spec.trainer.matmul_precision}" if lowp else ""
+    print(f"[train] {spec.model.family}-{spec.model.size}{tag}: N={n_total:,} ({n_nonemb:,} non-embedding)", flush=True)
+    resume_dir = identity.partial_dir(spec)
+    # The QAT learning rate, when given, is the trainer's for this job (ksir.records.training_fields records it).
+    trainer = dataclasses.replace(spec.trainer, lr=qat.lr) if qat.enabled and qat.lr is not None else spec.trainer
     try:
-        t0 = time.time()
-        loggers = tracking.lightning_loggers(run)
-        device = eval_device(spec)
-        tag = f" QAT {qat.regime} {qat.bits:g}-bit {qat.dtype}" if qat.enabled else ""
-        tag += f" {spec.model.parametrization}" if spec.model.parametrization != "sp" else ""
-        tag += f" matmuls {spec.trainer.matmul_precision}" if lowp else ""
-        print(f"[train] {spec.model.family}-{spec.model.size}{tag}: N={n_total:,} ({n_nonemb:,} non-embedding)", flush=True)
-        resume_dir = identity.partial_dir(spec)
-        try:
-            info = train_model(model, data.train, spec.trainer, n_budget, loggers, spec.seed, resume_dir,
-                               teacher=teacher, distill_weight=qat.distill.weight if qat.enabled else 0.0,
-                               distill_temperature=qat.distill.temperature, scale_lr=qat.scale_lr,
-                               lr=qat.lr if qat.enabled else None, parametrization=spec.model.parametrization)
-        except OSError as e:
-            if e.errno in STORAGE_ERRNOS:  # a resume checkpoint the device could not take (set aside on relaunch)
-                raise storage_error(resume_dir, "a resume checkpoint", e) from None
-            raise
-        resumed_from = info.pop("resumed_from_step", None)
-        if lowp:
-            precision.remove(model)  # the trained weights are evaluated and saved at full precision
-        model = _export(spec, model, data.train.shape[1]).to(device)
-        metrics = evaluate_all(spec, model, tok, data, device)  # QAT models get zero-shot accuracy too
-        path = identity.checkpoint_dir(spec)
-        meta = {"run_key": key, "model_key": identity.model_key(spec), "family": spec.model.family,
-                "size": spec.model.size, "train_tokens": info["train_tokens"], "data_fingerprint": data.fingerprint}
-        common = {"checkpoint": str(path), "n_params": n_total, "n_nonemb": n_nonemb,
-                  "train_tokens": info["train_tokens"], "metrics": {**metrics, **info},
-                  "resumed_from_step": resumed_from}
-        fields = records.train_fields(**common, spec=spec) if summary is None else \
-            records.qat_fields(spec, summary, init_ckpt, **common)
-        # What a later job with other evaluation settings needs to record this model without rebuilding it.
-        meta.update(record_fields={k: v for k, v in fields.items() if k != "metrics"}, train_info=info)
-        try:
-            if summary is None:
-                checkpoints.save_checkpoint(model.cpu(), tok, path, meta)
-            else:
-                meta.update(qat=qat.as_dict(), init_from=init_ckpt)
-                save_qat_checkpoint(model.cpu(), tok, path, meta, qat, summary)
-        except OSError as e:
-            if e.errno in STORAGE_ERRNOS:
-                raise storage_error(path, f"the trained model ({4 * n_total / 1e6:.0f} MB)", e) from None
-            raise
-        shutil.rmtree(resume_dir, ignore_errors=True)  # finished: the resume state is no longer needed
-        fields["wall_time_s"] = time.time() - t0
-        fields["environment"] = job_environment(spec, docs, data)
-        tracking.finish_run(run, records.to_wandb_summary(fields))
-        run = None
-        return fields
-    finally:
-        tracking.finish_run(run, {}, exit_code=1)
+        info = train_model(model, data.train, trainer, n_budget, seed=spec.seed, loggers=run.loggers(),
+                           resume_dir=resume_dir, distill=distill, scale_lr=qat.scale_lr if qat.enabled else 1.0,
+                           parametrization=spec.model.parametrization)
+    except OSError as e:
+        if e.errno in STORAGE_ERRNOS:  # a resume checkpoint the device could not take (set aside on relaunch)
+            raise storage_error(resume_dir, "a resume checkpoint", e) from None
+        raise
+    resumed_from = info.pop("resumed_from_step", None)
+    if lowp:
+        precision.remove(model)  # the trained weights are evaluated and saved at full precision
+    model = _export(spec, model, data.train.shape[1]).to(device)
+    metrics = evaluate_all(spec, model, tok, data, device)  # QAT models get zero-shot accuracy too
+    path = identity.checkpoint_dir(spec)
+    meta = {"run_key": run.key, "model_key": identity.model_key(spec), "family": spec.model.family,
+            "size": spec.model.size, "train_tokens": info["train_tokens"], "data_fingerprint": data.fingerprint}
+    common = {"checkpoint": str(path), "n_params": n_total, "n_nonemb": n_nonemb,
+              "train_tokens": info["train_tokens"], "metrics": {**metrics, **info}, "resumed_from_step": resumed_from}
+    fields = records.train_fields(**common, spec=spec) if summary is None else \
+        records.qat_fields(spec, summary, init_ckpt, **common)
+    # What a later job with other evaluation settings needs to record this model without rebuilding it.
+    meta.update(record_fields={k: v for k, v in fields.items() if k != "metrics"}, train_info=info)
+    try:
+        if summary is None:
+            checkpoints.save_checkpoint(model.cpu(), tok, path, meta)
+        else:
+            meta.update(qat=qat.as_dict(), init_from=init_ckpt)
+            save_qat_checkpoint(model.cpu(), tok, path, meta, qat, summary)
+    except OSError as e:
+        if e.errno in STORAGE_ERRNOS:
+            raise storage_error(path, f"the trained model ({4 * n_total / 1e6:.0f} MB)", e) from None
+        raise
+    shutil.rmtree(resume_dir, ignore_errors=True)  # finished: the resume state is no longer needed
+    fields["wall_time_s"] = time.time() - t0
+    fields["environment"] = job_environment(spec, docs, data)
+    return fields
 
 
 # A Lightning resume checkpoint holds the fp32 weights and AdamW's two moments; the export holds the weights.
@@ -265,7 +253,7 @@ def _load_base(spec: JobSpec, ckpt: str, device: torch.device) -> torch.nn.Modul
             raise checkpoints.CheckpointUnusable(ckpt) from e
 
 
-def run_quantize(spec: JobSpec) -> dict[str, Any]:
+def run_quantize(spec: JobSpec, run: JobRun) -> dict[str, Any]:
     from ksir.quant import needs_calibration, quantize_model
     from ksir.quant.backends import format_for
 
@@ -278,44 +266,37 @@ def run_quantize(spec: JobSpec) -> dict[str, Any]:
     model = _load_base(spec, ckpt, device)
     tok = load_pretrained_tokenizer(ckpt)
     cache = spec.paths.cache_dir
-    docs = load_documents(spec.data.as_dict(), cache)
+    docs = load_documents(spec.data, cache)
     data = load_token_data(docs, tok, spec.data.seq_len, cache)
     data.eval_blocks(spec.eval.sequences)  # checked before quantizing
     n_total, n_nonemb = count_params(model)
-    key = identity.run_key(spec)
-    run = tracking.start_run(spec.logger, key, "quantize", f"{spec.model.family}/quantize", spec.raw, spec.paths.wandb)
-    try:
-        t0 = time.time()
-        fmt, deploy = format_for(qcfg), None
-        if fmt is not None:  # a real packed model, measured next to the 16-bit one
-            from ksir.deploy.job import quantize_packed
+    t0 = time.time()
+    fmt, deploy = format_for(qcfg), None
+    if fmt is not None:  # a real packed model, measured next to the 16-bit one
+        from ksir.deploy.job import quantize_packed
 
-            print(f"  packing with {qcfg.backend} ({fmt.name}); measuring next to the 16-bit model", flush=True)
-            summary, metrics, deploy = quantize_packed(
-                model, qcfg, fmt, lambda m, full: evaluate_all(spec, m, tok, data, device, zeroshot=full),
-                data.eval_blocks(spec.eval.sequences), device)
-        else:
-            calib = data.calibration_blocks(qcfg.calib_sequences, spec.seed).to(device) if needs_calibration(qcfg) else None
-            teacher = copy.deepcopy(model).eval() if qcfg.heal.steps else None  # the 16-bit model, before quantizing
-            summary = quantize_model(model, qcfg, calib)
-            quant_time = time.time() - t0
-            healed = {}
-            if teacher is not None:  # PTQ + KD: the 16-bit parts learn from the 16-bit model; k-bit weights frozen
-                from ksir.heal import heal_model
+        print(f"  packing with {qcfg.backend} ({fmt.name}); measuring next to the 16-bit model", flush=True)
+        summary, metrics, deploy = quantize_packed(
+            model, qcfg, fmt, lambda m, full: evaluate_all(spec, m, tok, data, device, zeroshot=full),
+            data.eval_blocks(spec.eval.sequences), device)
+    else:
+        calib = data.calibration_blocks(qcfg.calib_sequences, spec.seed).to(device) if needs_calibration(qcfg) else None
+        teacher = copy.deepcopy(model).eval() if qcfg.heal.steps else None  # the 16-bit model, before quantizing
+        summary = quantize_model(model, qcfg, calib)
+        quant_time = time.time() - t0
+        healed = {}
+        if teacher is not None:  # PTQ + KD: the 16-bit parts learn from the 16-bit model; k-bit weights frozen
+            from ksir.heal import heal_model
 
-                print(f"  healing: {qcfg.heal.steps} steps of distillation into the 16-bit parameters", flush=True)
-                healed = heal_model(model, teacher, qcfg, data.train, spec.trainer, spec.seed)
-                del teacher
-                model.eval()
-            metrics = {**evaluate_all(spec, model, tok, data, device), "quant_time_s": quant_time, **healed}
-        meta = checkpoints.read_meta(ckpt)
-        fields = records.quantize_fields(spec, summary, checkpoint=ckpt, n_params=n_total, n_nonemb=n_nonemb,
-                                         train_tokens=meta.get("train_tokens") or spec.family.train_tokens,
-                                         metrics=metrics, deploy=deploy)
-        fields["wall_time_s"] = time.time() - t0
-        fields["environment"] = job_environment(spec, docs, data)
-        tracking.finish_run(run, records.to_wandb_summary(fields))
-        run = None
-        return fields
-    finally:
-        tracking.finish_run(run, {}, exit_code=1)
+            print(f"  healing: {qcfg.heal.steps} steps of distillation into the 16-bit parameters", flush=True)
+            healed = heal_model(model, teacher, qcfg, data.train, spec.trainer, spec.seed)
+            del teacher
+            model.eval()
+        metrics = {**evaluate_all(spec, model, tok, data, device), "quant_time_s": quant_time, **healed}
+    meta = checkpoints.read_meta(ckpt)
+    fields = records.quantize_fields(spec, summary, checkpoint=ckpt, n_params=n_total, n_nonemb=n_nonemb,
+                                     train_tokens=meta.get("train_tokens") or spec.family.train_tokens,
+                                     metrics=metrics, deploy=deploy)
+    fields["wall_time_s"] = time.time() - t0
+    fields["environment"] = job_environment(spec, docs, data)
+    return fields

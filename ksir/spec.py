@@ -27,11 +27,11 @@ from typing import Any
 from ksir.dataconfig import coerce, from_mapping
 from ksir.errors import ConfigError
 from ksir.families import Family, get_family, linear_row_sizes
+from ksir.kinds import JobKind, kind
 from ksir.qat.config import QATConfig, validate_qat_config
 from ksir.quant.config import QuantConfig
 from ksir.quant.validate import validate_quant_config
 
-JOBS = ("train", "quantize")
 # The top-level keys of a composed config (conf/config.yaml): anything else is a typo, refused by name.
 TOP_LEVEL = frozenset({"job", "seed", "force", "dry_run", "out_dir", "paths", "model", "data", "quant", "qat",
                        "trainer", "eval", "logger"})
@@ -301,7 +301,8 @@ class PathsSpec:
 
 @dataclass(frozen=True)
 class JobSpec:
-    """One job, typed and validated. `raw` is the resolved config as composed (stored in the record)."""
+    """One job, typed and validated. `raw` is the config as composed, kept only to find what schema-1 ksir wrote
+    (its keys hashed the raw config); records and W&B get `as_dict()`."""
 
     job: str
     model: ModelSpec
@@ -314,6 +315,7 @@ class JobSpec:
     qat: QATConfig
     seed: int = 0
     force: bool = False
+    dry_run: bool = False  # validate and print the plan, run nothing
     out_dir: str = "outputs"
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -327,9 +329,20 @@ class JobSpec:
         return self.family.kind == "own" and not self.model.checkpoint
 
     @property
+    def kind(self) -> JobKind:
+        """This job's entry in the registry of job kinds (everything kind-specific: ksir.kinds)."""
+        return kind(self.job)
+
+    @property
     def trains(self) -> bool:
-        """Needs the trainer section: a train job, or a job whose base model is ksir's own."""
-        return self.job == "train" or self.uses_own_checkpoint
+        """Needs the trainer section: a job that trains (its kind's), or one whose base model is ksir's own."""
+        return self.kind.trains_with_qat or self.uses_own_checkpoint
+
+    def as_dict(self) -> dict[str, Any]:
+        """The normalised job (every section with its defaults filled in and values typed): what records and
+        W&B keep as the job's config. The raw composed config is kept only to find schema-1 results."""
+        return {f.name: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
+                for f in dataclasses.fields(self) if f.name != "raw" for v in [getattr(self, f.name)]}
 
     def replace(self, **changes: Any) -> JobSpec:
         return dataclasses.replace(self, **changes)
@@ -346,9 +359,7 @@ class JobSpec:
             near = difflib.get_close_matches(unknown[0], sorted(TOP_LEVEL), n=1)
             _fail(unknown[0], raw[unknown[0]], why="unknown key" + (f" (did you mean {near[0]!r}?)" if near else ""),
                   allowed=sorted(TOP_LEVEL))
-        job = raw.get("job")
-        if job not in JOBS:
-            _fail("job", job, JOBS)
+        job = kind(raw.get("job")).name
         spec = cls(
             job=job,
             model=from_mapping(ModelSpec, raw.get("model"), "model"),
@@ -361,6 +372,7 @@ class JobSpec:
             qat=QATConfig.from_mapping(raw.get("qat")),
             seed=coerce(int, raw.get("seed", 0), "seed"),
             force=coerce(bool, raw.get("force", False), "force"),
+            dry_run=coerce(bool, raw.get("dry_run", False), "dry_run"),
             out_dir=coerce(str, raw.get("out_dir", "outputs"), "out_dir"),
             raw=raw,
         )
@@ -372,31 +384,15 @@ class JobSpec:
         self.data.check()
         self.eval.check()
         self.logger.check()
-        if self.job == "train" and family.kind != "own":
-            _fail("job", "train", why=f"family {family.name!r} is a hub family; train jobs build ksir's own "
-                  "families (quantize a hub checkpoint instead)")
         if self.model.parametrization != "sp" and family.kind != "own":
             _fail("model.parametrization", self.model.parametrization, ["sp"],
                   why=f"family {family.name!r} is a hub family: its weights were trained as they are")
-        if self.job == "train" and self.qat.enabled:
-            if self.model.parametrization != "sp":
-                _fail("model.parametrization", self.model.parametrization, ["sp"], why="QAT trains the standard "
-                      "parametrization (train under mup/umup first, then quantize)")
-            if self.trainer.matmul_precision != "fp32":
-                _fail("trainer.matmul_precision", self.trainer.matmul_precision, ["fp32"],
-                      why="QAT runs its own fake-quantized matmuls")
         if self.trains:
             if self.data.tokenizer.kind != "bytes":
                 _fail("data.tokenizer.kind", self.data.tokenizer.kind, ["bytes"],
                       why="own-family training trains its own tokenizer")
             self.trainer.check()
-        if self.job == "quantize" and self.quant.heal.steps and not self.trains:
-            self.trainer.check()  # healing trains through the trainer's Lightning settings
-        rows = self.row_sizes()
-        if self.job == "train":
-            validate_qat_config(self.qat, rows)
-        else:
-            validate_quant_config(self.quant, rows)
+        self.kind.call("check", self)
 
     def row_sizes(self) -> list[int] | None:
         """in_features of the linear layers to quantize, from the architecture alone (no weights, no torch)."""
@@ -411,6 +407,29 @@ class JobSpec:
             except (OSError, ValueError):
                 return None  # reported by ksir.preflight
         return None  # a hub model: its row sizes are checked once its config is loaded
+
+
+def check_train(spec: JobSpec) -> None:
+    """What a train job's values must be (its kind's check: ksir.kinds)."""
+    family = spec.family
+    if family.kind != "own":
+        _fail("job", "train", why=f"family {family.name!r} is a hub family; train jobs build ksir's own "
+              "families (quantize a hub checkpoint instead)")
+    if spec.qat.enabled:
+        if spec.model.parametrization != "sp":
+            _fail("model.parametrization", spec.model.parametrization, ["sp"], why="QAT trains the standard "
+                  "parametrization (train under mup/umup first, then quantize)")
+        if spec.trainer.matmul_precision != "fp32":
+            _fail("trainer.matmul_precision", spec.trainer.matmul_precision, ["fp32"],
+                  why="QAT runs its own fake-quantized matmuls")
+    validate_qat_config(spec.qat, spec.row_sizes())
+
+
+def check_quantize(spec: JobSpec) -> None:
+    """What a quantize job's values must be (its kind's check: ksir.kinds)."""
+    if spec.quant.heal.steps and not spec.trains:
+        spec.trainer.check()  # healing trains through the trainer's Lightning settings
+    validate_quant_config(spec.quant, spec.row_sizes())
 
 
 class _Namespace:

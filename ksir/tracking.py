@@ -10,11 +10,13 @@ installed packages), read once per process rather than by W&B for every run (0.1
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import netrc
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -113,12 +115,36 @@ def _save_requirements(run: Any) -> None:
         log.warning("W&B: could not save requirements.txt: %s", e)
 
 
-def lightning_loggers(run: Any) -> list[Any]:
-    if run is None:
-        return []
-    from pytorch_lightning.loggers import WandbLogger
+class JobRun:
+    """A job's W&B run (or none: disabled, or W&B failed to start), for the job's body: Lightning's loggers,
+    and the summary the lifecycle (`job_run`) writes when the body has finished."""
 
-    return [WandbLogger(experiment=run)]
+    def __init__(self, run: Any, key: str = ""):
+        self.run = run
+        self.key = key  # the job's run key (its W&B run id)
+        self.summary: dict[str, Any] = {}
+
+    def loggers(self) -> list[Any]:
+        if self.run is None:
+            return []
+        from pytorch_lightning.loggers import WandbLogger
+
+        return [WandbLogger(experiment=self.run)]
+
+
+@contextlib.contextmanager
+def job_run(spec: Any, run_key: str) -> Iterator[JobRun]:
+    """The one W&B lifecycle of every job (`ksir.jobs.execute`): started before the body, finished after it
+    with the body's summary, or with exit code 1 when the body raised. The run's config is the normalised job
+    (`JobSpec.as_dict`), its id the run key (a relaunched job continues its run)."""
+    handle = JobRun(start_run(spec.logger, run_key, spec.job, f"{spec.model.family}/{spec.job}", spec.as_dict(),
+                              spec.paths.wandb), run_key)
+    try:
+        yield handle
+    except BaseException:
+        finish_run(handle.run, {}, exit_code=1)
+        raise
+    finish_run(handle.run, handle.summary)
 
 
 def finish_run(run: Any, summary: dict[str, Any], exit_code: int = 0) -> None:

@@ -7,6 +7,7 @@ import math
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ import torch.nn.functional as F
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 from transformers import get_cosine_schedule_with_warmup
+
+from ksir.spec import TrainerSpec
 
 # Lightning's pytree helper calls a torch API that torch deprecates, once per step: a warning about Lightning's
 # code, not the user's, that filled every training log (the pinned Lightning has no release without it).
@@ -172,12 +175,12 @@ class ResumableLoader(DataLoader):
         self.position.batches = self.sampler.start // int(self.batch_size)
 
 
-def plan_steps(n_params: int, cfg: Any, seq_len: int) -> tuple[int, int]:
+def plan_steps(n_params: int, trainer: TrainerSpec, seq_len: int) -> tuple[int, int]:
     """(steps, tokens): the token budget tokens_per_param * N rounded up to whole batches."""
-    tokens_per_step = int(cfg.batch_size) * seq_len
-    steps = max(int(cfg.min_steps), math.ceil(float(cfg.tokens_per_param) * n_params / tokens_per_step))
-    if cfg.max_steps:
-        steps = min(steps, int(cfg.max_steps))
+    tokens_per_step = trainer.batch_size * seq_len
+    steps = max(trainer.min_steps, math.ceil(trainer.tokens_per_param * n_params / tokens_per_step))
+    if trainer.max_steps:
+        steps = min(steps, trainer.max_steps)
     return steps, steps * tokens_per_step
 
 
@@ -221,57 +224,66 @@ def checkpoint_problem(path: Path, expected: dict[str, torch.Size] | None = None
     return None
 
 
-def train_model(model: torch.nn.Module, train_blocks: torch.Tensor, cfg: Any, n_params: int,
-                loggers: list[Any], seed: int, resume_dir: Path | None = None, *,
-                teacher: torch.nn.Module | None = None, distill_weight: float = 0.0, distill_temperature: float = 1.0,
-                scale_lr: float = 1.0, lr: float | None = None, parametrization: str = "sp",
-                callbacks: list[pl.Callback] | None = None) -> dict[str, Any]:
-    """Train in place; returns what the result record needs about training.
+@dataclass(frozen=True)
+class Distillation:
+    """A frozen teacher whose softened logits the student also learns: loss (1 - weight) * CE + weight * T^2 KL."""
 
-    With `resume_dir`, a Lightning checkpoint is written there every `checkpoint_every_n_steps`
+    teacher: torch.nn.Module
+    weight: float
+    temperature: float = 1.0
+
+
+def train_model(model: torch.nn.Module, train_blocks: torch.Tensor, trainer: TrainerSpec, n_params: int, *,
+                seed: int, loggers: list[Any] | None = None, resume_dir: Path | None = None,
+                distill: Distillation | None = None, scale_lr: float = 1.0, parametrization: str = "sp",
+                callbacks: list[pl.Callback] | None = None) -> dict[str, Any]:
+    """Train in place for the token budget of `n_params` parameters; returns what the result record needs
+    about training.
+
+    With `resume_dir`, a Lightning checkpoint is written there every `trainer.checkpoint_every_n_steps`
     steps, and an interrupted job relaunched with the same identity resumes from it exactly: weights, optimizer,
     scheduler, step, the position in the data order and the random state are restored, so it ends with the
     weights of an uninterrupted run.
-    QAT: `model` is already prepared (ksir.qat.prepare_qat); `teacher`/`distill_*` add distillation,
-    `scale_lr` multiplies the learning rate of the quantization constants, `lr` overrides cfg.lr.
+    QAT: `model` is already prepared (ksir.qat.prepare_qat) and `trainer.lr` is the QAT learning rate; `distill`
+    adds a teacher, `scale_lr` multiplies the learning rate of the quantization constants.
     `parametrization` (ksir.parametrization) picks the optimizer's per-parameter learning rates; the model is
-    built under it already, and its matmuls already run at cfg.matmul_precision (ksir.precision.apply).
-    `cfg` is a `ksir.spec.TrainerSpec` (or anything with its attributes); `cfg.compile` runs the training
-    forward through torch.compile;
-    `callbacks` are extra Lightning callbacks (benchmarks time the steady state with one)."""
+    built under it already, and its matmuls already run at trainer.matmul_precision (ksir.precision.apply).
+    `trainer.compile` runs the training forward through torch.compile; `callbacks` are extra Lightning
+    callbacks (benchmarks time the steady state with one)."""
     seq_len = train_blocks.shape[1]
-    steps, tokens = plan_steps(n_params, cfg, seq_len)
+    steps, tokens = plan_steps(n_params, trainer, seq_len)
     pl.seed_everything(seed, workers=True, verbose=False)
-    module = CausalLM(model, lr=float(lr if lr is not None else cfg.lr), weight_decay=float(cfg.weight_decay),
-                      betas=tuple(cfg.betas), warmup_steps=max(1, int(float(cfg.warmup_fraction) * steps)),
-                      max_steps=steps, teacher=teacher, distill_weight=float(distill_weight),
-                      distill_temperature=float(distill_temperature), scale_lr=float(scale_lr),
-                      compile_model=bool(cfg.compile), parametrization=parametrization)
+    module = CausalLM(model, lr=trainer.lr, weight_decay=trainer.weight_decay, betas=tuple(trainer.betas),
+                      warmup_steps=max(1, int(trainer.warmup_fraction * steps)), max_steps=steps,
+                      teacher=distill.teacher if distill else None, distill_weight=distill.weight if distill else 0.0,
+                      distill_temperature=distill.temperature if distill else 1.0, scale_lr=scale_lr,
+                      compile_model=trainer.compile, parametrization=parametrization)
     position = DataPosition()
-    loader = ResumableLoader(TensorDataset(train_blocks), ResumableSampler(train_blocks, steps * int(cfg.batch_size),
-                                                                           seed), int(cfg.batch_size), position)
+    batch = trainer.batch_size
+    loader = ResumableLoader(TensorDataset(train_blocks), ResumableSampler(train_blocks, steps * batch, seed), batch,
+                             position)
     on_terminal = sys.stderr.isatty()
-    clock = ProgressPrinter(steps, int(cfg.batch_size) * seq_len, lines=not on_terminal)
+    clock = ProgressPrinter(steps, batch * seq_len, lines=not on_terminal)
     cbs: list[pl.Callback] = [clock, position]
-    every = int(cfg.checkpoint_every_n_steps or 0)
+    every = trainer.checkpoint_every_n_steps or 0
     checkpointing = resume_dir is not None and every > 0
     if checkpointing:
         cbs.append(ModelCheckpoint(dirpath=resume_dir, filename="step{step}", every_n_train_steps=every,
                                    save_top_k=1, save_last=True))
-    trainer = pl.Trainer(max_steps=steps, logger=loggers or False, enable_checkpointing=checkpointing,
-                         enable_model_summary=False, enable_progress_bar=on_terminal, callbacks=cbs + list(callbacks or []),
-                         **dict(cfg.lightning))
+    fit = pl.Trainer(max_steps=steps, logger=loggers or False, enable_checkpointing=checkpointing,
+                     enable_model_summary=False, enable_progress_bar=on_terminal, callbacks=cbs + list(callbacks or []),
+                     **dict(trainer.lightning))
     ckpt = last_checkpoint(resume_dir, {k: v.shape for k, v in module.state_dict().items()})
     if ckpt is not None:
         print(f"  resuming from {ckpt}", flush=True)
     try:
-        trainer.fit(module, loader, ckpt_path=str(ckpt) if ckpt else None)
+        fit.fit(module, loader, ckpt_path=str(ckpt) if ckpt else None)
     except SystemExit:
-        if trainer.interrupted:  # Lightning turns Ctrl-C into exit(1); a sweep needs the interrupt to end well
+        if fit.interrupted:  # Lightning turns Ctrl-C into exit(1); a sweep needs the interrupt to end well
             raise KeyboardInterrupt from None
         raise
     wall = clock.elapsed  # the whole run, the part before an interruption included
     return {"train_tokens": tokens, "train_steps": steps, "train_time_s": wall,
             "train_tokens_per_s": tokens / max(wall, 1e-9),
             "resumed_from_step": clock.start_step if ckpt is not None else None,
-            "final_train_loss": float(trainer.callback_metrics.get("train/loss", float("nan")))}
+            "final_train_loss": float(fit.callback_metrics.get("train/loss", float("nan")))}

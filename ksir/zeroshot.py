@@ -102,16 +102,16 @@ def _yaml_quoted(p: Path) -> str:
 
 
 @contextmanager
-def task_setup(zs: Mapping[str, Any]) -> Iterator[tuple[Any, list[str]]]:
-    """(TaskManager, harness task names to run) for a zero-shot config; local YAMLs live in a temp folder."""
+def task_setup(zs: ZeroShotSpec) -> Iterator[tuple[Any, list[str]]]:
+    """(TaskManager, harness task names to run) for a zero-shot spec; local YAMLs live in a temp folder."""
     from lm_eval.tasks import TaskManager
 
-    tasks = list(zs.get("tasks", PAPER_TASKS))
-    if zs.get("data_dir") is None:
+    tasks = list(zs.tasks)
+    if zs.data_dir is None:
         yield TaskManager(), tasks  # indexes the harness's ~15k task YAMLs (~10 s)
         return
     with tempfile.TemporaryDirectory(prefix="ksir-tasks-") as tmp:
-        render_task_yamls(zs["data_dir"], tmp, tasks)
+        render_task_yamls(zs.data_dir, tmp, tasks)
         yield TaskManager(include_path=tmp, include_defaults=False), [LOCAL_PREFIX + t for t in tasks]
 
 
@@ -146,21 +146,21 @@ def harness_lm(model: torch.nn.Module, tokenizer: Any, batch_size: int | str = 3
     return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, **kwargs)
 
 
-def run_harness(model: torch.nn.Module, tokenizer: Any, cfg: Mapping[str, Any],
+def run_harness(model: torch.nn.Module, tokenizer: Any, zs: ZeroShotSpec,
                 device: str | torch.device | None = None, log_samples: bool = False) -> dict[str, Any]:
-    """`lm_eval.simple_evaluate` on the in-memory model; returns the harness's own results dict."""
+    """`lm_eval.simple_evaluate` on the in-memory model; returns the harness's own results dict. The spec was
+    checked when it was built; its task files are checked here, before the harness reads them."""
     import lm_eval
 
-    cfg = validate_zeroshot_config(cfg).as_dict()
+    zs.check_files()
     model_device = next(model.parameters()).device
     if device is not None and torch.device(device) != model_device:
         model.to(device)
     try:
-        with _preserved_state(model), task_setup(cfg) as (tm, names):
-            lm = harness_lm(model, tokenizer, cfg.get("batch_size", 32))
-            out = lm_eval.simple_evaluate(
-                model=lm, tasks=names, num_fewshot=int(cfg.get("num_fewshot", 0)), limit=cfg.get("limit"),
-                task_manager=tm, bootstrap_iters=0, log_samples=True)
+        with _preserved_state(model), task_setup(zs) as (tm, names):
+            lm = harness_lm(model, tokenizer, zs.batch_size)
+            out = lm_eval.simple_evaluate(model=lm, tasks=names, num_fewshot=zs.num_fewshot, limit=zs.limit,
+                                          task_manager=tm, bootstrap_iters=0, log_samples=True)
     finally:
         if next(model.parameters()).device != model_device:
             model.to(model_device)
@@ -195,14 +195,14 @@ def zeroshot_metrics(results: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
-def evaluate_zeroshot(model: torch.nn.Module, tokenizer: Any, cfg: Mapping[str, Any],
+def evaluate_zeroshot(model: torch.nn.Module, tokenizer: Any, zs: ZeroShotSpec,
                       device: str | torch.device | None = None) -> dict[str, float]:
     """Per-task zero-shot accuracy and their mean for the model as it is in memory (see module doc).
 
-    cfg is `eval.zeroshot`: {enabled, tasks, limit, batch_size, data_dir, num_fewshot}; device
-    None keeps the model where it is. Returns flat `zs_*` metrics (see `zeroshot_metrics`)."""
+    `zs` is the job's `eval.zeroshot`; device None keeps the model where it is. Returns flat `zs_*` metrics
+    (see `zeroshot_metrics`)."""
     t0 = time.time()
-    out = zeroshot_metrics(run_harness(model, tokenizer, cfg, device))
+    out = zeroshot_metrics(run_harness(model, tokenizer, zs, device))
     out["zs_eval_seconds"] = time.time() - t0
     return out
 

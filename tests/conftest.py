@@ -56,7 +56,7 @@ def trained_tiny(tiny_cfg):
     record = execute(cfg)
     model = load_model(record["checkpoint"], torch.device("cpu"))
     tok = load_pretrained_tokenizer(record["checkpoint"])
-    data = load_token_data(load_documents(cfg.data.as_dict(), cfg.paths.cache), tok, cfg.data.seq_len, cfg.paths.cache)
+    data = load_token_data(load_documents(cfg.data, cfg.paths.cache), tok, cfg.data.seq_len, cfg.paths.cache)
     return SimpleNamespace(model=model, tokenizer=tok, data=data, calib=data.calibration_blocks(16, seed=0),
                            eval_blocks=data.eval_blocks(int(cfg.eval.sequences)), record=record, cfg=cfg,
                            checkpoint=record["checkpoint"])

@@ -7,8 +7,9 @@ import torch
 from ksir.data import build_tokenizer, load_documents, load_token_data
 from ksir.data.corpus import validate_data_config
 from ksir.errors import ConfigError
+from ksir.spec import DataSpec, TokenizerSpec
 
-EMB = {"source": "embedded", "max_documents": 80, "validation_fraction": 0.1, "seq_len": 32}
+EMB = DataSpec(source="embedded", max_documents=80, validation_fraction=0.1, seq_len=32)
 
 
 def test_embedded_corpus_is_real_deterministic_and_split_by_document(cache_dir):
@@ -23,7 +24,7 @@ def test_embedded_corpus_is_real_deterministic_and_split_by_document(cache_dir):
 
 def test_byte_tokenizer_roundtrips_and_blocks_are_fixed(cache_dir):
     docs = load_documents(EMB, cache_dir)
-    tok = build_tokenizer({"kind": "bytes", "vocab_size": 257}, docs["train"]["text"])
+    tok = build_tokenizer(TokenizerSpec("bytes", 257), docs["train"]["text"])
     assert len(tok) == 257
     text = "héllo wörld\n\tdef f(): return 1"
     assert tok.decode(tok(text)["input_ids"]) == text
@@ -48,10 +49,9 @@ def test_local_files_go_through_the_same_datasets_path(tmp_path, cache_dir, fmt)
         pd.DataFrame({"body": docs}).to_parquet(path)
     cfg = {"source": "files", "files": {"train": str(path)}, "format": None, "seq_len": 16,
            "text_column": "text" if fmt == "txt" else "body", "validation_fraction": 0.2}
-    validate_data_config(cfg)
-    dd = load_documents(cfg, cache_dir)
+    dd = load_documents(validate_data_config(cfg), cache_dir)
     assert len(dd["train"]) + len(dd["validation"]) == 40 and len(dd["validation"]) > 0
-    tok = build_tokenizer({"kind": "bytes"}, dd["train"]["text"])
+    tok = build_tokenizer(TokenizerSpec(), dd["train"]["text"])
     data = load_token_data(dd, tok, 16, cache_dir)
     assert tok.decode(data.train[0]).startswith("document number")
 

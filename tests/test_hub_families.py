@@ -61,7 +61,7 @@ def _eval_blocks(tiny_cfg, path):
 
     cfg = tiny_cfg()
     tok = load_pretrained_tokenizer(path)
-    data = load_token_data(load_documents(cfg.data.as_dict(), cfg.paths.cache), tok, int(cfg.data.seq_len), cfg.paths.cache)
+    data = load_token_data(load_documents(cfg.data, cfg.paths.cache), tok, int(cfg.data.seq_len), cfg.paths.cache)
     return data.eval_blocks(int(cfg.eval.sequences))
 
 

@@ -165,7 +165,7 @@ def test_records_of_the_previous_version_are_found_and_nothing_reruns(tmp_path, 
     def no_compute(spec):
         raise AssertionError(f"recomputed {jobs.describe(spec)}")
 
-    monkeypatch.setattr(jobs.JobKind, "run", lambda self, spec: no_compute(spec))
+    monkeypatch.setattr(jobs, "_attempt", lambda spec, key: no_compute(spec))
     tiny = ["data.max_documents=120", "data.seq_len=64", "trainer.tokens_per_param=1", "trainer.batch_size=16",
             "trainer.min_steps=20", "trainer.max_steps=60", "eval.sequences=32", "logger=none",
             f"out_dir={tmp_path}", f"paths.results={results}"]

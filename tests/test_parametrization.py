@@ -13,7 +13,7 @@ from transformers import LlamaForCausalLM
 from ksir.errors import ConfigError
 from ksir.families import get_family, own_config
 from ksir.parametrization import MUP_BASE_WIDTH, PARAMETRIZATIONS
-from ksir.spec import JobSpec
+from ksir.spec import JobSpec, TokenizerSpec
 from tests.helpers import TINY, run_cli
 
 VOCAB = 259
@@ -159,8 +159,8 @@ def test_ksir_run_trains_under_each_setting_saves_llamas_and_ptq_reuses_the_base
     umup = next(x for x in recs if x["parametrization"] == "umup")
     model = LlamaForCausalLM.from_pretrained(umup["checkpoint"])
     cfg = _spec(**{"data.max_documents": 120, "data.seq_len": 64})
-    docs = load_documents(cfg.data.as_dict(), cfg.paths.cache_dir)
-    tok = build_tokenizer({"kind": "bytes", "vocab_size": 257}, docs["train"]["text"])
+    docs = load_documents(cfg.data, cfg.paths.cache_dir)
+    tok = build_tokenizer(TokenizerSpec("bytes", 257), docs["train"]["text"])
     data = load_token_data(docs, tok, 64, cfg.paths.cache_dir)
     val = evaluate_lm(model, data.eval_blocks(32), 16, torch.device("cpu"))["val_loss"]
     assert val == pytest.approx(umup["metrics"]["val_loss"], abs=1e-4)

@@ -6,7 +6,6 @@ k-SIR's alpha / beta get gradients and move, 16-bit QAT is plain training, expor
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 
 import pytest
@@ -100,9 +99,9 @@ def test_ksir_job_learns_alpha_beta_exports_and_reloads_exactly(tiny_cfg):
     assert rec["total_bits"] > 0 and is_qat_checkpoint(rec["checkpoint"])
     # Export: reload and evaluate -> the very same validation loss.
     model = load_qat_model(rec["checkpoint"])
-    docs = load_documents(cfg.data.as_dict(), cfg.paths.cache)
+    docs = load_documents(cfg.data, cfg.paths.cache)
 
-    tok = build_tokenizer(dataclasses.asdict(cfg.data.tokenizer), docs["train"]["text"])
+    tok = build_tokenizer(cfg.data.tokenizer, docs["train"]["text"])
     data = load_token_data(docs, tok, int(cfg.data.seq_len), cfg.paths.cache)
     again = evaluate_lm(model, data.eval_blocks(int(cfg.eval.sequences)), 32)
     assert abs(again["val_loss"] - rec["metrics"]["val_loss"]) < 1e-6

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from ksir.errors import ConfigError
+from ksir.spec import ZeroShotSpec
 from ksir.zeroshot import (
     PAPER_TASKS,
     SHIPPED_DATA_DIR,
@@ -162,6 +163,6 @@ def test_hub_mode_uses_the_harness_task_names(monkeypatch):
 
     made = []
     monkeypatch.setattr(lm_eval.tasks, "TaskManager", lambda **kw: made.append(kw) or "tm")
-    with task_setup({**GOOD, "data_dir": None}) as (tm, names):
+    with task_setup(ZeroShotSpec(**{**GOOD, "data_dir": None})) as (tm, names):
         assert names == list(PAPER_TASKS) and tm == "tm"
     assert made == [{}]  # the default index of harness tasks, hub datasets unchanged

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import torch
 import yaml
 
 from ksir.evaluate import evaluate_lm
+from ksir.spec import ZeroShotSpec
 from ksir.zeroshot import (
     PAPER_TASKS,
     SHIPPED_DATA_DIR,
@@ -24,8 +26,7 @@ from ksir.zeroshot import (
 )
 
 LIMIT = 12  # examples per task: 4 tasks x 12 docs = 132 log-likelihood requests
-CFG = {"enabled": True, "tasks": list(PAPER_TASKS), "limit": LIMIT, "batch_size": 8, "data_dir": "shipped",
-       "num_fewshot": 0}
+CFG = ZeroShotSpec(enabled=True, tasks=list(PAPER_TASKS), limit=LIMIT, batch_size=8, data_dir="shipped")
 
 
 @pytest.fixture(autouse=True)
@@ -130,14 +131,14 @@ def test_harness_loglikelihoods_match_plain_torch(trained_tiny, ksir_results):
 
 def test_quantized_model_is_evaluated_in_memory(trained_tiny):
     """Weights changed in memory (3-bit row-absmax round-to-nearest, never saved) are what is scored."""
-    base = evaluate_zeroshot(trained_tiny.model, trained_tiny.tokenizer, {**CFG, "tasks": ["piqa"]}, "cpu")
+    base = evaluate_zeroshot(trained_tiny.model, trained_tiny.tokenizer, replace(CFG, tasks=["piqa"]), "cpu")
     q = copy.deepcopy(trained_tiny.model)
     with torch.no_grad():
         for mod in q.model.layers.modules():
             if isinstance(mod, torch.nn.Linear):
                 s = mod.weight.abs().amax(1, keepdim=True) / 3
                 mod.weight.copy_((mod.weight / s).round().clamp(-3, 3) * s)
-    res = run_harness(q, trained_tiny.tokenizer, {**CFG, "tasks": ["piqa"]}, None, log_samples=True)
+    res = run_harness(q, trained_tiny.tokenizer, replace(CFG, tasks=["piqa"]), None, log_samples=True)
     s = res["samples"]["ksir_piqa"][0]
     ctx, cont = s["arguments"][0]
     assert s["filtered_resps"][0][0] == pytest.approx(_manual_loglik(q, trained_tiny.tokenizer, ctx, cont)[0], abs=1e-4)
@@ -153,7 +154,7 @@ def test_evaluation_leaves_model_and_rng_state_alone(trained_tiny):
     expected = torch.rand(3)
     torch.manual_seed(7)
     try:
-        evaluate_zeroshot(model, trained_tiny.tokenizer, {**CFG, "tasks": ["winogrande"], "limit": 2}, "cpu")
+        evaluate_zeroshot(model, trained_tiny.tokenizer, replace(CFG, tasks=["winogrande"], limit=2), "cpu")
         assert model.training  # a QAT job continues in train mode
         assert torch.equal(torch.rand(3), expected)  # the harness's reseeding is undone
     finally:
@@ -197,10 +198,10 @@ def test_reported_perplexity_equals_harness_rolling_perplexity(trained_tiny):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_gpu_evaluation_matches_cpu(trained_tiny, ksir_results):
     """On a GPU the model is moved there for the evaluation (and back), with the same scores."""
-    cfg = {**CFG, "tasks": ["piqa", "lambada_openai"]}
+    cfg = replace(CFG, tasks=["piqa", "lambada_openai"])
     gpu = run_harness(trained_tiny.model, trained_tiny.tokenizer, cfg, "cuda", log_samples=True)
     assert next(trained_tiny.model.parameters()).device.type == "cpu"
-    for t in cfg["tasks"]:
+    for t in cfg.tasks:
         a, b = _lls(gpu["samples"][f"ksir_{t}"]), _lls(ksir_results["samples"][f"ksir_{t}"])
         for d in a:
             np.testing.assert_allclose(a[d], b[d], rtol=0, atol=1e-2)

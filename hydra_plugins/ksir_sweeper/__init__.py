@@ -175,7 +175,7 @@ class ValidatingSweeper(BasicSweeper):
         ready: dict[str, bool] = {}
         for i, overrides in enumerate(jobs):
             spec = self.spec_of(overrides)
-            for dep in registry.JOB_KINDS[spec.job].requires(spec):
+            for dep in spec.kind.call("requires", spec):
                 mkey = identity.model_key(dep)
                 if mkey not in ready:
                     ready[mkey] = registry.satisfied(dep)
@@ -188,7 +188,7 @@ class ValidatingSweeper(BasicSweeper):
                         raise e.within(f"in sweep job: {' '.join(overrides)}") from None
                 needs[i] = mkey
                 if mkey not in deps:
-                    dep_overrides = with_job(overrides, "train", ["qat.enabled=false"] if spec.job == "train" else [])
+                    dep_overrides = with_job(overrides, dep.job, spec.kind.dependency_overrides)
                     got = identity.model_key(self.spec_of(dep_overrides))
                     if got != mkey:  # the dependency as overrides must be exactly the declared one
                         raise RuntimeError(f"dependency of {' '.join(overrides)} composed to {got}, expected {mkey}")

@@ -23,11 +23,12 @@ from ksir.data.embedded import embedded_files, stable_fraction
 from ksir.errors import ConfigError
 from ksir.spec import DATA_SOURCES as SOURCES
 from ksir.spec import FILE_FORMATS as FILE_BUILDERS
+from ksir.spec import DataSpec
 
 
-def embedded_fingerprint(cfg: Mapping[str, Any]) -> str:
+def embedded_fingerprint(data: DataSpec) -> str:
     root, files = embedded_files()
-    h = hashlib.sha256(f"{sys.version_info[:3]}|{cfg.get('max_documents')}|{cfg.get('validation_fraction')}".encode())
+    h = hashlib.sha256(f"{sys.version_info[:3]}|{data.max_documents}|{data.validation_fraction}".encode())
     for f in files:
         h.update(f"{f.relative_to(root)}:{f.stat().st_size}".encode())
     return h.hexdigest()[:16]
@@ -68,20 +69,20 @@ def _split_by_document(names: list[str], texts: list[str], validation_fraction: 
     return datasets.DatasetDict({"train": pick(False), "validation": pick(True)})
 
 
-def _load_embedded(cfg: Mapping[str, Any], cache_dir: Path) -> datasets.DatasetDict:
+def _load_embedded(data: DataSpec, cache_dir: Path) -> datasets.DatasetDict:
     def build() -> datasets.DatasetDict:
         root, files = embedded_files()
-        if cfg.get("max_documents"):
-            files = files[: int(cfg["max_documents"])]
+        if data.max_documents:
+            files = files[: data.max_documents]
         names = [str(f.relative_to(root)) for f in files]
         texts = [f.read_text(encoding="utf-8", errors="replace") for f in files]
-        return _split_by_document(names, texts, float(cfg["validation_fraction"]))
+        return _split_by_document(names, texts, data.validation_fraction)
 
-    return cached(cache_dir / f"embedded-{embedded_fingerprint(cfg)}", build)
+    return cached(cache_dir / f"embedded-{embedded_fingerprint(data)}", build)
 
 
-def _ensure_validation(dd: datasets.DatasetDict, cfg: Mapping[str, Any]) -> datasets.DatasetDict:
-    text_col = cfg.get("text_column") or "text"
+def _ensure_validation(dd: datasets.DatasetDict, data: DataSpec) -> datasets.DatasetDict:
+    text_col = data.text_column or "text"
     if text_col != "text":
         dd = dd.rename_column(text_col, "text")
     if "validation" not in dd:
@@ -90,39 +91,37 @@ def _ensure_validation(dd: datasets.DatasetDict, cfg: Mapping[str, Any]) -> data
         # Split by document, deterministically, as for the embedded corpus.
         train = dd["train"]
         names = [str(i) for i in range(len(train))]
-        return _split_by_document(names, list(train["text"]), float(cfg["validation_fraction"]))
+        return _split_by_document(names, list(train["text"]), data.validation_fraction)
     return datasets.DatasetDict({"train": dd["train"], "validation": dd["validation"]})
 
 
-def load_documents(cfg: Mapping[str, Any], cache_dir: str | Path) -> datasets.DatasetDict:
+def load_documents(data: DataSpec, cache_dir: str | Path) -> datasets.DatasetDict:
     """Documents of the configured source, split into train/validation by document."""
-    source = cfg.get("source")
     cache_dir = Path(cache_dir)
-    if source == "embedded":
-        return _load_embedded(cfg, cache_dir)
-    if source == "hub":
-        dd = datasets.load_dataset(cfg["path"], cfg.get("name"), cache_dir=str(cache_dir / "hub"))
-        return _ensure_validation(dd, cfg)
-    if source == "files":
-        files = cfg.get("files") or {}
-        first = next(iter(files.values()), None)
-        first = first[0] if isinstance(first, list | tuple) else first
-        builder = cfg.get("format") or FILE_BUILDERS.get(Path(str(first)).suffix)
+    if data.source == "embedded":
+        return _load_embedded(data, cache_dir)
+    if data.source == "hub":
+        dd = datasets.load_dataset(data.path, data.name, cache_dir=str(cache_dir / "hub"))
+        return _ensure_validation(dd, data)
+    if data.source == "files":
+        files = data.files or {}
+        first = data.file_paths()[0][1] if files else None
+        builder = data.format or FILE_BUILDERS.get(Path(str(first)).suffix)
         dd = datasets.load_dataset(builder, data_files={k: list(v) if isinstance(v, list | tuple) else v
                                                         for k, v in files.items()},
                                    cache_dir=str(cache_dir / "files"))
-        return _ensure_validation(dd, cfg)
-    raise ConfigError("data.source", source, SOURCES)
+        return _ensure_validation(dd, data)
+    raise ConfigError("data.source", data.source, SOURCES)
 
 
-def validate_data_config(cfg: Mapping[str, Any]) -> None:
-    """Checks that need no data read (`ksir.spec.DataSpec`'s): unknown source, bad fractions, missing or
-    unusable local files. Raises ConfigError naming the key."""
+def validate_data_config(cfg: Mapping[str, Any]) -> DataSpec:
+    """A `data` section as typed: the checks that need no data read (`DataSpec.check`: unknown source, bad
+    fractions) and missing or unusable local files. Raises ConfigError naming the key."""
     from ksir.dataconfig import from_mapping
     from ksir.preflight import check_data_file
-    from ksir.spec import DataSpec
 
     spec = from_mapping(DataSpec, cfg, "data")
     spec.check()
     for split, p in spec.file_paths():
         check_data_file(f"data.files.{split}", Path(p).expanduser(), spec.format)
+    return spec

@@ -14,6 +14,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from ksir.errors import ConfigError
+from ksir.spec import TokenizerSpec
 
 EOS = "<|endoftext|>"
 N_BYTES = 256
@@ -41,10 +42,10 @@ def load_pretrained_tokenizer(path_or_id: str | Path) -> PreTrainedTokenizerBase
     return tok
 
 
-def build_tokenizer(tokenizer_cfg: dict, texts: Iterable[str] | None = None,
+def build_tokenizer(tokenizer: TokenizerSpec, texts: Iterable[str] | None = None,
                     checkpoint: str | Path | None = None) -> PreTrainedTokenizerBase:
     """`kind: bytes` trains ksir's byte-level BPE on `texts`; `kind: pretrained` loads the checkpoint's."""
-    kind = tokenizer_cfg.get("kind", "bytes")
+    kind = tokenizer.kind
     if kind == "pretrained":
         if checkpoint is None:
             raise ConfigError("data.tokenizer.kind", kind, why="needs a checkpoint to load the tokenizer from")
@@ -52,5 +53,5 @@ def build_tokenizer(tokenizer_cfg: dict, texts: Iterable[str] | None = None,
     if kind == "bytes":
         if texts is None:
             raise ConfigError("data.tokenizer.kind", kind, why="needs training text")
-        return train_byte_bpe(texts, int(tokenizer_cfg.get("vocab_size", N_BYTES + 1)))
+        return train_byte_bpe(texts, tokenizer.vocab_size)
     raise ConfigError("data.tokenizer.kind", kind, ["bytes", "pretrained"])
