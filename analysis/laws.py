@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from analysis.settings import REFERENCE_BITS
+
 Array = np.ndarray
 LawFn = Callable[[Array, dict[str, Array], dict[str, Any], bool], tuple[Array, Array | None]]
 
@@ -80,7 +82,7 @@ class Law:
             hi.append(b[1])
         return np.array(lo, float), np.array(hi, float)
 
-    def context(self, cols: dict[str, Array], reference: float = 16.0) -> dict[str, Any]:
+    def context(self, cols: dict[str, Array], reference: float = REFERENCE_BITS) -> dict[str, Any]:
         return {**(self.setup(cols, reference) if self.setup else {}), "reference": float(reference)}
 
     def label(self, name: str) -> str:
@@ -368,7 +370,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "log_effn_*": (-12.0, 3.0), "log_effd_*": (-12.0, 3.0), "log_c": (-40.0, 40.0), "log_ct": (-40.0, 40.0),
     "gamma": (0.0, 20.0), "gamma_d": (0.0, 5.0), "gamma_n": (0.0, 5.0),
 }
-REFERENCE = 16.0  # the reference precision: eff(16) = 1 (analysis.settings.REFERENCE_BITS)
+REFERENCE = REFERENCE_BITS  # the reference precision: eff(REFERENCE) = 1
 
 E_A_ALPHA = {"e": np.arange(-1.0, 1.01, 0.5), "a": np.arange(0.0, 25.1, 5.0), "alpha": np.arange(0.0, 2.01, 0.5)}
 B_BETA = {"b": np.arange(0.0, 25.1, 5.0), "beta": np.arange(0.0, 2.01, 0.5)}

@@ -15,6 +15,7 @@ import pandas as pd
 
 from analysis.collect import Collected
 from analysis.fit import FitError
+from ksir.quant.vocab import REFERENCE_BITS, is_baseline
 
 BUDGETS = ("total_bits", "measured_bytes")
 
@@ -29,12 +30,12 @@ def use_measured(collected: Collected) -> Collected:
     bits = pd.to_numeric(df.get("bits"), errors="coerce")
     if "ref_bytes" in df and "checkpoint" in df:  # the 16-bit model, measured beside each packed run
         ref = pd.to_numeric(df["ref_bytes"], errors="coerce").groupby(df["checkpoint"]).median()
-        base = measured.isna() & (bits == 16)
+        base = measured.isna() & (bits == REFERENCE_BITS)
         measured = measured.where(~base, df["checkpoint"].map(ref))
     keep = measured.notna() & (measured > 0)
     skipped = list(collected.skipped)
     for i in df.index[~keep]:
-        why = ("16-bit baseline: no packed run of its base model measured the 16-bit model" if bits.get(i) == 16
+        why = ("16-bit baseline: no packed run of its base model measured the 16-bit model" if is_baseline(bits.get(i))
                else f"no measured bytes (backend {df.get('backend', pd.Series(dtype=str)).get(i, 'simulated')})")
         skipped.append({"source": str(df.get("source", pd.Series(dtype=str)).get(i, "")),
                         "run_key": str(df.get("run_key", pd.Series(dtype=str)).get(i, "")),

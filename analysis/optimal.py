@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.fit import FitResult, aligned_replicates
+from ksir.quant.vocab import REFERENCE_BITS, is_baseline
 
 
 def budget_grid(df: pd.DataFrame, n: int = 25, extrapolate: float = 10.0) -> np.ndarray:
@@ -30,8 +31,8 @@ def curve_label(key: Any) -> str:
     """`4,nf,64` for a curve key (k first); the 16-bit curve is the unquantized model whatever scheme it was
     copied into (analysis.report.attach_baselines), and says so."""
     key = key if isinstance(key, tuple) else (key,)
-    if key and isinstance(key[0], int | float) and float(key[0]) == 16 and "factorize" not in key[1:]:
-        return "16 (unquantized)"
+    if key and isinstance(key[0], int | float) and is_baseline(key[0], "factorize" in key[1:]):
+        return f"{REFERENCE_BITS:g} (unquantized)"
     return ",".join(f"{k:g}" if isinstance(k, float) else str(k) for k in key)
 
 
@@ -139,7 +140,7 @@ def scheme_frontiers(fits: Mapping[tuple, FitResult], cols: list[str], budgets: 
     (replicates aligned across curves), the best scheme, and its margin over the runner-up with that margin's
     interval; beside it the best scheme of the measured curves interpolated (model-free, inside their range).
     `cols` names the scheme fields of the curve keys (the curve key without its first field, k)."""
-    keys = [k for k in fits if not (float(k[0]) == 16 and "factorize" not in k[1:])]  # the unquantized copies
+    keys = [k for k in fits if not is_baseline(k[0], "factorize" in k[1:])]  # the unquantized copies
     schemes = sorted({k[1:] for k in keys}, key=str)
     if len(schemes) < 2:
         return []

@@ -16,10 +16,10 @@ from analysis.design import SCHEME_COLS
 from analysis.fit import FitError, FitResult, Unidentified, fit_laws
 from analysis.headline import Candidate
 from analysis.laws import Law, get_law
-from analysis.settings import FitSettings
+from analysis.settings import REFERENCE_BITS, FitSettings
 
 
-def attach_baselines(df: pd.DataFrame, reference: float = 16.0, replicate: str | None = None,
+def attach_baselines(df: pd.DataFrame, reference: float = REFERENCE_BITS, replicate: str | None = None,
                      base: tuple[str, ...] = ()) -> pd.DataFrame:
     """`analysis.design.attach_baselines` without the join account (the Python API's old name)."""
     return design.attach_baselines(df, reference, replicate, base)[0]
@@ -258,7 +258,7 @@ def analyse(collected: Collected, out_dir: str | Path, *, metric: str = "val_los
                 tokens = float(df["train_tokens"].median()) if "train_tokens" in df and df["train_tokens"].notna().any() \
                     else None
                 swept = [*f.ctx["eff_ks"], st.reference] if "eff_ks" in f.ctx else None  # eff(k) at swept k only
-                continuous[tag] = optimal.continuous_optimum(f, budgets, (max(1.0, float(df["bits"].min())), 16.0),
+                continuous[tag] = optimal.continuous_optimum(f, budgets, (max(1.0, float(df["bits"].min())), st.reference),
                                                              overhead, tokens, ks=swept)
         report["optimal_continuous"] = {"bits_overhead_per_param": overhead, **continuous}
     elif q == "compute":
@@ -282,7 +282,8 @@ def analyse(collected: Collected, out_dir: str | Path, *, metric: str = "val_los
 
 def _efficiency_table(f: FitResult) -> list[dict[str, Any]]:
     ci = f.intervals()
-    rows = [{"k": 16.0, "eff": 1.0, "eff_per_bit": 1 / 16}]
+    ref = float(f.ctx.get("reference", REFERENCE_BITS))
+    rows = [{"k": ref, "eff": 1.0, "eff_per_bit": 1 / ref}]
     for k in f.ctx["eff_ks"]:
         name = f"log_eff_{k:g}"
         e = math.exp(f.params[name])

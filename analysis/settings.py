@@ -7,9 +7,11 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from ksir.quant.vocab import REFERENCE_BITS as _REFERENCE
+
 LOSSES = ("huber", "ols")
 ENGINES = ("batched", "scipy")
-REFERENCE_BITS = 16.0  # the unquantized precision every other bit-width is compared with
+REFERENCE_BITS = float(_REFERENCE)  # the unquantized precision every other bit-width is compared with
 
 
 @dataclass(frozen=True)

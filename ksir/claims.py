@@ -43,6 +43,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ksir.quant.vocab import REFERENCE_BITS
+
 HOLDS, FAILS, INCONCLUSIVE = "holds", "fails", "inconclusive"
 VERDICTS = (HOLDS, FAILS, INCONCLUSIVE)
 SUPERIORITY_LEVEL, EQUIVALENCE_LEVEL = 0.95, 0.90
@@ -549,7 +551,7 @@ def _best_scheme(claim: Mapping[str, Any], report: Mapping[str, Any], runs: pd.D
 
     def choose(d: pd.DataFrame) -> str | None:
         d = d.assign(_scheme=[",".join(map(str, t)) for t in d[cols].itertuples(index=False)] if cols else "all")
-        d = d[~((d["bits"] == 16) & ~d["_scheme"].str.contains("factorize"))] if "bits" in d else d
+        d = d[~((d["bits"] == REFERENCE_BITS) & ~d["_scheme"].str.contains("factorize"))] if "bits" in d else d
         curves = {}
         for (s, _k), g in d.groupby(["_scheme", "bits"]):
             g = g.groupby("total_bits")[metric].mean().sort_index()

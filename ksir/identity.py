@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ksir.integrity import verify_checkpoint
-from ksir.quant.vocab import FLOAT_DEFAULT_EXPONENT_BITS, UNQUANTIZED_BITS
+from ksir.quant.vocab import REFERENCE_BITS
 from ksir.spec import DataSpec, EvalSpec, JobSpec
 
 
@@ -118,42 +118,29 @@ def qat_identity(spec: JobSpec) -> dict[str, Any] | None:
     q = spec.qat
     if not q.enabled:
         return None  # plain training keeps its key (and its checkpoint)
+    ident = _applicable(q)
+    ident["quantizer"] = q.resolved_quantizer()
+    ident["bits"] = canon(q.bits)
+    return ident
+
+
+def _applicable(q: Any) -> dict[str, Any]:
+    """A weight format's non-default settings that apply to it (`applies()`), the float type's exponent bits
+    resolved (the default per k spelled out)."""
     ident = non_default(q)
-    rules = {"blocksize": q.granularity == "block", "exponent_bits": q.dtype == "float",
-             "subnormals": q.dtype == "float", "codebook": q.dtype == "codebook",
-             "zero_point": q.dtype == "int_asym", "scale_init": q.scale == "lsq"}
-    for key, applies in rules.items():
+    for key, applies in q.applies().items():
         if not applies:
             ident.pop(key, None)
-    ident["quantizer"] = q.resolved_quantizer()
-    if q.dtype == "float" and float(q.bits) != UNQUANTIZED_BITS and q.exponent_bits is None:
-        ident["exponent_bits"] = FLOAT_DEFAULT_EXPONENT_BITS.get(int(q.bits))
-    if not q.attention.enabled:
-        ident.pop("attention", None)
-    if not q.distill.weight:
-        ident.pop("distill", None)
-    ident["bits"] = canon(q.bits)
+    if (e := q.resolved_exponent_bits()) is not None:
+        ident["exponent_bits"] = e
     return ident
 
 
 def quant_identity(spec: JobSpec) -> dict[str, Any]:
     q = spec.quant
     if q.unquantized:
-        return {"bits": UNQUANTIZED_BITS}  # the unquantized baseline: one per base model
-    ident = non_default(q)
-    from ksir.quant import needs_calibration
-
-    calibrated = needs_calibration(q)
-    rules = {"blocksize": q.granularity == "block", "exponent_bits": q.dtype == "float",
-             "subnormals": q.dtype == "float", "codebook": q.dtype == "codebook", "zero_point": q.dtype == "int_asym",
-             "mse_grid": q.scale_search == "mse", "mse_min_ratio": q.scale_search == "mse",
-             "gptq": q.method == "gptq", "calib_sequences": calibrated, "measure": q.backend != "simulated",
-             "lowrank": q.lowrank.mode != "none", "heal": q.heal.steps > 0}
-    for key, applies in rules.items():
-        if not applies:
-            ident.pop(key, None)
-    if q.dtype == "float" and q.exponent_bits is None and float(q.bits) != UNQUANTIZED_BITS:
-        ident["exponent_bits"] = FLOAT_DEFAULT_EXPONENT_BITS[int(q.bits)]
+        return {"bits": REFERENCE_BITS}  # the unquantized baseline: one per base model
+    ident = _applicable(q)
     if q.outlier.mode == "none":
         ident.pop("outlier", None)
     if q.lowrank.mode == "factorize":  # the factor storage follows quant.bits; whitening applies to corrections

@@ -56,7 +56,7 @@ def describe_quantize(spec: JobSpec) -> str:
     packed = "" if q.backend == "simulated" else f" [{q.backend}]"
     lr = q.lowrank
     low = "" if lr.mode == "none" else f" + {lr.mode} r{lr.rank:g}"
-    if q.factorized and float(q.bits) == records.BASELINE_BITS:
+    if q.factorized and q.reference:
         return f"{name} quantize factorize r{lr.rank:g} fp16"
     heal = f" + kd {q.heal.steps} steps" if q.heal.steps else ""
     return f"{name} quantize {q.dtype}{q.bits:g} {scheme} {q.method}{low}{heal}{packed}"

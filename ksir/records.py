@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 
 from ksir import environment
 from ksir.locks import StorageError, flock, storage_error
+from ksir.quant.vocab import REFERENCE_BITS, is_baseline
 
 if TYPE_CHECKING:
     from ksir.spec import JobSpec
@@ -66,7 +67,6 @@ SCALARS = ("job", "family", "size", "checkpoint", "n_params", "n_params_nonembed
            "method", "regime", "bits", "dtype", "blocksize", "granularity", "total_bits", "bits_per_param",
            "train_tokens", "git_commit", "backend", "packed_format", "measured_bytes", "lowrank_mode", "lowrank_rank",
            "parametrization", "matmul_precision", "matmul_scaling", "lr", "seed")
-BASELINE_BITS = 16.0
 
 
 def now() -> str:
@@ -99,9 +99,9 @@ def train_fields(*, checkpoint: str, n_params: int, n_nonemb: int, train_tokens:
     """A full-precision train job: 16 bits per parameter."""
     return {**(training_fields(spec) if spec is not None else {}), "checkpoint": checkpoint, "n_params": n_params,
             "n_params_nonembedding": n_nonemb,
-            "train_tokens": train_tokens, "method": "none", "regime": "fp", "bits": BASELINE_BITS, "dtype": "none",
-            "blocksize": None, "granularity": None, "total_bits": BASELINE_BITS * n_params,
-            "bits_per_param": BASELINE_BITS, "n_quantized_params": 0, "metrics": dict(metrics),
+            "train_tokens": train_tokens, "method": "none", "regime": "fp", "bits": float(REFERENCE_BITS), "dtype": "none",
+            "blocksize": None, "granularity": None, "total_bits": float(REFERENCE_BITS) * n_params,
+            "bits_per_param": float(REFERENCE_BITS), "n_quantized_params": 0, "metrics": dict(metrics),
             "resumed_from_step": resumed_from_step}
 
 
@@ -289,7 +289,7 @@ def upgrade(rec: dict[str, Any]) -> dict[str, Any]:
         rec.update(legacy_run_keys=[rec["run_key"]], run_key=run_key(spec), identity=identity(spec))
     except Exception as e:  # noqa: BLE001 - an old config that no longer parses keeps its old key
         rec["upgrade_note"] = f"kept the schema-1 key: {type(e).__name__}: {e}"
-    if rec.get("job") == "quantize" and _num(rec.get("bits")) == BASELINE_BITS:  # schema-1 baselines had a scheme
+    if rec.get("job") == "quantize" and is_baseline(_num(rec.get("bits"))):  # schema-1 baselines had a scheme
         rec.update(method="none", dtype="none", blocksize=None, granularity=None)
     return rec
 

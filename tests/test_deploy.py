@@ -88,8 +88,7 @@ def test_packed_model_scores_what_the_simulated_model_scores(tiny_llama, backend
     from ksir.evaluate import evaluate_lm
 
     model, blocks = tiny_llama
-    q = QuantConfig(backend=backend, **overrides)
-    q.measure.repeats, q.measure.decode_tokens, q.measure.prompt_len, q.measure.decode_batches = 1, 2, 16, [1]
+    q = QuantConfig(backend=backend, **overrides, measure={"repeats": 1, "decode_tokens": 2, "prompt_len": 16, "decode_batches": [1]})
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -124,8 +123,7 @@ def test_measured_bytes_equal_a_hand_count(tiny_llama):
         ("bitsandbytes", dict(bits=4, dtype="nf"), 0.5 + 4 / 64),
         ("hqq", dict(bits=4, dtype="int_asym"), 0.5 + 4 / 64),  # bf16 scale + bf16 zero per 64
     ]:
-        q = QuantConfig(backend=backend, **over)
-        q.measure.repeats, q.measure.decode_tokens, q.measure.prompt_len, q.measure.decode_batches = 1, 1, 8, [1]
+        q = QuantConfig(backend=backend, **over, measure={"repeats": 1, "decode_tokens": 1, "prompt_len": 8, "decode_batches": [1]})
         _, _, d = quantize_packed(model, q, format_for(q), ev, blocks, torch.device("cpu"))
         core = 2 * rest + per_weight * n_w
         # what is left is per-layer metadata (code tables, shapes, packing tags): small and bounded
@@ -201,8 +199,7 @@ def test_gpu_packed_model_scores_what_the_simulated_model_scores(backend, overri
     model = AutoModelForCausalLM.from_config(cfg).eval()
     blocks = torch.randint(0, 512, (16, 128))
     dev = torch.device("cuda")
-    q = QuantConfig(backend=backend, **overrides)
-    q.measure.repeats = 3
+    q = QuantConfig(backend=backend, **overrides, measure={"repeats": 3})
     _, metrics, d = quantize_packed(model, q, format_for(q), lambda m, full: evaluate_lm(m, blocks, 8, dev), blocks, dev)
     assert abs(d["packed_minus_simulated"]) < 5e-3, d
     assert d["bytes"] < 0.4 * d["reference"]["bytes"]

@@ -176,7 +176,10 @@ def test_ternary_record_bits_match_the_registry_formula():
     names = quantized_linear_names(model, q.quant_config())
     mods = dict(model.named_modules())
     shapes = {n: tuple(mods[n].weight.shape) for n in names}
-    want = summarize(model, QuantConfig(bits=math.log2(3)), shapes, {}).total_bits
+    n_w = sum(o * i for o, i in shapes.values())
+    rest = sum(p.numel() for p in model.parameters()) - n_w
+    want = n_w * math.log2(3) + n_w // 64 * 16 + rest * 16  # log2(3) bits a weight, a 16-bit scale per block of 64
+    assert summarize(model, QuantConfig(bits=1.58), shapes, {}).total_bits == pytest.approx(want)
     assert prepare_qat(model, q).total_bits == pytest.approx(want)
     ptq4 = summarize(tiny_llama(), QuantConfig(bits=4), shapes, {}).total_bits
     assert prepare_qat(tiny_llama(), qcfg(bits=4)).total_bits == pytest.approx(ptq4)  # same as PTQ at 4 bits

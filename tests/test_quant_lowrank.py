@@ -24,15 +24,17 @@ def _weight(m=96, n=128, seed=0):
 
 def test_full_rank_factor_pair_reproduces_the_weight():
     w = _weight()
-    assert rank_of(10**6, w.shape) == min(w.shape)  # a rank above the smaller side is that side: full rank
-    assert torch.allclose(factorize(w, rank_of(10**6, w.shape), bits=16), w, atol=2e-3 * w.abs().max())
+    assert rank_of(min(w.shape), w.shape) == min(w.shape)  # full rank
+    assert torch.allclose(factorize(w, min(w.shape), bits=16), w, atol=2e-3 * w.abs().max())
     exact = factorize(w.double(), min(w.shape), bits=16).double()  # fp16 factors: only their rounding remains
     assert (exact - w.double()).abs().max() < 1e-2 * w.abs().max()
 
 
 def test_rank_is_absolute_or_a_fraction_of_the_smaller_side():
-    assert rank_of(8, (96, 128)) == 8 and rank_of(0.25, (96, 128)) == 24 and rank_of(1000, (96, 128)) == 96
+    assert rank_of(8, (96, 128)) == 8 and rank_of(0.25, (96, 128)) == 24 and rank_of(96, (96, 128)) == 96
     assert rank_of(0.001, (96, 128)) == 1
+    with pytest.raises(ConfigError, match=r"quant\.lowrank\.rank=1000 .*<= 96"):  # refused, not clamped
+        rank_of(1000, (96, 128))
 
 
 def test_factor_pair_error_falls_with_rank_as_the_svd_says():
@@ -123,6 +125,6 @@ def test_low_rank_quantize_model_counts_its_bits_and_never_increases_a_layer_out
         e_corr = relative_output_error(w, corr_m.get_submodule(n).weight, inputs[n])
         assert e_corr <= e_plain * (1 + 1e-3), (n, e_plain, e_corr)
     full_m = copy.deepcopy(base)
-    quantize_model(full_m, QuantConfig(bits=16, lowrank={"mode": "factorize", "rank": 10**6}))
+    quantize_model(full_m, QuantConfig(bits=16, lowrank={"mode": "factorize", "rank": 0.9999}))
     loss = lambda m: evaluate_lm(m, trained_tiny.eval_blocks, 16)["val_loss"]  # noqa: E731
     assert loss(full_m) == pytest.approx(loss(base), abs=2e-3)

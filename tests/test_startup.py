@@ -43,8 +43,7 @@ SCRIPT = textwrap.dedent("""
     seen["packed_minus_simulated"] = {}
     for backend, over in (("torchao", dict(bits=8, dtype="int", granularity="channel")),
                           ("hqq", dict(bits=4, dtype="int_asym"))):
-        q = QuantConfig(backend=backend, **over)
-        q.measure.repeats, q.measure.decode_tokens, q.measure.prompt_len, q.measure.decode_batches = 1, 1, 8, [1]
+        q = QuantConfig(backend=backend, **over, measure={"repeats": 1, "decode_tokens": 1, "prompt_len": 8, "decode_batches": [1]})
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             _, _, d = quantize_packed(model, q, format_for(q), lambda m, full: evaluate_lm(m, blocks, 4), blocks,

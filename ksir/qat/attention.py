@@ -23,9 +23,9 @@ from torch import nn
 
 from ksir.qat.fake_quant import grad_scale, ste_round
 from ksir.quant.dtypes import int_levels
+from ksir.quant.vocab import REFERENCE_BITS
 
 ATTN_IMPLEMENTATION = "ksir"
-UNQUANTIZED_BITS = 16
 
 
 class KSIRQuant(nn.Module):
@@ -34,7 +34,7 @@ class KSIRQuant(nn.Module):
     def __init__(self, n_heads: int, n_kv_heads: int, bits: float, learn: bool = True):
         super().__init__()
         self.bits = float(bits)
-        self.levels = int_levels(int(bits)) if self.bits < UNQUANTIZED_BITS else 0
+        self.levels = int_levels(int(bits)) if self.bits < REFERENCE_BITS else 0
         self.score_alpha = nn.Parameter(torch.ones(n_heads), requires_grad=learn)
         self.value_alpha = nn.Parameter(torch.ones(n_kv_heads), requires_grad=learn)
         self.beta = nn.Parameter(torch.ones(n_heads), requires_grad=learn)

@@ -1,8 +1,9 @@
-"""The `qat:` config group as a dataclass, its validation, and the PTQ `QuantConfig` it maps to.
+"""The `qat:` config group: a weight format (`ksir.quant.format`, shared with PTQ) plus how training learns it.
 
-QAT reuses the quantization registry (`ksir.quant`): the data types, their codebooks, the layer
-selection and the bit accounting are the registry's; this module only adds what training needs
-(learned scales, quantizer choice for extremely low bits, activation and attention bits, regime).
+QAT reuses the quantization registry (`ksir.quant`): the data types, their codebooks, the layer selection and
+the bit accounting are the registry's; a QAT run's PTQ equivalent is built from its format, not field by field
+(as torchao's QAT config wraps its base config). This module only adds what training needs (learned scales, the
+quantizer for extremely low bits, activation and attention bits, regime). Frozen and validated at construction.
 """
 
 from __future__ import annotations
@@ -11,18 +12,12 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from ksir.dataconfig import from_mapping
-from ksir.errors import ConfigError
-from ksir.quant.config import (
-    DEFAULT_EXCLUDE,
-    DEFAULT_INCLUDE,
-    UNQUANTIZED_BITS,
-    QuantConfig,
-)
-from ksir.quant.validate import validate_quant_config
-from ksir.quant.vocab import DTYPE_BITS, TERNARY_BITS
+from ksir.quant.config import QuantConfig
+from ksir.quant.format import WeightFormat, is_number
+from ksir.quant.vocab import DTYPE_BITS, REFERENCE_BITS, TERNARY_BITS, is_baseline
 
 SCALES = ("lsq", "absmax")
 SCALE_INITS = ("absmax", "lsq")
@@ -32,7 +27,7 @@ BINARY_BITS = 1
 TERNARY_EXACT_BITS = math.log2(3)
 
 
-@dataclass
+@dataclass(frozen=True)
 class AttentionQATConfig:
     """k-SIR: attention scores and values quantized to `bits`, learnable alpha per head and beta."""
 
@@ -41,37 +36,70 @@ class AttentionQATConfig:
     learn: bool = True  # alpha and beta trainable (False: calibrated once, then frozen)
 
 
-@dataclass
+@dataclass(frozen=True)
 class DistillConfig:
     weight: float = 0.0  # loss = (1 - w) * CE + w * T^2 * KL(teacher || student); 0 = no teacher
     temperature: float = 1.0
 
 
-@dataclass
-class QATConfig:
-    """Every field is a Hydra key under `qat:` (conf/qat/lsq.yaml documents each one)."""
+@dataclass(frozen=True)
+class QATConfig(WeightFormat):
+    """Every field is a Hydra key under `qat:` (conf/qat/lsq.yaml documents each one); the format's fields are
+    `WeightFormat`'s. A disabled section is still a valid one (checked at construction)."""
 
-    enabled: bool = False
+    SECTION: ClassVar[str] = "qat"
+
     bits: float = 4
-    dtype: str = "int"
-    blocksize: int = 64
-    granularity: str = "block"
+    enabled: bool = False
     scale: str = "lsq"
     scale_init: str = "absmax"
     quantizer: str = "auto"
-    exponent_bits: int | None = None
-    subnormals: bool = True
-    codebook: list[float] | None = None
-    zero_point: str = "float"
-    scale_bits: int = 16
     scale_lr: float = 1.0
     act_bits: float | None = None
-    include: list[str] = field(default_factory=lambda: list(DEFAULT_INCLUDE))
-    exclude: list[str] = field(default_factory=lambda: list(DEFAULT_EXCLUDE))
     attention: AttentionQATConfig = field(default_factory=AttentionQATConfig)
     init_from: str | None = None
     lr: float | None = None
     distill: DistillConfig = field(default_factory=DistillConfig)
+
+    def __post_init__(self) -> None:
+        for name, cls in (("attention", AttentionQATConfig), ("distill", DistillConfig)):
+            if isinstance(getattr(self, name), Mapping):
+                object.__setattr__(self, name, from_mapping(cls, getattr(self, name), f"qat.{name}"))
+        if not isinstance(self.enabled, bool):
+            self._fail("enabled", self.enabled, [True, False])
+        for key, allowed in (("scale", SCALES), ("scale_init", SCALE_INITS), ("quantizer", QUANTIZERS)):
+            if getattr(self, key) not in allowed:
+                self._fail(key, getattr(self, key), allowed)
+        self.check_format()
+        if not self.reference:
+            quantizer = self.resolved_quantizer()
+            if quantizer == "sign" and float(self.bits) != BINARY_BITS:
+                self._fail("quantizer", self.quantizer, "codebook, stretched", "sign is the 1-bit (binary) quantizer")
+            if quantizer == "stretched" and (self.dtype != "int" or float(self.bits) not in (TERNARY_BITS, *range(2, 9))):
+                self._fail("quantizer", self.quantizer, "auto, codebook",
+                           "the stretched elastic quantizer is a uniform (dtype=int) grid of 1.58..8 bits")
+            if not is_number(self.scale_lr) or self.scale_lr <= 0:
+                self._fail("scale_lr", self.scale_lr, "a number > 0")
+        if self.act_bits is not None and (not is_number(self.act_bits) or not 2 <= self.act_bits <= REFERENCE_BITS
+                                          or not float(self.act_bits).is_integer()):
+            self._fail("act_bits", self.act_bits, f"null (off) or an integer 2..{REFERENCE_BITS}")
+        a = self.attention
+        if not isinstance(a.enabled, bool):
+            self._fail("attention.enabled", a.enabled, [True, False])
+        if a.enabled and (not is_number(a.bits) or not 2 <= a.bits <= REFERENCE_BITS or not float(a.bits).is_integer()):
+            self._fail("attention.bits", a.bits, f"an integer 2..{REFERENCE_BITS} ({REFERENCE_BITS} = only the "
+                       "learnable beta)")
+        if self.init_from is not None and not isinstance(self.init_from, str):
+            self._fail("init_from", self.init_from, "null (from scratch), auto, or a checkpoint folder")
+        if self.lr is not None and (not is_number(self.lr) or self.lr <= 0):
+            self._fail("lr", self.lr, "null (trainer.lr) or a number > 0")
+        d = self.distill
+        if not is_number(d.weight) or not 0 <= d.weight <= 1:
+            self._fail("distill.weight", d.weight, "a number in [0, 1]")
+        if d.weight > 0 and not self.init_from and self.enabled:
+            self._fail("distill.weight", d.weight, why="distillation needs a 16-bit teacher: set qat.init_from")
+        if not is_number(d.temperature) or d.temperature <= 0:
+            self._fail("distill.temperature", d.temperature, "a number > 0")
 
     @classmethod
     def from_mapping(cls, m: Mapping[str, Any] | Any) -> QATConfig:
@@ -81,9 +109,14 @@ class QATConfig:
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def defined_bits(self) -> tuple[float, ...]:
+        """The registry's bit-widths, plus binary sign weights (1 bit) for the int type."""
+        base = DTYPE_BITS.get(self.dtype, ())
+        return (BINARY_BITS, *base) if self.dtype == "int" and self.resolved_quantizer() == "sign" else base
+
     @property
     def weights_quantized(self) -> bool:
-        return self.enabled and float(self.bits) != UNQUANTIZED_BITS
+        return self.enabled and not is_baseline(self.bits)
 
     @property
     def effective_bits(self) -> float:
@@ -109,86 +142,24 @@ class QATConfig:
             return "stretched"
         return "codebook"
 
+    def applies(self) -> dict[str, bool]:
+        """The format's options, plus QAT's: which mean anything for this run."""
+        return {**super().applies(), "scale_init": self.scale == "lsq", "attention": self.attention.enabled,
+                "distill": bool(self.distill.weight)}
+
     def quant_config(self) -> QuantConfig:
-        """The registry config whose codebook, layer selection and bit accounting this QAT run uses.
-
-        Binary sign weights are the registry's 1-bit `codebook` type with codebook [-1, 1]; ternary is
-        accounted at log2(3) bits (the registry's own key 1.58 is only used for validation)."""
-        binary = self.resolved_quantizer() == "sign"
-        return QuantConfig(
-            method="rtn",
-            bits=BINARY_BITS if binary else self.bits,
-            dtype="codebook" if binary else self.dtype,
-            blocksize=self.blocksize,
-            granularity=self.granularity,
-            exponent_bits=self.exponent_bits,
-            subnormals=self.subnormals,
-            codebook=[-1.0, 1.0] if binary else self.codebook,
-            zero_point=self.zero_point,
-            scale_bits=self.scale_bits,
-            include=list(self.include),
-            exclude=list(self.exclude),
-        )
-
-    def accounting_config(self) -> QuantConfig:
-        """The registry config used for total-bit accounting (ternary at log2(3) bits per weight)."""
-        return dataclasses.replace(self.quant_config(), bits=self.effective_bits)
-
-
-def _num(x: object) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+        """The PTQ config of this run's format: its codebook, layer selection and bit accounting (ternary is
+        accounted at log2(3) bits per weight by the registry). Binary sign weights are the registry's 1-bit
+        `codebook` type with codebook [-1, 1]."""
+        fmt = self.format_fields()
+        if self.resolved_quantizer() == "sign" and not self.reference:
+            fmt.update(bits=BINARY_BITS, dtype="codebook", codebook=[-1.0, 1.0])
+        return QuantConfig(method="rtn", **fmt)
 
 
 def validate_qat_config(m: Mapping[str, Any] | QATConfig | Any, row_sizes: list[int] | None = None) -> QATConfig:
-    """Raise ConfigError for any `qat` value that cannot run; returns the parsed config."""
+    """A `qat` section as built (checked at construction) and checked against the model's row sizes."""
     q = m if isinstance(m, QATConfig) else QATConfig.from_mapping(m)
-    if not isinstance(q.enabled, bool):
-        raise ConfigError("qat.enabled", q.enabled, [True, False])
-    if not q.enabled:
-        return q
-    if q.scale not in SCALES:
-        raise ConfigError("qat.scale", q.scale, SCALES)
-    if q.scale_init not in SCALE_INITS:
-        raise ConfigError("qat.scale_init", q.scale_init, SCALE_INITS)
-    if q.quantizer not in QUANTIZERS:
-        raise ConfigError("qat.quantizer", q.quantizer, QUANTIZERS)
-    if q.dtype not in DTYPE_BITS:
-        raise ConfigError("qat.dtype", q.dtype, list(DTYPE_BITS))
-    if not _num(q.bits) or not 1 <= q.bits <= UNQUANTIZED_BITS:
-        raise ConfigError("qat.bits", q.bits, "1 (binary), 1.58 (ternary), 2..8, or 16 (off)")
     if q.weights_quantized:
-        quantizer = q.resolved_quantizer()
-        if quantizer == "sign" and float(q.bits) != BINARY_BITS:
-            raise ConfigError("qat.quantizer", q.quantizer, "codebook, stretched", "sign is the 1-bit (binary) quantizer")
-        if quantizer == "stretched" and (q.dtype != "int" or float(q.bits) not in (TERNARY_BITS, *range(2, 9))):
-            raise ConfigError("qat.quantizer", q.quantizer, "auto, codebook",
-                              "the stretched elastic quantizer is a uniform (dtype=int) grid of 1.58..8 bits")
-        if quantizer != "sign" or q.dtype != "int":
-            try:
-                validate_quant_config(q.quant_config(), row_sizes)
-            except ConfigError as e:
-                raise ConfigError(e.key.replace("quant.", "qat.", 1), e.value, why=str(e)) from None
-        elif q.granularity == "block" and any(r % q.blocksize for r in row_sizes or []):
-            raise ConfigError("qat.blocksize", q.blocksize, "a divisor of every row size")
-        if not _num(q.scale_lr) or q.scale_lr <= 0:
-            raise ConfigError("qat.scale_lr", q.scale_lr, "a number > 0")
-    if q.act_bits is not None and (not _num(q.act_bits) or not 2 <= q.act_bits <= UNQUANTIZED_BITS
-                                   or not float(q.act_bits).is_integer()):
-        raise ConfigError("qat.act_bits", q.act_bits, "null (off) or an integer 2..16")
-    a = q.attention
-    if not isinstance(a.enabled, bool):
-        raise ConfigError("qat.attention.enabled", a.enabled, [True, False])
-    if a.enabled and (not _num(a.bits) or not 2 <= a.bits <= UNQUANTIZED_BITS or not float(a.bits).is_integer()):
-        raise ConfigError("qat.attention.bits", a.bits, "an integer 2..16 (16 = only the learnable beta)")
-    if q.init_from is not None and not isinstance(q.init_from, str):
-        raise ConfigError("qat.init_from", q.init_from, "null (from scratch), auto, or a checkpoint folder")
-    if q.lr is not None and (not _num(q.lr) or q.lr <= 0):
-        raise ConfigError("qat.lr", q.lr, "null (trainer.lr) or a number > 0")
-    d = q.distill
-    if not _num(d.weight) or not 0 <= d.weight <= 1:
-        raise ConfigError("qat.distill.weight", d.weight, "a number in [0, 1]")
-    if d.weight > 0 and not q.init_from:
-        raise ConfigError("qat.distill.weight", d.weight, why="distillation needs a 16-bit teacher: set qat.init_from")
-    if not _num(d.temperature) or d.temperature <= 0:
-        raise ConfigError("qat.distill.temperature", d.temperature, "a number > 0")
+        q.check_rows(row_sizes)
     return q

@@ -31,9 +31,9 @@ from ksir.qat.config import TERNARY_BITS, QATConfig, validate_qat_config
 from ksir.qat.fake_quant import WeightSpec, fake_quant_activation, fake_quant_weight, init_scale
 from ksir.quant.bits import summarize
 from ksir.quant.blockwise import make_grid, to_blocks
-from ksir.quant.config import UNQUANTIZED_BITS
 from ksir.quant.dtypes import int_levels
 from ksir.quant.select import quantized_linear_names
+from ksir.quant.vocab import REFERENCE_BITS
 
 QAT_CONFIG_FILE = "ksir_qat.json"
 QAT_STATE_FILE = "ksir_qat.safetensors"
@@ -124,7 +124,7 @@ def prepare_qat(model: nn.Module, q: QATConfig, calib: torch.Tensor | None = Non
     names = quantized_linear_names(model, qc) if q.enabled else []
     validate_qat_config(q, [modules[n].weight.shape[1] for n in names])
     shapes = {n: tuple(modules[n].weight.shape) for n in names} if q.weights_quantized else {}
-    summary = summarize(model, q.accounting_config(), shapes, {})
+    summary = summarize(model, q.quant_config(), shapes, {})
     spec = weight_spec(q) if q.weights_quantized else None
     if spec is not None or q.act_bits is not None:
         for n in names:
@@ -134,9 +134,9 @@ def prepare_qat(model: nn.Module, q: QATConfig, calib: torch.Tensor | None = Non
         n_attn = enable_ksir_attention(model, q.attention.bits, q.attention.learn, calib)
         attn_bits = float(q.attention.bits)
         per_layer = sum(p.numel() for p in next(m for m in model.modules() if isinstance(m, KSIRQuant)).parameters())
-        total += n_attn * per_layer * UNQUANTIZED_BITS  # alpha / beta stored in 16 bit
+        total += n_attn * per_layer * REFERENCE_BITS  # alpha / beta stored in 16 bit
     return QATSummary(total, summary.n_params, summary.n_quantized, total / summary.n_params, summary.n_layers,
-                      q.effective_bits if spec is not None else float(UNQUANTIZED_BITS), n_attn, attn_bits)
+                      q.effective_bits if spec is not None else float(REFERENCE_BITS), n_attn, attn_bits)
 
 
 def is_qat_param_name(name: str) -> bool:

@@ -44,10 +44,7 @@ def __getattr__(name: str):
 
 def needs_calibration(q: QuantConfig) -> bool:
     """GPTQ, activation-based outliers and whitened low-rank corrections need calibration token ids."""
-    if q.unquantized:
-        return False
-    return q.method == "gptq" or q.outlier.mode == "activation" or \
-        (q.lowrank.mode == "correct" and q.lowrank.whiten == "activation")
+    return q.needs_calibration
 
 
 def quantize_model(model: nn.Module, q: QuantConfig, calib: torch.Tensor | None = None) -> QuantSummary:

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ksir.errors import ConfigError
-from ksir.quant.vocab import UNQUANTIZED_BITS
 
 if TYPE_CHECKING:
     from ksir.quant.config import QuantConfig
@@ -113,7 +112,7 @@ def names() -> list[str]:
 
 def format_for(q: QuantConfig) -> PackedFormat | None:
     """The packed format that stores q (None for the simulated backend or a 16-bit job), else one ConfigError."""
-    if q.backend == SIMULATED or float(q.bits) == UNQUANTIZED_BITS:
+    if q.backend == SIMULATED or q.reference:
         if q.backend not in (SIMULATED, *BACKENDS):
             raise ConfigError("quant.backend", q.backend, names())
         return None
@@ -155,7 +154,7 @@ def describe(f: PackedFormat) -> str:
 
 def check_installed(q: QuantConfig) -> None:
     """The library of a packed backend can be imported (checked without importing it)."""
-    if q.backend != SIMULATED and float(q.bits) != UNQUANTIZED_BITS:
+    if q.backend != SIMULATED and not q.reference:
         b = BACKENDS[q.backend]
         if not b.installed():
             raise ConfigError("quant.backend", q.backend, why=f"the {b.pip} package is not installed "

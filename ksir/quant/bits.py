@@ -14,9 +14,10 @@ from dataclasses import asdict, dataclass, replace
 from torch import nn
 
 from ksir.quant.blockwise import DQ_BLOCKSIZE, DQ_CONST_BITS, n_blocks
-from ksir.quant.config import UNQUANTIZED_BITS, QuantConfig
+from ksir.quant.config import QuantConfig
 from ksir.quant.dtypes import DTYPES, TERNARY_BITS
 from ksir.quant.lowrank import factor_bits, factor_granularity, rank_of
+from ksir.quant.vocab import REFERENCE_BITS
 
 OUTLIER_INDEX_BITS = 16  # one column index per kept input column
 
@@ -43,8 +44,8 @@ def layer_bits(shape: tuple[int, int], q: QuantConfig, n_keep_cols: int = 0) -> 
     lr = q.lowrank
     if lr.mode == "factorize":
         r = rank_of(lr.rank, shape)
-        if float(q.bits) == UNQUANTIZED_BITS:
-            return factor_bits(shape, r, UNQUANTIZED_BITS), 0
+        if q.reference:  # factors kept at the reference precision
+            return factor_bits(shape, r, REFERENCE_BITS), 0
         (a, na), (b, nb) = (_dense_bits(s, replace(q, granularity=factor_granularity(q, s)), 0)
                             for s in ((shape[0], r), (r, shape[1])))
         return a + b, na + nb
@@ -60,15 +61,15 @@ def _dense_bits(shape: tuple[int, int], q: QuantConfig, n_keep_cols: int) -> tup
     k = math.log2(3) if float(q.bits) == TERNARY_BITS else float(q.bits)
     n_q = out * (inp - n_keep_cols)
     nb = n_blocks(shape, q.granularity, q.blocksize)
-    if q.scale_bits == UNQUANTIZED_BITS:
-        const = nb * UNQUANTIZED_BITS
+    if q.scale_bits == REFERENCE_BITS:
+        const = nb * REFERENCE_BITS
     else:
         const = nb * q.scale_bits + math.ceil(nb / DQ_BLOCKSIZE) * DQ_CONST_BITS + DQ_CONST_BITS
     if DTYPES[q.dtype].affine:
-        const += nb * (k if q.zero_point == "int" else UNQUANTIZED_BITS)  # zero-point or 16-bit offset
+        const += nb * (k if q.zero_point == "int" else REFERENCE_BITS)  # zero-point or 16-bit offset
     if DTYPES[q.dtype].build_from_data is not None:
-        const += 2 ** int(k) * UNQUANTIZED_BITS  # the tensor's own codebook
-    keep = out * n_keep_cols * UNQUANTIZED_BITS + n_keep_cols * OUTLIER_INDEX_BITS
+        const += 2 ** int(k) * REFERENCE_BITS  # the tensor's own codebook
+    keep = out * n_keep_cols * REFERENCE_BITS + n_keep_cols * OUTLIER_INDEX_BITS
     return n_q * k + const + keep, n_q
 
 
@@ -78,12 +79,12 @@ def summarize(
     """Summary for `shapes` (quantized layer name -> [out, in]) with `keep[name]` outlier columns each."""
     n_params = count_params(model)
     if q.unquantized or not shapes:
-        return QuantSummary(UNQUANTIZED_BITS * n_params, n_params, 0, float(UNQUANTIZED_BITS), 0)
+        return QuantSummary(REFERENCE_BITS * n_params, n_params, 0, float(REFERENCE_BITS), 0)
     total, n_quant, n_weights = 0.0, 0, 0
     for name, shape in shapes.items():
         b, nq = layer_bits(shape, q, keep.get(name, 0))
         total += b
         n_quant += nq
         n_weights += shape[0] * shape[1]
-    total += (n_params - n_weights) * UNQUANTIZED_BITS
+    total += (n_params - n_weights) * REFERENCE_BITS
     return QuantSummary(total, n_params, n_quant, total / n_params, len(shapes))

@@ -1,30 +1,32 @@
-"""The `quant:` config group as a dataclass, and its validation (every bad value fails before any compute)."""
+"""The `quant:` config group: a weight format (`ksir.quant.format`) plus how post-training quantization picks the
+k-bit values. Frozen and validated at construction: every value that cannot run fails before any compute, as
+one ConfigError naming its key (what needs the model's row sizes or the packed backends: `ksir.quant.validate`)."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from ksir.dataconfig import from_mapping
-from ksir.quant.vocab import UNQUANTIZED_BITS
+from ksir.quant.format import (
+    DEFAULT_EXCLUDE,
+    DEFAULT_INCLUDE,
+    SCALE_BITS,
+    ZERO_POINTS,
+    WeightFormat,
+    is_int,
+    is_number,
+)
+from ksir.quant.vocab import METHODS, REFERENCE_BITS, is_baseline
 
-SCALE_BITS = (16, 8)  # 8 = double quantization of the block scales (QLoRA)
+__all__ = ["DEFAULT_EXCLUDE", "DEFAULT_INCLUDE", "SCALE_BITS", "ZERO_POINTS", "QuantConfig"]
 SCALE_SEARCHES = ("absmax", "mse")
-# int_asym zero-point: float = a 16-bit offset (the block minimum; HQQ, llama.cpp Q4_1, torchao tinygemm), the only
-# choice for which round-to-nearest is exactly idempotent; int = a k-bit integer (GPTQ, AWQ, torchao INT domain),
-# cheaper by 16 - k bits per block but not idempotent with 16-bit scales (docs/quantization.md has the proof).
-ZERO_POINTS = ("float", "int")
 OUTLIER_MODES = ("none", "proxy", "activation")
-# Default layer selection (Dettmers & Zettlemoyer 2023): every linear layer inside the transformer blocks,
-# i.e. inside a numbered ModuleList (`model.layers.3.mlp.up_proj`, `gpt_neox.layers.0...`, `transformer.h.0...`);
-# embeddings and the output head stay in 16 bit.
-DEFAULT_INCLUDE = (r"(^|\.)\d+\.",)
-DEFAULT_EXCLUDE = (r"(^|\.)lm_head$", r"embed")
 
 
-@dataclass
+@dataclass(frozen=True)
 class OutlierConfig:
     """Outlier-dependent quantization: keep a fraction of input columns of each layer in 16 bit."""
 
@@ -34,7 +36,7 @@ class OutlierConfig:
     fraction: float = 0.02  # p; the paper keeps 2%
 
 
-@dataclass
+@dataclass(frozen=True)
 class GPTQConfig:
     damp: float = 0.01  # fraction of mean(diag H) added to the diagonal (GPTQ reference: percdamp 0.01)
     act_order: bool = False  # quantize columns in order of decreasing diag(H) (static group scales)
@@ -42,7 +44,7 @@ class GPTQConfig:
     batch_size: int = 8  # calibration sequences per forward pass while collecting Hessians
 
 
-@dataclass
+@dataclass(frozen=True)
 class MeasureConfig:
     """What a packed job measures next to the 16-bit model (quant.backend != simulated only)."""
 
@@ -61,7 +63,7 @@ LOWRANK_WHITEN = ("none", "activation")
 LOWRANK_BITS = (16, 8)
 
 
-@dataclass
+@dataclass(frozen=True)
 class LowRankConfig:
     """Low rank as a quantize axis (ksir.quant.lowrank): replace each weight by a factor pair, or correct its
     k-bit quantization error with one."""
@@ -72,7 +74,7 @@ class LowRankConfig:
     whiten: str = "none"  # correct: none (SVD of W - Q(W)) | activation (LQER: columns scaled by calibration RMS)
 
 
-@dataclass
+@dataclass(frozen=True)
 class HealConfig:
     """PTQ + KD ("compress then heal"): after quantization, distil the 16-bit model into the parameters that are
     not stored at k bits (norms, embeddings, head, biases); the k-bit weights stay frozen, so storage and total
@@ -84,25 +86,17 @@ class HealConfig:
     temperature: float = 1.0  # KL(teacher || student) on logits / T, times T^2
 
 
-@dataclass
-class QuantConfig:
-    """Every field is a Hydra key under `quant:` (conf/quant/rtn.yaml documents each one)."""
+@dataclass(frozen=True)
+class QuantConfig(WeightFormat):
+    """Every field is a Hydra key under `quant:` (conf/quant/rtn.yaml documents each one); the format's fields
+    are `WeightFormat`'s."""
+
+    SECTION: ClassVar[str] = "quant"
 
     method: str = "rtn"
-    bits: float = 16
-    dtype: str = "int"
-    blocksize: int = 64
-    granularity: str = "block"
-    exponent_bits: int | None = None  # float only; None -> paper default per k
-    subnormals: bool = True  # float only
-    codebook: list[float] | None = None  # dtype=codebook only
-    zero_point: str = "float"  # int_asym only: float (16-bit offset) | int (k-bit integer)
-    scale_bits: int = 16
     scale_search: str = "absmax"
     mse_grid: int = 20  # clipping ratios tried by scale_search=mse
     mse_min_ratio: float = 0.5  # smallest clipping ratio tried
-    include: list[str] = field(default_factory=lambda: list(DEFAULT_INCLUDE))
-    exclude: list[str] = field(default_factory=lambda: list(DEFAULT_EXCLUDE))
     outlier: OutlierConfig = field(default_factory=OutlierConfig)
     gptq: GPTQConfig = field(default_factory=GPTQConfig)
     calib_sequences: int = 128  # GPTQ paper: 128 segments
@@ -111,11 +105,39 @@ class QuantConfig:
     lowrank: LowRankConfig = field(default_factory=LowRankConfig)
     heal: HealConfig = field(default_factory=HealConfig)
 
-    def __post_init__(self) -> None:  # QuantConfig(lowrank={...}) as from a mapping
+    def __post_init__(self) -> None:
         for name, cls in (("lowrank", LowRankConfig), ("measure", MeasureConfig), ("outlier", OutlierConfig),
                           ("gptq", GPTQConfig), ("heal", HealConfig)):
-            if isinstance(getattr(self, name), Mapping):
-                setattr(self, name, from_mapping(cls, getattr(self, name), f"quant.{name}"))
+            if isinstance(getattr(self, name), Mapping):  # QuantConfig(lowrank={...}) as from a mapping
+                object.__setattr__(self, name, from_mapping(cls, getattr(self, name), f"quant.{name}"))
+        if self.method not in METHODS:
+            self._fail("method", self.method, METHODS)
+        self.check_format()
+        self._check_lowrank()
+        self._check_heal()
+        for key, value, allowed in (("scale_search", self.scale_search, SCALE_SEARCHES),
+                                    ("outlier.mode", self.outlier.mode, OUTLIER_MODES)):
+            if value not in allowed:
+                self._fail(key, value, allowed)
+        if self.unquantized:
+            return  # identity: nothing else is used
+        if self.scale_search == "mse":
+            if not is_int(self.mse_grid) or self.mse_grid < 2:
+                self._fail("mse_grid", self.mse_grid, "an integer >= 2")
+            if not is_number(self.mse_min_ratio) or not 0 < self.mse_min_ratio < 1:
+                self._fail("mse_min_ratio", self.mse_min_ratio, "a number in (0, 1)")
+        if not is_number(self.outlier.fraction) or not 0 <= self.outlier.fraction < 1:
+            self._fail("outlier.fraction", self.outlier.fraction, "a number in [0, 1)")
+        if not is_int(self.calib_sequences) or self.calib_sequences < 1:
+            self._fail("calib_sequences", self.calib_sequences, "an integer >= 1")
+        g = self.gptq
+        if not is_number(g.damp) or g.damp <= 0:
+            self._fail("gptq.damp", g.damp, "a number > 0")
+        if not isinstance(g.act_order, bool):
+            self._fail("gptq.act_order", g.act_order, [True, False])
+        for key in ("block_columns", "batch_size"):
+            if not is_int(getattr(g, key)) or getattr(g, key) < 1:
+                self._fail(f"gptq.{key}", getattr(g, key), "an integer >= 1")
 
     @property
     def factorized(self) -> bool:
@@ -125,7 +147,22 @@ class QuantConfig:
     @property
     def unquantized(self) -> bool:
         """The 16-bit baseline: nothing changes the weights."""
-        return float(self.bits) == UNQUANTIZED_BITS and not self.factorized
+        return is_baseline(self.bits, self.factorized)
+
+    @property
+    def needs_calibration(self) -> bool:
+        """GPTQ, activation-based outliers and whitened low-rank corrections need calibration token ids."""
+        if self.unquantized:
+            return False
+        return self.method == "gptq" or self.outlier.mode == "activation" or \
+            (self.lowrank.mode == "correct" and self.lowrank.whiten == "activation")
+
+    def applies(self) -> dict[str, bool]:
+        """The format's options, plus PTQ's: which mean anything for this job."""
+        return {**super().applies(), "mse_grid": self.scale_search == "mse", "mse_min_ratio": self.scale_search == "mse",
+                "gptq": self.method == "gptq", "calib_sequences": self.needs_calibration,
+                "measure": self.backend != "simulated", "lowrank": self.lowrank.mode != "none",
+                "heal": self.heal.steps > 0}
 
     @classmethod
     def from_mapping(cls, m: Mapping[str, Any] | Any) -> QuantConfig:
@@ -134,3 +171,47 @@ class QuantConfig:
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def _check_lowrank(self) -> None:
+        lr = self.lowrank
+        if lr.mode not in LOWRANK_MODES:
+            self._fail("lowrank.mode", lr.mode, LOWRANK_MODES)
+        if lr.mode == "none":
+            return
+        if not is_number(lr.rank) or lr.rank <= 0 or (lr.rank >= 1 and not float(lr.rank).is_integer()):
+            self._fail("lowrank.rank", lr.rank, "an integer rank >= 1, or a fraction of min(out, in) in (0, 1)")
+        if lr.bits not in LOWRANK_BITS:
+            self._fail("lowrank.bits", lr.bits, LOWRANK_BITS)
+        if lr.whiten not in LOWRANK_WHITEN:
+            self._fail("lowrank.whiten", lr.whiten, LOWRANK_WHITEN)
+        if lr.mode == "correct" and is_baseline(self.bits):
+            self._fail("lowrank.mode", lr.mode, why="a correction corrects a k-bit quantization: set quant.bits "
+                       f"below {REFERENCE_BITS} (or use lowrank.mode=factorize)")
+        if lr.mode == "factorize" and lr.whiten != "none":
+            self._fail("lowrank.whiten", lr.whiten, ["none"], why="factor pairs replace the weight by its truncated "
+                       "SVD; whitening applies to corrections (lowrank.mode=correct)")
+        if lr.mode == "factorize" and (self.method != "rtn" or self.outlier.mode != "none"):
+            self._fail("lowrank.mode", lr.mode, why="factor pairs are quantized round-to-nearest without outlier "
+                       "columns (set quant.method=rtn quant.outlier.mode=none)")
+        if self.backend != "simulated":
+            self._fail("backend", self.backend, why="no packed kernel for low-rank factors in any backend; use "
+                       "quant.backend=simulated")
+
+    def _check_heal(self) -> None:
+        h = self.heal
+        for key in ("steps", "batch_size"):
+            v = getattr(h, key)
+            if not is_int(v) or v < (0 if key == "steps" else 1):
+                self._fail(f"heal.{key}", v, "an integer >= " + ("0 (0 = off)" if key == "steps" else "1"))
+        if h.steps == 0:
+            return
+        for key in ("lr", "temperature"):
+            v = getattr(h, key)
+            if not is_number(v) or v <= 0:
+                self._fail(f"heal.{key}", v, "a number > 0")
+        if self.unquantized:
+            self._fail("heal.steps", h.steps, why="healing distils a quantized model into its 16-bit self: set "
+                       f"quant.bits below {REFERENCE_BITS} (or a lowrank mode)")
+        if self.backend != "simulated":
+            self._fail("backend", self.backend, why="a packed model is not fine-tuned here (quant.heal needs "
+                       "quant.backend=simulated)")

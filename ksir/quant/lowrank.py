@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from ksir.quant.vocab import REFERENCE_BITS
+
 if TYPE_CHECKING:
     from ksir.quant.config import QuantConfig
 
@@ -46,7 +48,7 @@ def rank_of(rank: float, shape: tuple[int, int]) -> int:
 
 def store_factor(f: torch.Tensor, bits: int) -> torch.Tensor:
     """A factor as stored: fp16, or symmetric int8 with one fp16 absmax scale per row."""
-    if bits == 16:
+    if bits == REFERENCE_BITS:
         return f.to(torch.float16).to(f.dtype)
     scale = (f.abs().amax(1, keepdim=True) / 127).to(torch.float16).float().clamp_min(torch.finfo(torch.float16).tiny)
     return (torch.round(f / scale).clamp(-127, 127) * scale).to(f.dtype)
@@ -56,7 +58,7 @@ def factor_bits(shape: tuple[int, int], r: int, bits: int) -> float:
     """Bits of a factor pair of rank r for an [m, n] weight: r (m + n) values, plus a scale per row if int8."""
     m, n = shape
     values = r * (m + n) * bits
-    return values + (0 if bits == 16 else (m + r) * SCALE_BITS)
+    return values + (0 if bits == REFERENCE_BITS else (m + r) * SCALE_BITS)
 
 
 def svd_factors(w: torch.Tensor, r: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,7 +101,7 @@ def factorize_layers(layers: list[nn.Module], q: QuantConfig) -> None:
     for m in layers:
         w = get_weight(m)
         r = rank_of(q.lowrank.rank, tuple(w.shape))
-        if float(q.bits) == 16:
+        if q.reference:
             set_weight(m, factorize(w, r, 16))
             continue
         factors = []

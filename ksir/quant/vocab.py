@@ -9,7 +9,8 @@ from __future__ import annotations
 
 # Ternary weights (BitNet b1.58 / ParetoQ): the symmetric integer grid {-1, 0, 1}, counted at log2(3) bits.
 TERNARY_BITS = 1.58
-UNQUANTIZED_BITS = 16
+# The reference precision, spelled once: the unquantized model every other bit-width is compared with.
+REFERENCE_BITS = 16
 PTQ_BITS = tuple(range(2, 9))
 # The bit-widths at which each data type is defined (16 = unquantized is allowed for every type).
 DTYPE_BITS: dict[str, tuple[float, ...]] = {
@@ -26,3 +27,12 @@ DTYPE_BITS: dict[str, tuple[float, ...]] = {
 FLOAT_DEFAULT_EXPONENT_BITS = {2: 1, 3: 2, 4: 3, 5: 3, 6: 3, 7: 3, 8: 3}
 METHODS = ("rtn", "gptq")
 GRANULARITIES = ("block", "channel", "tensor")
+
+
+def is_baseline(bits: float | None, factorized: bool = False) -> bool:
+    """The unquantized model: the reference precision, its weights not replaced by factor pairs (16-bit factors
+    are a compression, not the baseline). The one test of it, for configs and for records."""
+    try:
+        return float(bits) == REFERENCE_BITS and not factorized
+    except (TypeError, ValueError):
+        return False
