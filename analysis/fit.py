@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.laws import REFERENCE, Law, get_law
-from analysis.settings import ENGINES
+from analysis.settings import ENGINES, FitSettings
 from analysis.solver import Batch, huber, lm
 
 try:
@@ -737,16 +737,15 @@ def heldout_check(pb: Problem, df: pd.DataFrame, metric: str, n_holdout: int, lo
     return heldout_checks([pb], [df], metric, n_holdout, loss, engine)[0][0]
 
 
-def fit_law(df: pd.DataFrame, law: Law | str = "power_bits", metric: str = "val_loss", *,
-            group: dict[str, Any] | None = None, delta: float = 1e-3, loss: str = "huber", n_boot: int = 200,
-            seed: int = 0, holdout: int = 1, top_starts: int | None = 16, boot_method: str = "auto",
-            engine: str = "batched") -> FitResult:
-    """Fit one law to one set of runs, with bootstrap intervals and a held-out extrapolation check.
+def fit_law(df: pd.DataFrame, law: Law | str = "power_bits", metric: str = "val_loss",
+            settings: FitSettings | None = None, *, group: dict[str, Any] | None = None, top_starts: int | None = 16,
+            boot_method: str = "auto", **changes: Any) -> FitResult:
+    """Fit one law to one set of runs, with bootstrap intervals and a held-out extrapolation check, as
+    `settings` say (`changes`: any of its fields, e.g. `n_boot=500`, applied on top).
 
     Raises FitError for data that cannot support the law; a poor but valid fit is returned with
     its (low) R^2 and a warning, so that it is reported rather than hidden."""
-    res = fit_laws({(): df}, law, metric, delta=delta, loss=loss, n_boot=n_boot, seed=seed, holdout=holdout,
-                   top_starts=top_starts, boot_method=boot_method, engine=engine)[()]
+    res = fit_laws({(): df}, law, metric, settings, top_starts=top_starts, boot_method=boot_method, **changes)[()]
     if isinstance(res, FitError):
         raise res
     res.group = group or {}
@@ -776,16 +775,16 @@ def _signature(pb: Problem) -> tuple:
     return (tuple(pb.rows.tolist()), pb.y.tobytes(), tuple(v.tobytes() for v in pb.x.values()))
 
 
-def fit_laws(groups: dict[Any, pd.DataFrame], law: Law | str, metric: str = "val_loss", *, delta: float = 1e-3,
-             loss: str = "huber", n_boot: int = 200, seed: int = 0, holdout: int = 1, top_starts: int | None = 16,
-             boot_method: str = "auto", engine: str = "batched",
-             labels: dict[Any, dict[str, Any]] | None = None,
-             reference: float = REFERENCE) -> dict[Any, FitResult | FitError]:
+def fit_laws(groups: dict[Any, pd.DataFrame], law: Law | str, metric: str = "val_loss",
+             settings: FitSettings | None = None, *, labels: dict[Any, dict[str, Any]] | None = None,
+             top_starts: int | None = 16, boot_method: str = "auto", **changes: Any) -> dict[Any, FitResult | FitError]:
     """`fit_law` for every group of runs (e.g. every (k, scheme) curve of a per-k law), solved together:
     the grid searches, the bootstrap refits and the held-out refits of all groups are one batch each.
     Groups with the same runs are fitted once. A baseline shared by groups is drawn alike in each bootstrap
     resample (`assign_strata`). Returns a FitResult per group, or the FitError saying why that group cannot
-    be fitted (Unidentified where its design cannot identify the law)."""
+    be fitted (Unidentified where its design cannot identify the law). `settings` (with `changes`, any of its
+    fields) give the loss, Huber delta, bootstrap, held-out sizes, engine and reference precision."""
+    st = (settings or FitSettings()).replace(**changes)
     out: dict[Any, FitResult | FitError] = {}
     pbs: dict[Any, Problem] = {}
     same: dict[Any, Any] = {}  # group -> the group whose fit it shares
@@ -793,7 +792,7 @@ def fit_laws(groups: dict[Any, pd.DataFrame], law: Law | str, metric: str = "val
     law = get_law(law)
     for key, df in groups.items():
         try:
-            pb = prepare(law, df, metric, delta, reference=reference)
+            pb = prepare(law, df, metric, st.delta, reference=st.reference)
         except FitError as e:
             out[key] = e
             continue
@@ -807,10 +806,10 @@ def fit_laws(groups: dict[Any, pd.DataFrame], law: Law | str, metric: str = "val
     keys, plist = list(pbs), list(pbs.values())
     assign_strata(plist)
     with one_blas_thread():
-        sols = solve_many(plist, loss=loss, top_starts=top_starts, engine=engine)
-        boots = bootstrap_many(plist, [p for p, _ in sols], n_boot, seed=seed, loss=loss, method=boot_method,
-                               engine=engine) if n_boot > 0 else [(None, None)] * len(plist)
-        held = heldout_checks(plist, [groups[k] for k in keys], metric, holdout, loss, engine)
+        sols = solve_many(plist, loss=st.loss, top_starts=top_starts, engine=st.engine)
+        boots = bootstrap_many(plist, [p for p, _ in sols], st.n_boot, seed=st.seed, loss=st.loss, method=boot_method,
+                               engine=st.engine) if st.n_boot > 0 else [(None, None)] * len(plist)
+        held = heldout_checks(plist, [groups[k] for k in keys], metric, st.holdout, st.loss, st.engine)
     for key, pb, (p, ok), (boot, method), (ho, pts) in zip(keys, plist, sols, boots, held, strict=True):
         out[key] = _result(pb, p, ok, boot, method, ho, metric, (labels or {}).get(key, {}))
         out[key].heldout_points = pts

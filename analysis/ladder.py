@@ -18,6 +18,7 @@ import pandas as pd
 
 from analysis.fit import FitError, FitResult, fit_law, fit_laws
 from analysis.headline import Candidate, token_policy, tokens_at
+from analysis.settings import FitSettings
 
 ACC_LAW = "sigmoid_loss"
 ACC_DELTA = 0.05  # Huber delta for accuracies (linear space): a few points of accuracy
@@ -87,27 +88,27 @@ def default_points(df: pd.DataFrame) -> pd.DataFrame:
     return pts.dropna(axis=1, how="all")
 
 
-def _refit(cand: Candidate, df: pd.DataFrame, metric: str, keys: list[str], engine: str) -> Candidate:
+def _refit(cand: Candidate, df: pd.DataFrame, metric: str, keys: list[str], st: FitSettings) -> Candidate:
     """The same law refitted on fewer runs (no bootstrap), grouped as the original, in one batch."""
     first = next(iter(cand.fits.values()))
     group_keys = keys if first.law.per_k else [k for k in keys if k != "bits"]
     groups = {(k if isinstance(k, tuple) else (k,)): g for k, g in df.groupby(group_keys, sort=True)} \
         if group_keys else {(): df}
-    fits = fit_laws(groups, first.law, metric, n_boot=0, holdout=0, engine=engine)
+    fits = fit_laws(groups, first.law, metric, st, n_boot=0, holdout=0)
     return Candidate(cand.name, {k: f for k, f in fits.items() if not isinstance(f, FitError)})
 
 
 def heldout(cand: Candidate, df: pd.DataFrame, metric: str, acc_metric: str, keys: list[str],
-            engine: str) -> dict[str, Any]:
+            st: FitSettings) -> dict[str, Any]:
     """Both steps refitted without the largest model size, then its accuracy predicted."""
     n_max = df["n_params"].max()
     small, big = df[df["n_params"] < n_max], df[(df["n_params"] == n_max) & df[acc_metric].notna()]
     try:
-        loss_c = _refit(cand, small, metric, keys, engine)
+        loss_c = _refit(cand, small, metric, keys, st)
         if not loss_c.fits:
             raise FitError("the loss law cannot be fitted without the largest size")
         acc_small = small[small[acc_metric].notna()].assign(val_loss=small[metric])
-        acc_fit = fit_law(acc_small, ACC_LAW, acc_metric, n_boot=0, holdout=0, delta=ACC_DELTA, engine=engine)
+        acc_fit = fit_law(acc_small, ACC_LAW, acc_metric, st, n_boot=0, holdout=0, delta=ACC_DELTA)
         cols = [c for c in ("n_params", "bits", "train_tokens") if c in big]
         pred = predict(loss_c, acc_fit, small, big[cols])
     except FitError as e:
@@ -118,8 +119,8 @@ def heldout(cand: Candidate, df: pd.DataFrame, metric: str, acc_metric: str, key
 
 
 def analyse(df: pd.DataFrame, cands: Sequence[Candidate], head: Mapping[str, Any], metric: str, acc_metric: str,
-            keys: list[str], *, n_boot: int, seed: int, engine: str,
-            points: Sequence[Mapping[str, float]] = ()) -> dict[str, Any]:
+            keys: list[str], settings: FitSettings, points: Sequence[Mapping[str, float]] = ()) -> dict[str, Any]:
+    """Accuracy from loss (two steps), fitted as `settings` say (the accuracy law's own Huber delta)."""
     cand = loss_model(cands, head)
     acc = df[df[acc_metric].notna()].assign(val_loss=df[metric])
     out: dict[str, Any] = {"metric": acc_metric, "loss_law": cand.name if cand else None,
@@ -127,8 +128,7 @@ def analyse(df: pd.DataFrame, cands: Sequence[Candidate], head: Mapping[str, Any
                                      f"(loss, {acc_metric}) pairs; loss from {cand.name if cand else '-'}; 95% "
                                      "intervals from paired bootstrap replicates of both steps"}
     try:
-        acc_fit = fit_law(acc, ACC_LAW, acc_metric, n_boot=n_boot, seed=seed, holdout=0, delta=ACC_DELTA,
-                          engine=engine)
+        acc_fit = fit_law(acc, ACC_LAW, acc_metric, settings, holdout=0, delta=ACC_DELTA)
     except FitError as e:
         return {**out, "error": str(e)}
     out["acc_law"] = acc_fit.summary()
@@ -140,5 +140,5 @@ def analyse(df: pd.DataFrame, cands: Sequence[Candidate], head: Mapping[str, Any
     except FitError as e:
         out["predictions_error"] = str(e)
     if df["n_params"].nunique() >= 3:
-        out["heldout"] = heldout(cand, df, metric, acc_metric, keys, engine)
+        out["heldout"] = heldout(cand, df, metric, acc_metric, keys, settings)
     return out

@@ -72,7 +72,7 @@ def _fit_groups(df: pd.DataFrame, law: Law, keys: list[str], metric: str, cand_n
         groups = {k: g.drop_duplicates("_row") for k, g in groups.items()}
     labels = {k: dict(zip(keys, map(_plain, k), strict=True)) for k in groups}
     cand = Candidate(cand_name, {})
-    for key, res in fit_laws(groups, law, metric, labels=labels, reference=st.reference, **st.fit_kwargs()).items():
+    for key, res in fit_laws(groups, law, metric, st, labels=labels).items():
         if isinstance(res, FitError):
             tag = ",".join(map(str, key))
             (cand.unidentified if isinstance(res, Unidentified) else cand.skipped).append(
@@ -269,8 +269,8 @@ def analyse(collected: Collected, out_dir: str | Path, *, metric: str = "val_los
 
     # Accuracy from loss (scaling-ladder two-step), when accuracy was measured.
     if acc_metric in df and acc_metric != metric and df[acc_metric].notna().sum() >= 5:
-        report["accuracy"] = ladder.analyse(df, cands, report["headline"], metric, acc_metric, keys, n_boot=st.n_boot,
-                                            seed=st.seed, engine=st.engine, points=predict)
+        report["accuracy"] = ladder.analyse(df, cands, report["headline"], metric, acc_metric, keys, st,
+                                            points=predict)
 
     if figures:
         report["figures"] = _figures(df, metric, keys, fits, per_k_rows, continuous, out, desc, st.extrapolate,

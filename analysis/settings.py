@@ -43,11 +43,6 @@ class FitSettings:
                 raise ConfigError(name, getattr(self, name), ">= 0")
         object.__setattr__(self, "base", tuple(self.base))
 
-    def fit_kwargs(self) -> dict[str, Any]:
-        """The keywords `analysis.fit.fit_laws` takes."""
-        return {"delta": self.delta, "loss": self.loss, "n_boot": self.n_boot, "seed": self.seed,
-                "holdout": self.holdout, "engine": self.engine}
-
     def as_dict(self) -> dict[str, Any]:
         """fit.json's `settings` (the names it has always used, plus the new ones)."""
         d = dataclasses.asdict(self)

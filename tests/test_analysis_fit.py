@@ -191,3 +191,21 @@ def test_degenerate_input_is_a_clear_error(case, match):
         fit_law(df, "power_bits", n_boot=0)
     with pytest.raises(FitError):
         fit_law(df.iloc[:5], "chinchilla", n_boot=0)
+
+
+def test_one_frozen_settings_object_says_how_every_fit_is_done():
+    """fit_law reads a FitSettings (what ksir-fit and ksir-repro build); keywords are changes to its fields."""
+    from analysis.settings import FitSettings
+
+    df = per_k_runs()
+    st = FitSettings(n_boot=7, holdout=0, seed=3)
+    a = fit_law(df, "power_bits", "val_loss", st)
+    assert len(a.boot) == 7 and a.heldout is None
+    b = fit_law(df, "power_bits", "val_loss", st, n_boot=5, holdout=1)
+    assert len(b.boot) == 5 and b.heldout is not None
+    assert np.array_equal(fit_law(df, "power_bits", "val_loss", st).boot, a.boot)  # the seed is the settings'
+    assert not np.array_equal(fit_law(df, "power_bits", "val_loss", st, seed=4).boot, a.boot)
+    with pytest.raises(TypeError, match="bootstraps"):  # a name that is not a setting
+        fit_law(df, "power_bits", bootstraps=5)
+    with pytest.raises(Exception, match="loss"):  # a value checked where the object is built
+        fit_law(df, "power_bits", loss="l1")
