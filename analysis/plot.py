@@ -35,7 +35,11 @@ FIT_STYLES: tuple[Any, ...] = ("-", "-.", ":", (0, (6, 1.5, 1, 1.5, 1, 1.5)))
 EXTRAP = {"ls": "--", "lw": 1.0, "alpha": 0.75}
 MARGIN = 0.03  # axes margins: no empty borders
 Y_PAD = 0.15  # y limits never reach further than this fraction of the data's span beyond the data
-LEGEND_INSIDE_MAX = 4  # more legend entries than this go outside the axes, off the data
+LEGEND_INSIDE_MAX = 4  # more legend entries than this go below the axes, in columns, off the data
+LEGEND_COLUMNS = 4
+# A band's opacity: light enough that the points and the other curves' bands show through; fainter when
+# many curves' bands overlap.
+BAND_ALPHA, BAND_ALPHA_MANY, MANY_BANDS = 0.15, 0.08, 3
 SPAN_COLOR = "0.85"
 
 _last_figure: plt.Figure | None = None  # the figure saved last; its artists outlive plt.close (for tests)
@@ -127,8 +131,13 @@ def _legend(ax: plt.Axes, handles: list[Any] | None = None, title: str | None = 
     handles = [h for h in handles if not str(h.get_label()).startswith("_")]
     if not handles:
         return
-    if len(handles) > LEGEND_INSIDE_MAX:
-        ax.legend(handles=handles, title=title, bbox_to_anchor=(1.02, 1), loc="upper left", borderaxespad=0)
+    if len(handles) > LEGEND_INSIDE_MAX:  # below the x label, as many columns as fit the axes' width
+        renderer = ax.figure.canvas.get_renderer()
+        for ncol in range(min(LEGEND_COLUMNS, len(handles)), 0, -1):
+            leg = ax.legend(handles=handles, title=title, bbox_to_anchor=(0.5, -0.16), loc="upper center",
+                            borderaxespad=0, ncol=ncol, columnspacing=1.2, handlelength=2.2)
+            if leg.get_window_extent(renderer).width <= ax.get_window_extent(renderer).width:
+                break
     else:
         ax.legend(handles=handles, title=title, loc="best")
 
@@ -172,9 +181,10 @@ def _band(fit: FitResult, xs: np.ndarray, x: str = "total_bits") -> tuple[np.nda
 
 
 def _draw_fit(ax: plt.Axes, fit: FitResult, x_lo: float, x_hi: float, extrapolate: float, color: Any,
-              ls: Any, x: str = "total_bits") -> list[np.ndarray]:
+              ls: Any, x: str = "total_bits", band_alpha: float = BAND_ALPHA) -> list[np.ndarray]:
     """The law solid over the runs it was fitted on, thin dashed up to x_hi * extrapolate (tagged with
-    gid 'fit' / 'extrapolated'); its band follows, fainter outside. Returns the central curves' y."""
+    gid 'fit' / 'extrapolated'); its 95% band over the fitted range only (gid 'band'): beyond it, the band of
+    every curve would cover the plot. Returns the central curves' y."""
     ys = []
     for gid, a, b in (("fit", x_lo, x_hi), ("extrapolated", x_hi, x_hi * extrapolate)):
         if b <= a:
@@ -183,9 +193,9 @@ def _draw_fit(ax: plt.Axes, fit: FitResult, x_lo: float, x_hi: float, extrapolat
         y = fit.predict({x: xs}).reshape(-1)
         style = {"ls": ls, "lw": 1.6, "alpha": 1.0} if gid == "fit" else EXTRAP
         ax.plot(xs, y, color=color, gid=gid, zorder=2, **style)
-        band = _band(fit, xs, x)
+        band = _band(fit, xs, x) if gid == "fit" else None
         if band is not None:
-            ax.fill_between(xs, *band, color=color, alpha=0.18 if gid == "fit" else 0.07, lw=0, zorder=1)
+            ax.fill_between(xs, *band, color=color, alpha=band_alpha, lw=0, zorder=1, gid="band")
         ys.append(y)
     return ys
 
@@ -197,7 +207,8 @@ def _series_handle(color: Any, marker: str, ls: Any, label: str) -> Line2D:
 def _extrapolation_handles(ax: plt.Axes) -> list[Any]:
     """Legend entries for the dashed lines and the shaded span, if the figure has them."""
     out: list[Any] = []
-    if any(line.get_gid() == "extrapolated" for line in ax.get_lines()):
+    if any(line.get_gid() == "extrapolated" and np.isfinite(np.asarray(line.get_ydata(), float)).any()
+           for line in ax.get_lines()):
         out.append(Line2D([], [], color="0.3", label="law beyond its runs (dashed)", **EXTRAP))
     out += [p for p in ax.patches if "extrapolated" in str(p.get_label())]
     return out
@@ -223,6 +234,8 @@ def curves(df: pd.DataFrame, metric: str, keys: list[str], path: Path, title: st
         style_vals = sorted(df[style_key].astype(str).unique()) if style_key else []
         line_style = {v: FIT_STYLES[i % len(FIT_STYLES)] for i, v in enumerate(style_vals)}
         handles, curve_y, used = [], [], []
+        n_fitted = sum(1 for key, _ in groups if key in (fits or {}))
+        band_alpha = BAND_ALPHA if n_fitted <= MANY_BANDS else BAND_ALPHA_MANY
         for i, (key, g) in enumerate(groups):
             g = g.sort_values(x)
             c, marker = palette[key[0]], MARKERS[i % len(MARKERS)]
@@ -234,7 +247,7 @@ def curves(df: pd.DataFrame, metric: str, keys: list[str], path: Path, title: st
                 ax.plot(g[x], g[metric], ls="none", marker=marker, ms=5, color=c, gid="data",
                         zorder=3)
                 x_lo, x_hi = g[x].min(), g[x].max()
-                curve_y += _draw_fit(ax, fit, x_lo, x_hi, extrapolate, c, ls, x)
+                curve_y += _draw_fit(ax, fit, x_lo, x_hi, extrapolate, c, ls, x, band_alpha)
             else:
                 label += " (data only: not fitted)" if fits is not None else ""
                 ax.plot(g[x], g[metric], ls=ls, lw=1.0, marker=marker, ms=5, color=c, gid="data",
@@ -308,7 +321,11 @@ def optimal_k(per_k: list[dict[str, Any]], continuous: list[dict[str, Any]] | No
         k = np.array([r["best_k"] for r in per_k], dtype=float)
         inside = [r["budget_bits"] for r in per_k if not r["extrapolated"]]
         x0 = observed_max if observed_max is not None else (max(inside) if inside else b.min())
-        x0 = x0 if (b > x0).any() else None
+        # Nothing answered beyond the runs (the interpolated data stop there): no dashed line, no shaded span.
+        beyond = (b > x0) & np.isfinite(k)
+        if continuous:
+            beyond = beyond.any() or any(r["budget_bits"] > x0 and np.isfinite(r["k_star"]) for r in continuous)
+        x0 = x0 if np.any(beyond) else None
         c1, c2 = _colors(3)[0], _colors(3)[2]
         band = _ci(per_k, "best_k_ci95")
         _line_with_band(ax, b, k, band, x0, c1, step=True)

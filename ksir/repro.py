@@ -3,7 +3,7 @@
 A study is a folder `experiments/<study>/`: a README (the question, the source and its numbers,
 what is reproduced, hardware, time), `study.yaml` (sweeps, fit, margins, claims), its data if it ships any,
 and the last full run's `claims.md` / `claims.json` / `claims_runs.csv`, committed with `--update`, so that the
-README's table of studies is regenerated from them (`ksir-repro --readme`) and `--check` recomputes every
+the table of every study's claims in docs/studies.md is regenerated from them (`ksir-repro --table`) and `--check` recomputes every
 claim from the committed runs without running a job.
 
     ksir-repro --list                      # studies, hardware, expected time
@@ -11,7 +11,7 @@ claim from the committed runs without running a job.
     ksir-repro demo --smoke                # the whole path on tiny settings (< 1 min)
     ksir-repro kbit_own_family --update    # ... and commit its claims and runs into experiments/kbit_own_family/
     ksir-repro kbit_own_family --check     # recompute fit and claims from the committed runs; say what differs
-    ksir-repro --readme                    # README table of studies and claims from the committed claims.json
+    ksir-repro --table                     # docs/studies.md's table of every claim, from the committed claims.json
     ksir-repro qat_vs_ptq --with trainer=gpu --with model.size=xl,2xl,3xl,4xl --out outputs/qat_gpu   # scaled up
 
 Verdicts are holds / fails / inconclusive, from intervals against the study's declared margins
@@ -38,8 +38,8 @@ import yaml
 from ksir.paths import REPO_ROOT
 
 STUDIES = REPO_ROOT / "experiments"
-README = REPO_ROOT / "README.md"
-MARKERS = ("<!-- studies:start (ksir-repro --readme) -->", "<!-- studies:end -->")
+CLAIMS_DOC = REPO_ROOT / "docs" / "studies.md"  # the table of every study's committed claims
+MARKERS = ("<!-- studies:start (ksir-repro --table) -->", "<!-- studies:end -->")
 
 
 @dataclass(frozen=True)
@@ -420,29 +420,30 @@ def listing() -> str:
     return "\n".join(lines)
 
 
-def readme_table() -> str:
+def claims_overview() -> str:
+    """Every study's committed claims, one row each (links relative to docs/)."""
     """The studies and their claims, from the committed claims.json files."""
     lines = ["| study | claim | paper | ksir [interval] | verdict |", "|---|---|---|---|---|"]
     for n in names():
         path = STUDIES / n / "claims.json"
         if not path.is_file():
-            lines.append(f"| [{n}](experiments/{n}/) | (not run yet) | | | |")
+            lines.append(f"| [{n}](../experiments/{n}/) | (not run yet) | | | |")
             continue
         data = json.loads(path.read_text())
         for r in data["claims"]:
             ci = r.get("interval")
             shown = _fmt(r["ksir"]) + (f" [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "")
-            lines.append(f"| [{n}](experiments/{n}/) | {r['claim']} | {_fmt(r['paper'])} | {shown} | "
+            lines.append(f"| [{n}](../experiments/{n}/) | {r['claim']} | {_fmt(r['paper'])} | {shown} | "
                          f"{r.get('verdict', r.get('holds'))} |")
     return "\n".join(lines)
 
 
-def update_readme(path: Path = README) -> None:
+def update_overview(path: Path = CLAIMS_DOC) -> None:
     text = path.read_text()
     a, b = (text.find(m) for m in MARKERS)
     if a < 0 or b < a:
         raise StudyError(f"{path}: the markers {MARKERS[0]!r} ... {MARKERS[1]!r} are missing")
-    path.write_text(text[:a + len(MARKERS[0])] + "\n" + readme_table() + "\n" + text[b:])
+    path.write_text(text[:a + len(MARKERS[0])] + "\n" + claims_overview() + "\n" + text[b:])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -456,7 +457,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--with", dest="extra", action="append", default=[], metavar="KEY=VALUE",
                    help="an override added to every sweep (repeatable), e.g. --with trainer=gpu; the claims are "
                         "written to --out only")
-    p.add_argument("--readme", action="store_true", help="rewrite README.md's table of studies from claims.json")
+    p.add_argument("--table", "--readme", dest="table", action="store_true",
+                   help="rewrite docs/studies.md's table of every study's claims from the committed claims.json")
     p.add_argument("--update", action="store_true",
                    help="after a full run, copy claims.md/json and claims_runs.csv into experiments/<study>/ and regenerate "
                         "its README's claims section (the only write into the checkout)")
@@ -468,9 +470,9 @@ def main(argv: list[str] | None = None) -> int:
         if a.list:
             print(listing())
             return 0
-        if a.readme:
-            update_readme()
-            print(f"updated {README}")
+        if a.table:
+            update_overview()
+            print(f"updated {CLAIMS_DOC}")
             return 0
         if not a.study:
             raise StudyError(f"name a study (studies: {', '.join(names())}) or pass --list")

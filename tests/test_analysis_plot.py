@@ -98,6 +98,19 @@ def test_laws_are_solid_over_their_runs_and_dashed_beyond(drawn):
         assert beyond.get_linewidth() < fitted.get_linewidth()
 
 
+def test_bands_cover_only_each_laws_fitted_range_and_let_the_points_show(drawn, runs):
+    """A band per curve over the whole plot hid the points (7 curves in the demo): each band now spans only
+    the runs its law was fitted on, at an opacity that leaves the points and the other bands visible."""
+    ax = _axes(drawn[0])
+    bands = [c for c in ax.collections if c.get_gid() == "band"]
+    assert len(bands) == runs["bits"].nunique()
+    spans = sorted((float(b.get_paths()[0].vertices[:, 0].min()), float(b.get_paths()[0].vertices[:, 0].max()))
+                   for b in bands)
+    want = sorted((float(g.min()), float(g.max())) for _, g in runs.groupby("bits")["total_bits"])
+    assert np.allclose(spans, want, rtol=1e-6)  # not a point beyond the largest run
+    assert all(b.get_alpha() <= plot.BAND_ALPHA for b in bands)
+
+
 def test_extrapolated_region_is_shaded_and_in_the_legend(tmp_path, runs, fits, drawn):
     ax = _axes(drawn[0])
     (span,) = [p for p in ax.patches if "extrapolated" in p.get_label()]
@@ -134,8 +147,13 @@ def test_every_series_has_its_own_marker_and_a_long_legend_goes_outside(tmp_path
     assert {line.get_linestyle() for line in _lines(ax, "fit")} == {"-", "-."}  # style_key: dtype
     assert {line.get_linestyle() for line in _lines(ax, "extrapolated")} == {"--"}
     legend = ax.get_legend()
-    anchor = legend.get_bbox_to_anchor().transformed(ax.transAxes.inverted())
-    assert len(legend.get_texts()) > plot.LEGEND_INSIDE_MAX and anchor.x0 > 1.0  # right of the axes
+    fig = plot._last_figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()  # the figure was saved and closed
+    box = legend.get_window_extent(renderer).transformed(ax.transAxes.inverted())
+    assert len(legend.get_texts()) > plot.LEGEND_INSIDE_MAX and box.y1 < 0  # below the axes, off the data
+    assert legend._ncols > 1 and box.x0 >= -0.01 and box.x1 <= 1.01  # in columns, no wider than the axes
     assert "no intervals" in _caption() and "n = 24 runs" in _caption()
 
 

@@ -1,5 +1,5 @@
 """ksir-repro: the catalogue of studies, their smoke runs (the whole path, real CLIs), claim checks,
-and the README table regenerated from the committed claims.json files."""
+and the table of every claim (docs/studies.md) regenerated from the committed claims.json files."""
 
 from __future__ import annotations
 
@@ -230,11 +230,11 @@ def test_a_claim_needs_its_margin_declared():
                                                "test": "equivalence"}, {})
 
 
-def test_readme_table_is_generated_from_the_committed_claims():
-    """The README's table of studies is exactly what `ksir-repro --readme` writes from claims.json."""
-    text = repro.README.read_text()
+def test_the_claims_overview_is_generated_from_the_committed_claims():
+    """docs/studies.md's table of every claim is exactly what `ksir-repro --table` writes from claims.json."""
+    text = repro.CLAIMS_DOC.read_text()
     a, b = (text.index(m) for m in repro.MARKERS)
-    assert text[a + len(repro.MARKERS[0]):b].strip() == repro.readme_table().strip()
+    assert text[a + len(repro.MARKERS[0]):b].strip() == repro.claims_overview().strip()
 
 
 def test_a_local_mirror_of_a_family_gives_each_size_its_own_folder_and_identity(tmp_path):

@@ -162,7 +162,7 @@ def check_installed(q: QuantConfig) -> None:
 
 
 def coverage_table() -> str:
-    """The README's table: which backend stores which (k, data type, granularity), on which devices."""
+    """docs/deploy.md's table: which backend stores which (k, data type, granularity), on which devices."""
     rows = ["| backend | format | k | quant.dtype | granularity / block | scales | also | devices | packed |",
             "|---|---|---|---|---|---|---|---|---|"]
     for b in BACKENDS.values():
