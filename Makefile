@@ -10,7 +10,7 @@ TORCH  ?= torch==2.13.0
 LOCK   ?= constraints.txt
 PIN    := $(if $(LOCK),-c $(LOCK))
 
-.PHONY: setup demo test test-all lint bench clean lock
+.PHONY: setup demo test test-all lint bench clean lock gpu-check
 setup: $(VENV)/.ksir-installed
 
 $(VENV)/.ksir-installed: pyproject.toml $(LOCK)
@@ -40,6 +40,11 @@ test: setup
 
 test-all: setup
 	$(BIN)/python -m pytest --timeout 1800
+
+# On a CUDA machine (make setup TORCH=torch first): every check that needs the GPU, in one call of at most
+# 10 minutes, into outputs/gpu-check/<date>/ (scripts/gpu_check.sh --plan lists the parts).
+gpu-check: setup
+	PATH="$(abspath $(BIN)):$$PATH" bash scripts/gpu_check.sh
 
 lint: setup
 	$(BIN)/ruff check .
