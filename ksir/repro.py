@@ -124,9 +124,10 @@ def local_copies(study: Study, out: Path) -> dict[str, Path]:
 
 
 def run_sweeps(study: Study, out: Path, smoke: bool, checkpoints: Path | None = None,
-               extra: list[str] | None = None) -> None:
-    """Each sweep through the real CLI; finished jobs are skipped by their identity, and base models
-    already in `checkpoints` (shared between studies) are not trained again."""
+               extra: list[str] | None = None, in_process: bool = False) -> None:
+    """Each sweep through the real CLI (`ksir-run -m`, a process of its own, or with `in_process` the same
+    entry point called in this process: no second start-up); finished jobs are skipped by their identity, and
+    base models already in `checkpoints` (shared between studies) are not trained again."""
     exe = Path(sys.executable).with_name("ksir-run")
     sweeps = study.smoke_sweeps if smoke else study.sweeps
     if smoke and study.local_copies:
@@ -137,9 +138,24 @@ def run_sweeps(study: Study, out: Path, smoke: bool, checkpoints: Path | None = 
         cmd = [str(exe), "-m", *args, *(extra or []), f"out_dir={out}",
                *([f"paths.checkpoints={checkpoints}"] if checkpoints else [])]
         print(f"[{study.name}] {' '.join(cmd[1:])}", flush=True)
-        r = subprocess.run(cmd)
-        if r.returncode not in (0,):
-            raise StudyError(f"sweep {' '.join(args)} exited {r.returncode} (see its output above; records in {out}/results)")
+        code = _ksir_run_here(cmd[1:]) if in_process else subprocess.run(cmd).returncode
+        if code != 0:
+            raise StudyError(f"sweep {' '.join(args)} exited {code} (see its output above; records in {out}/results)")
+
+
+def _ksir_run_here(argv: list[str]) -> int:
+    """`ksir-run ARGV` in this process: its exit status."""
+    from ksir import cli
+
+    saved = sys.argv
+    sys.argv = ["ksir-run", *argv]
+    try:
+        cli.main()
+        return 0
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.argv = saved
 
 
 def collect(study: Study, out: Path) -> Any:
@@ -283,11 +299,11 @@ def provenance(study: Study, smoke: bool, table: Path | None) -> dict[str, Any]:
 
 
 def reproduce(study: Study, out: Path, smoke: bool, checkpoints: Path | None = None,
-              extra: list[str] | None = None) -> tuple[list[dict[str, Any]], int]:
+              extra: list[str] | None = None, in_process: bool = False) -> tuple[list[dict[str, Any]], int]:
     """Sweep, fit, figures, claims, all under `out`. Returns the claim rows and the exit status. `extra`
     overrides go to every sweep (e.g. a GPU-scale version of a CPU study)."""
     t0 = time.perf_counter()
-    run_sweeps(study, out, smoke, checkpoints, extra)
+    run_sweeps(study, out, smoke, checkpoints, extra, in_process)
     runs = collect(study, out)
     print(runs.report())
     table = out / "claims_runs.csv"
@@ -457,6 +473,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--with", dest="extra", action="append", default=[], metavar="KEY=VALUE",
                    help="an override added to every sweep (repeatable), e.g. --with trainer=gpu; the claims are "
                         "written to --out only")
+    p.add_argument("--in-process", action="store_true",
+                   help="run the sweeps in this process rather than one ksir-run process each (no second start-up)")
     p.add_argument("--table", "--readme", dest="table", action="store_true",
                    help="rewrite docs/studies.md's table of every study's claims from the committed claims.json")
     p.add_argument("--update", action="store_true",
@@ -490,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"; outputs in {out})")
             return 1 if diffs else 0
         _, status = reproduce(study, out, a.smoke, Path(a.checkpoints).expanduser().resolve() if a.checkpoints else None,
-                              a.extra)
+                              a.extra, a.in_process)
         if a.update:
             for path in update(study, out):
                 print(f"[{study.name}] updated {path}")

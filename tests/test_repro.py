@@ -4,6 +4,7 @@ and the table of every claim (docs/studies.md) regenerated from the committed cl
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -36,17 +37,10 @@ def shared_checkpoints(tmp_path_factory):
     return tmp_path_factory.mktemp("checkpoints")
 
 
-@pytest.mark.parametrize("name", repro.names())
-def test_every_study_smoke_runs_end_to_end(name, tmp_path, shared_checkpoints):
-    """Every study's --smoke path: sweep (if any) through ksir-run, ksir-fit, claims, in under a minute; it
-    writes only under --out, and says what it can know: a claim measured from one seed has no interval, so it
-    is inconclusive and says so."""
-    out = tmp_path / "out"
+def _check_smoke(name: str, out: Path, stdout: str, before: dict) -> dict:
+    """What every smoke run must show: writes only under --out, and says what it can know: a claim measured
+    from one seed has no interval, so it is inconclusive and says so."""
     study = repro.Study.load(name)
-    before = {p: p.stat().st_mtime_ns for p in study.folder.iterdir()}
-    r = run_cli("ksir-repro", name, "--smoke", "--out", str(out), "--checkpoints", str(shared_checkpoints),
-                cwd=tmp_path, timeout=300)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     data = json.loads((out / "claims.json").read_text())
     assert data["smoke"] is True and [c["id"] for c in data["claims"]] == [c["id"] for c in study.claims]
     assert all(c["verdict"] in VERDICTS and c["reason"] for c in data["claims"])
@@ -60,20 +54,39 @@ def test_every_study_smoke_runs_end_to_end(name, tmp_path, shared_checkpoints):
     assert prov["git"]["commit"] and prov["packages"]["torch"] and "loss" in prov["fit_settings"]
     assert (out / "fit.json").is_file() and "| claim | paper | ksir [interval] | verdict | why |" in \
         (out / "claims.md").read_text()
-    assert f"outputs in {out}" in r.stdout
+    assert f"outputs in {out}" in stdout
     assert {p: p.stat().st_mtime_ns for p in study.folder.iterdir()} == before, "a run wrote into the study folder"
+    return data
 
 
-def test_demo_smoke_intervals_are_the_seed_level_intervals_of_its_runs(tmp_path):
-    """The demo's smoke (two seeds): its 8-bit claim's numbers recomputed by hand from the runs it committed
-    to its output folder (paired by size and seed; the t interval over the two seeds, 90% for equivalence)."""
+def _mtimes(name: str) -> dict:
+    return {p: p.stat().st_mtime_ns for p in repro.Study.load(name).folder.iterdir()}
+
+
+@pytest.mark.parametrize("name", [n for n in repro.names() if n != "demo"])
+def test_every_study_smoke_runs_end_to_end(name, tmp_path, shared_checkpoints, capsys):
+    """Every study's --smoke path (sweeps through ksir-run's entry point, here in this process: the process
+    boundary is the demo's test below), ksir-fit, claims."""
+    out, before = tmp_path / "out", _mtimes(name)
+    status = repro.main([name, "--smoke", "--in-process", "--out", str(out), "--checkpoints", str(shared_checkpoints)])
+    stdout = capsys.readouterr().out
+    assert status == 0, stdout[-3000:]
+    _check_smoke(name, out, stdout, before)
+
+
+def test_demo_smoke_through_the_real_commands_has_the_seed_level_intervals_of_its_runs(tmp_path):
+    """The demo's smoke (two seeds) as a user runs it: ksir-repro as a process, each sweep a ksir-run process.
+    Its 8-bit claim's numbers recomputed by hand from the runs it committed to its output folder (paired by
+    size and seed; the t interval over the two seeds, 90% for equivalence)."""
     from scipy import stats
 
-    out = tmp_path / "out"
-    assert repro.main(["demo", "--smoke", "--out", str(out)]) == 0
+    out, before = tmp_path / "out", _mtimes("demo")
+    r = run_cli("ksir-repro", "demo", "--smoke", "--out", str(out), cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    data = _check_smoke("demo", out, r.stdout, before)
     runs = pd.read_csv(out / "claims_runs.csv")
     assert sorted(runs["seed"].unique()) == [0, 1]
-    claim = next(c for c in json.loads((out / "claims.json").read_text())["claims"] if c["id"] == "eight_bit")
+    claim = next(c for c in data["claims"] if c["id"] == "eight_bit")
     widest = None
     for _, g in runs.groupby("n_params"):
         a = g[g["bits"] == 8].set_index("seed")["val_loss"]
@@ -87,7 +100,7 @@ def test_demo_smoke_intervals_are_the_seed_level_intervals_of_its_runs(tmp_path)
     assert claim["level"] == 0.9 and claim["replicates"] == 2
     inside = widest[1][0] > -0.01 and widest[1][1] < 0.01
     assert claim["verdict"] == ("holds" if inside else claim["verdict"])
-    k = next(c for c in json.loads((out / "claims.json").read_text())["claims"] if c["id"] == "k_star")
+    k = next(c for c in data["claims"] if c["id"] == "k_star")
     assert k["share"] is not None and k["verdict"] == ("holds" if k["share"] >= 0.95 else "fails"
                                                        if k["share"] <= 0.05 else "inconclusive")
 
