@@ -11,7 +11,7 @@ import pytest
 
 from analysis import fit_law
 from analysis.cli import main as ksir_fit
-from tests.helpers import run_cli
+from tests.helpers import run_here
 
 EFF = {2: 0.16, 3: 0.43, 4: 0.70, 8: 1.0, 16: 1.0}  # QuEST-like: eff(k)/k peaks at k = 4
 
@@ -76,7 +76,7 @@ def test_a_chinchilla_table_gets_the_chinchilla_law_and_a_compute_optimal_answer
 def test_a_law_the_table_cannot_support_is_a_one_line_error_before_fitting(tmp_path):
     path = tmp_path / "chin.csv"
     chinchilla_table(path, n=20)
-    r = run_cli("ksir-fit", "--table", str(path), "--map", "Model Size=n_params,Tokens=train_tokens,loss=val_loss",
+    r = run_here("ksir-fit", "--table", str(path), "--map", "Model Size=n_params,Tokens=train_tokens,loss=val_loss",
                 "--law", "precision", "--out", str(tmp_path / "o"), cwd=tmp_path)
     err = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(err) == 1, r.stderr
@@ -168,6 +168,6 @@ def test_accuracy_of_an_unseen_model_from_loss_in_two_steps(tmp_path, capsys):
     assert lo - 0.01 <= true_acc <= hi + 0.01 and hi - lo < 0.1
     assert acc["heldout"]["mean_abs_error"] < 0.02  # the ladder check: largest size from the smaller ones
     assert "zs_acc_mean from loss" in capsys.readouterr().out
-    bad = run_cli("ksir-fit", "--table", str(path), "--map", QAT_MAP, "--out", str(tmp_path / "o"),
+    bad = run_here("ksir-fit", "--table", str(path), "--map", QAT_MAP, "--out", str(tmp_path / "o"),
                   "--predict", "n_params=big", cwd=tmp_path)
     assert bad.returncode == 2 and "--predict: 'n_params=big' is not column=number" in bad.stderr

@@ -108,9 +108,9 @@ def test_every_experiment_preset_composes_and_its_own_family_sweeps_validate(nam
     params = cfg.hydra.sweeper.params
     assert params, f"{name} declares its sweep"
     if cfg.model.family == "llama":  # runnable here: the sweeper's pre-flight validates and keys every job
-        from .helpers import run_cli
+        from .helpers import run_here
 
-        r = run_cli("ksir-run", "-m", f"experiment={name}", "dry_run=true", f"out_dir={tmp_path}", cwd=tmp_path)
+        r = run_here("ksir-run", "-m", f"experiment={name}", "dry_run=true", f"out_dir={tmp_path}", cwd=tmp_path)
         assert r.returncode == 0, r.stderr[-2000:]
         n = 1
         for v in params.values():

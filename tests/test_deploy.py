@@ -15,7 +15,7 @@ from ksir.quant.backends import BACKENDS, coverage_table, format_for
 from ksir.quant.config import QuantConfig
 from ksir.quant.validate import validate_quant_config
 
-from .helpers import TINY, run_cli
+from .helpers import TINY, run_here
 
 # (backend, quant overrides) for every format whose kernels run on a CPU
 CPU_FORMATS = [
@@ -137,7 +137,7 @@ def test_a_packed_quantize_job_end_to_end_and_fit_on_measured_bytes(tmp_path, ca
     common = [*TINY, "trainer.max_steps=20", "eval.sequences=8", "quant.measure.repeats=1",
               "quant.measure.decode_tokens=4", f"out_dir={tmp_path}/out", f"paths.cache={cache_dir}"]
     # bits=16 under a packed backend is the scheme-free 16-bit baseline: nothing to pack, one job per base model
-    r = run_cli("ksir-run", "-m", "job=quantize", "model.size=xs,s", "quant.backend=hqq", "quant.dtype=int_asym",
+    r = run_here("ksir-run", "-m", "job=quantize", "model.size=xs,s", "quant.backend=hqq", "quant.dtype=int_asym",
                 "quant.bits=2,4,16", *common, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "[hqq]" in r.stdout and "x formula" in r.stdout
@@ -150,7 +150,7 @@ def test_a_packed_quantize_job_end_to_end_and_fit_on_measured_bytes(tmp_path, ca
         assert d["reference"]["bytes"] > d["bytes"] and abs(d["packed_minus_simulated"]) < 5e-3
         assert x["metrics"]["val_loss"] == pytest.approx(d["simulated_val_loss"], abs=5e-3)
     out = tmp_path / "fit"
-    r = run_cli("ksir-fit", str(tmp_path / "out" / "results"), "--out", str(out), "--budget", "measured_bytes",
+    r = run_here("ksir-fit", str(tmp_path / "out" / "results"), "--out", str(out), "--budget", "measured_bytes",
                 "--bootstrap", "0", "--no-figures", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     rows = json.loads((out / "fit.json").read_text())["memory"]

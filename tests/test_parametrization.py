@@ -14,7 +14,7 @@ from ksir.errors import ConfigError
 from ksir.families import get_family, own_config
 from ksir.parametrization import MUP_BASE_WIDTH, PARAMETRIZATIONS
 from ksir.spec import JobSpec, TokenizerSpec
-from tests.helpers import TINY, run_cli
+from tests.helpers import TINY, run_here
 
 VOCAB = 259
 
@@ -146,7 +146,7 @@ def test_ksir_run_trains_under_each_setting_saves_llamas_and_ptq_reuses_the_base
     evaluation reproduces the record, and a quantize job of it reuses it."""
     args = [*(a for a in TINY if not a.startswith("trainer.max_steps")), "trainer.max_steps=30", "logger=none",
             f"out_dir={tmp_path}", "trainer.lr=3e-3", "trainer.matmul_precision=fp8_e4m3", "trainer.matmul_scaling=none"]
-    r = run_cli("ksir-run", "-m", "job=train", "model.size=xs", "model.parametrization=sp,umup", *args, cwd=tmp_path)
+    r = run_here("ksir-run", "-m", "job=train", "model.size=xs", "model.parametrization=sp,umup", *args, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert all(len(p.name.encode()) <= 255 for p in (tmp_path / "multirun").iterdir())
     recs = [json.loads(p.read_text()) for p in (tmp_path / "results").glob("*.json")]
@@ -165,7 +165,7 @@ def test_ksir_run_trains_under_each_setting_saves_llamas_and_ptq_reuses_the_base
     val = evaluate_lm(model, data.eval_blocks(32), 16, torch.device("cpu"))["val_loss"]
     assert val == pytest.approx(umup["metrics"]["val_loss"], abs=1e-4)
 
-    q = run_cli("ksir-run", "job=quantize", "model.size=xs", "model.parametrization=umup", "quant.bits=4", *args,
+    q = run_here("ksir-run", "job=quantize", "model.size=xs", "model.parametrization=umup", "quant.bits=4", *args,
                 cwd=tmp_path)
     assert q.returncode == 0, q.stderr[-3000:]
     assert "[train]" not in q.stdout  # the u-muP base model was found, not retrained

@@ -14,7 +14,7 @@ from ksir.heal import heal_model
 from ksir.quant import QuantConfig, quantize_model, validate_quant_config
 from ksir.quant.select import get_weight, quantized_linear_names
 
-from .helpers import TINY, run_cli
+from .helpers import TINY, run_here
 
 
 def test_healing_trains_only_the_16_bit_parts_and_closes_part_of_the_gap(trained_tiny):
@@ -53,7 +53,7 @@ def test_bad_heal_values_are_one_line(heal, key):
 def test_a_healed_job_is_its_own_regime_with_its_own_identity(tmp_path, cache_dir):
     common = [*TINY, "trainer.max_steps=20", "eval.sequences=8", "quant.bits=2", "quant.granularity=channel",
               "model.size=xs", f"out_dir={tmp_path}/out", f"paths.cache={cache_dir}"]
-    r = run_cli("ksir-run", "-m", "job=quantize", "quant.heal.steps=0,10", *common, cwd=tmp_path)
+    r = run_here("ksir-run", "-m", "job=quantize", "quant.heal.steps=0,10", *common, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     recs = {x["regime"]: x for x in (json.loads(p.read_text()) for p in (tmp_path / "out" / "results").glob("q-*.json"))}
     assert set(recs) == {"ptq", "ptq+kd"} and recs["ptq"]["run_key"] != recs["ptq+kd"]["run_key"]

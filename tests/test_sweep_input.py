@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import BIN, TINY, run_cli
+from .helpers import BIN, TINY, run_cli, run_here
 
 
 def _one_line(r: subprocess.CompletedProcess) -> str:
@@ -20,7 +20,7 @@ def _one_line(r: subprocess.CompletedProcess) -> str:
 
 def test_a_sweep_with_an_invalid_job_writes_nothing(tmp_path):
     out = tmp_path / "out"
-    r = run_cli("ksir-run", "-m", "job=quantize", "quant.bits=4,99", f"out_dir={out}", cwd=tmp_path, timeout=120)
+    r = run_here("ksir-run", "-m", "job=quantize", "quant.bits=4,99", f"out_dir={out}", cwd=tmp_path, timeout=120)
     assert r.returncode == 2
     line = _one_line(r)
     assert line.startswith("invalid quant.bits=") and line.count("invalid quant.bits") == 1 and "[in sweep job:" in line
@@ -50,22 +50,22 @@ def test_a_sweep_into_a_folder_it_cannot_write_is_one_line(tmp_path, where):
 
 
 def test_an_unknown_top_level_key_is_refused_with_the_closest_one(tmp_path):
-    r = run_cli("ksir-run", "+sed=3", f"out_dir={tmp_path / 'out'}", cwd=tmp_path, timeout=120)
+    r = run_here("ksir-run", "+sed=3", f"out_dir={tmp_path / 'out'}", cwd=tmp_path, timeout=120)
     assert r.returncode == 2 and "did you mean 'seed'?" in _one_line(r) and _one_line(r).startswith("invalid sed=3")
-    r = run_cli("ksir-run", "-m", "+sed=3,4", f"out_dir={tmp_path / 'out'}", cwd=tmp_path, timeout=120)
+    r = run_here("ksir-run", "-m", "+sed=3,4", f"out_dir={tmp_path / 'out'}", cwd=tmp_path, timeout=120)
     assert r.returncode == 2 and "did you mean 'seed'?" in _one_line(r)
     assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("override", ["quant.bits=4,", "quant.bits=[4", "model.size=(xs"])
 def test_a_malformed_override_is_one_line_naming_it(tmp_path, override):
-    r = run_cli("ksir-run", "-m", "job=quantize", override, f"out_dir={tmp_path / 'out'}", cwd=tmp_path, timeout=120)
+    r = run_here("ksir-run", "-m", "job=quantize", override, f"out_dir={tmp_path / 'out'}", cwd=tmp_path, timeout=120)
     assert r.returncode == 2 and _one_line(r).startswith(f"invalid override {override!r}:")
     assert not (tmp_path / "out").exists()
 
 
 def test_identical_values_collapse_into_one_job_and_the_plan_says_so(tmp_path, cache_dir):
-    r = run_cli("ksir-run", "-m", "job=quantize", "model.size=xs,xs", "quant.bits=4,4.0,8", *TINY, "dry_run=true",
+    r = run_here("ksir-run", "-m", "job=quantize", "model.size=xs,xs", "quant.bits=4,4.0,8", *TINY, "dry_run=true",
                 f"out_dir={tmp_path / 'out'}", f"paths.cache={cache_dir}", cwd=tmp_path, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "[sweep] 4 of 6 jobs are the same job as another (collapsed)" in r.stdout
@@ -91,13 +91,12 @@ def test_concurrent_sweeps_in_one_out_dir_each_keep_their_summary(tmp_path, trai
     assert (tmp_path / "multirun" / "summary.txt").read_text() in texts
 
 
-def test_out_dir_with_a_tilde_is_the_home_folder(tmp_path, trained_tiny):
+def test_out_dir_with_a_tilde_is_the_home_folder(tmp_path, trained_tiny, monkeypatch):
     home = tmp_path / "home"
     home.mkdir()
-    env = {**os.environ, "HOME": str(home), "WANDB_MODE": "offline"}
-    r = subprocess.run([str(BIN / "ksir-run"), "job=quantize", f"model.checkpoint={trained_tiny.checkpoint}",
-                        "quant.bits=16", *TINY, "logger=none", "out_dir='~/runs'"], cwd=tmp_path, env=env,
-                       capture_output=True, text=True, timeout=300)
+    monkeypatch.setenv("HOME", str(home))
+    r = run_here("ksir-run", "job=quantize", f"model.checkpoint={trained_tiny.checkpoint}", "quant.bits=16", *TINY,
+                 "logger=none", "out_dir='~/runs'", f"paths.cache={trained_tiny.cfg.paths.cache}", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert not (tmp_path / "~").exists(), "a folder named ~ was created"
     assert list((home / "runs" / "results").glob("q-*.json")) and (home / "runs" / "hydra").is_dir()

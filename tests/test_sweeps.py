@@ -8,7 +8,7 @@ from ksir.identity import run_key
 from ksir.jobs import execute
 from ksir.records import iter_record_files, read_record, record_path
 
-from .helpers import TINY, run_cli
+from .helpers import TINY, run_cli, run_here
 
 
 def test_ptq_jobs_share_one_base_model_and_restore_it(trained_tiny, tiny_cfg):
@@ -46,7 +46,7 @@ def test_corrupt_record_is_reported_and_the_job_reruns(tiny_cfg, trained_tiny, c
 def test_failed_dependency_stops_only_the_jobs_that_need_it(tmp_path, cache_dir):
     """Base models train first, once each, as their own jobs; lr=1e9 makes one of them fail for real
     (non-finite loss): the quantize jobs that need it are not launched, the others run, the sweep goes on."""
-    r = run_cli("ksir-run", "-m", "job=quantize", "model.size=xs", "trainer.lr=3e-3,1e9", "quant.bits=2,16", *TINY,
+    r = run_here("ksir-run", "-m", "job=quantize", "model.size=xs", "trainer.lr=3e-3,1e9", "quant.bits=2,16", *TINY,
                 f"out_dir={tmp_path}", f"paths.cache={cache_dir}", "logger=none", cwd=tmp_path)
     assert r.returncode != 0
     assert "4 jobs validated" in r.stdout and "2 train job(s) they need run first" in r.stdout
@@ -70,7 +70,7 @@ def test_dry_run_plans_with_the_keys_the_jobs_will_have(tmp_path):
 
     args = ["-m", "job=quantize", "quant=rtn,gptq", "quant.bits=3,16", "model.size=xs,s", "eval.sequences=16",
             "logger=none", f"out_dir={tmp_path}"]
-    r = run_cli("ksir-run", *args, "dry_run=true", cwd=tmp_path, timeout=120)
+    r = run_here("ksir-run", *args, "dry_run=true", cwd=tmp_path, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     # 8 jobs, of which the two 16-bit jobs per size are one (rtn == gptq at 16 bits), + the 2 base models they need
     assert "[sweep] 2 of 8 jobs are the same job as another (collapsed)" in r.stdout
@@ -83,7 +83,7 @@ def test_dry_run_plans_with_the_keys_the_jobs_will_have(tmp_path):
     assert len({k for k, _ in planned}) == 8  # every planned job is a job of its own
     assert not (tmp_path / "results").exists() and not (tmp_path / "checkpoints").exists()
     # Hydra's own overrides (a launcher's options) apply to every composition the pre-flight makes.
-    r = run_cli("ksir-run", *args, "launcher=joblib", "hydra.launcher.n_jobs=1", "dry_run=true", cwd=tmp_path,
+    r = run_here("ksir-run", *args, "launcher=joblib", "hydra.launcher.n_jobs=1", "dry_run=true", cwd=tmp_path,
                 timeout=120)
     assert r.returncode == 0 and "dry run: 8 jobs planned" in r.stdout, r.stderr[-2000:]
 
