@@ -1,9 +1,9 @@
 """`ksir-fit`: runs -> scaling-law fits, optimal k, report and figures.
 
-    ksir-fit outputs/demo/results --out outputs/demo
-    ksir-fit 'outputs/*/results' --family llama --dtype int --law precision efficiency --bootstrap 1000
+    ksir-fit outputs/demo/results --out outputs/demo/fit
+    ksir-fit 'outputs/*/results' --family llama --dtype int --law precision efficiency --bootstrap 1000 --out fit
     ksir-fit --table released_runs.csv --map params=n_params,loss=val_loss,bits=bits --out refit
-    ksir-fit --table chinchilla.csv --map "Model Size=n_params,tokens=train_tokens,loss=val_loss" --out chin
+    ksir-fit --table experiments/chinchilla_epoch/data/svg_extracted_data.csv --map "Model Size=n_params,Training FLOP=train_flops,loss=val_loss" --out chin
     ksir-fit outputs/demo/results --out fit --predict n_params=1e8,bits=4 --predict n_params=1e8,bits=3
 
 Laws are chosen from the columns when --law is not given: parameters + tokens + loss -> chinchilla;
@@ -172,21 +172,30 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(summary(report))
     print(f"wrote {Path(args.out) / 'fit.json'}, report.md, runs.csv and {len(report['figures'])} figure files")
+    pred = report.get("predictions") or {}
+    if pred.get("error"):
+        print(f"ksir-fit: error: {pred['error']}", file=sys.stderr)
+        return 2
     return 0
 
 
 def summary(report: dict) -> str:
-    """The terminal summary: the answer first (with its source and why), then the accuracy predictions."""
+    """The terminal summary: the answer first (with its source and why), then the predictions asked for and
+    the accuracy predictions."""
     lines = design.join_lines(report.get("baselines") or [], report["settings"]["reference"])
     lines += ["", headline.terminal(report["headline"], report["metric"])]
+    pred = report.get("predictions") or {}
+    if pred.get("rows"):
+        am = pred.get("accuracy_metric")
+        lines += ["", f"predicted (--predict; {pred['metric']} from {pred['law']}" + (f", {am} from that loss" if am
+                                                                                   else "") + "; 95% CI):"]
+        lines += ["  " + _prediction(r, am) for r in pred["rows"]]
+        if pred.get("note"):
+            lines.append(f"  ({pred['note']})")
     acc = report.get("accuracy") or {}
     if acc.get("predictions"):
         lines += ["", f"{acc['metric']} from loss (two steps, loss from {acc['loss_law']}; 95% CI):"]
-        for r in acc["predictions"]:
-            ci = r.get("accuracy_ci95")
-            lines.append(f"  N={r['n_params']:.3g}" + (f" k={r['bits']:g}" if "bits" in r else "") +
-                         f": loss {r['loss']:.4g}, {acc['metric']} {r['accuracy']:.3f}" +
-                         (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""))
+        lines += ["  " + _prediction(r, acc["metric"]) for r in acc["predictions"]]
         ho = acc.get("heldout") or {}
         if "mean_abs_error" in ho:
             lines.append(f"  held-out check (largest size predicted from the others): mean abs. error "
@@ -194,6 +203,17 @@ def summary(report: dict) -> str:
     if report["skipped_curves"]:
         lines += ["", f"not fitted: {len(report['skipped_curves'])} (see report.md)"]
     return "\n".join(lines)
+
+
+def _prediction(r: dict, acc_metric: str | None) -> str:
+    def ci(key: str, fmt: str) -> str:
+        v = r.get(key)
+        return f" [{v[0]:{fmt}}, {v[1]:{fmt}}]" if v else ""
+    text = f"N={r['n_params']:.3g}" + (f" k={r['bits']:g}" if "bits" in r else "") + \
+        (f" D={r['train_tokens']:.3g}" if "train_tokens" in r else "") + f": loss {r['loss']:.4g}{ci('loss_ci95', '.4g')}"
+    if acc_metric and "accuracy" in r:
+        text += f", {acc_metric} {r['accuracy']:.3f}{ci('accuracy_ci95', '.3f')}"
+    return text
 
 
 if __name__ == "__main__":

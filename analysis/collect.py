@@ -16,6 +16,7 @@ import glob
 import io
 import json
 import math
+import os
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -376,18 +377,53 @@ def load_wandb(project: str, filters: Mapping[str, Any] | None = None, group: st
 
     The run summary holds the record's scalar fields and metrics (ksir mirrors them there),
     the run config the resolved job config; `api` can be injected (tests)."""
+    if "/" not in project.strip("/"):
+        raise FitError(f"--wandb {project!r}: expected entity/project (e.g. me/ksir)")
     if api is None:
-        import wandb
-
-        api = wandb.Api(timeout=60)
+        api = _wandb_api(project)
     flt = dict(filters or {})
     if group:
         flt["group"] = group
     rows = []
-    for run in api.runs(project, filters=flt or None):
-        rec = from_wandb(run.id, dict(run.summary), dict(run.config), run.state, str(getattr(run, "created_at", "")))
-        rows.append(flat_row(rec, f"wandb:{project}/{run.id}"))
+    try:
+        for run in api.runs(project, filters=flt or None):
+            rec = from_wandb(run.id, dict(run.summary), dict(run.config), run.state,
+                             str(getattr(run, "created_at", "")))
+            rows.append(flat_row(rec, f"wandb:{project}/{run.id}"))
+    except FitError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the API raises many types (HTTP, auth, value); the user needs one line
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise FitError(f"--wandb {project}: the W&B API refused or failed ({first})") from None
+    if not rows:
+        raise FitError(f"--wandb {project}: no runs" + (" match the filter" if flt else ""))
     return clean(pd.DataFrame(rows), metric=metric)
+
+
+WANDB_TIMEOUT_S = 20  # per API request; the reachability probe below fails in 5 s without network
+
+
+def _wandb_api(project: str) -> Any:
+    """A W&B public API client, or a one-line FitError when the user is not logged in or the server cannot
+    be reached (W&B's client would retry for a minute, then print a traceback)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from ksir.tracking import has_credentials
+
+    if not has_credentials():
+        raise FitError(f"--wandb {project}: not logged in to W&B (run `wandb login` or set WANDB_API_KEY); "
+                       "local result folders and --table need no login")
+    url = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai")
+    host, port = url.hostname or "api.wandb.ai", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+    except OSError as e:
+        raise FitError(f"--wandb {project}: W&B server {host}:{port} unreachable ({e.strerror or e}); "
+                       "fit local result folders instead, or retry when online") from None
+    import wandb
+
+    return wandb.Api(timeout=WANDB_TIMEOUT_S)
 
 
 def select(df: pd.DataFrame, where: Mapping[str, Any]) -> pd.DataFrame:

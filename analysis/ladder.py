@@ -56,24 +56,58 @@ def _inputs(cand: Candidate, df: pd.DataFrame, points: pd.DataFrame) -> list[tup
     return out
 
 
-def predict(cand: Candidate, acc_fit: FitResult, df: pd.DataFrame, points: pd.DataFrame) -> list[dict[str, Any]]:
-    """Loss and accuracy (with 95% intervals) at each point (columns n_params, bits, train_tokens)."""
+def predict(cand: Candidate, acc_fit: FitResult | None, df: pd.DataFrame, points: pd.DataFrame) -> list[dict[str, Any]]:
+    """Loss, and accuracy when an accuracy law is given, with 95% intervals at each point (columns n_params,
+    bits, train_tokens)."""
     rows = []
-    acc_boot = acc_fit.boot_ok()
+    acc_boot = acc_fit.boot_ok() if acc_fit is not None else None
     for (fit, x), (_, pt) in zip(_inputs(cand, df, points), points.iterrows(), strict=True):
         loss = float(fit.predict(x)[0])
-        row: dict[str, Any] = {**{c: float(v) for c, v in pt.items() if pd.notna(v)}, "loss": loss,
-                               "accuracy": float(acc_fit.predict({"val_loss": [loss]})[0])}
+        row: dict[str, Any] = {**{c: float(v) for c, v in pt.items() if pd.notna(v)}, "loss": loss}
         lb = fit.boot_ok()
-        S = min(len(lb), len(acc_boot))
-        if S >= 2:
-            losses = fit.predict(x, lb[:S])[:, 0]
-            accs = np.array([acc_fit.law.predict(acc_boot[s], {"val_loss": losses[s:s + 1]}, acc_fit.ctx)[0]
-                             for s in range(S)])
+        if len(lb) >= 2:
+            losses = fit.predict(x, lb)[:, 0]
             row["loss_ci95"] = tuple(float(v) for v in np.percentile(losses, [2.5, 97.5]))
-            row["accuracy_ci95"] = tuple(float(v) for v in np.percentile(accs, [2.5, 97.5]))
+        if acc_fit is not None:
+            row["accuracy"] = float(acc_fit.predict({"val_loss": [loss]})[0])
+            S = min(len(lb), len(acc_boot))
+            if S >= 2:
+                losses = fit.predict(x, lb[:S])[:, 0]
+                accs = np.array([acc_fit.law.predict(acc_boot[s], {"val_loss": losses[s:s + 1]}, acc_fit.ctx)[0]
+                                 for s in range(S)])
+                row["accuracy_ci95"] = tuple(float(v) for v in np.percentile(accs, [2.5, 97.5]))
         rows.append(row)
     return rows
+
+
+def forecast(df: pd.DataFrame, cands: Sequence[Candidate], head: Mapping[str, Any], metric: str, acc_metric: str,
+             settings: FitSettings, points: Sequence[Mapping[str, float]]) -> dict[str, Any]:
+    """`ksir-fit --predict`: loss at each asked point from the law the headline trusts (never from one it does
+    not), and accuracy from that loss when the runs measured accuracy. What cannot be predicted is said in
+    "error" (and ksir-fit exits 2) or "note" (accuracy left out), never skipped silently."""
+    by_name = {c.name: c for c in cands if c.fits}
+    cand = by_name.get(head.get("trusted"))
+    if cand is None:
+        return {"error": "no law is trusted on these runs (report.md says why), so nothing is predicted; "
+                         "the measured runs are in runs.csv"}
+    out: dict[str, Any] = {"law": cand.name, "metric": metric, "accuracy_metric": None}
+    acc_fit = None
+    n_acc = int(df[acc_metric].notna().sum()) if acc_metric in df else 0
+    if acc_metric == metric or n_acc < 5:
+        out["note"] = (f"loss only: {acc_metric} is measured on {n_acc} runs (the accuracy step needs 5); "
+                       "pass --acc-metric to name another accuracy column")
+    else:
+        acc = df[df[acc_metric].notna()].assign(val_loss=df[metric])
+        try:
+            acc_fit = fit_law(acc, ACC_LAW, acc_metric, settings, holdout=0, delta=ACC_DELTA)
+            out["accuracy_metric"] = acc_metric
+        except FitError as e:
+            out["note"] = f"loss only: the accuracy-from-loss law could not be fitted ({e})"
+    try:
+        out["rows"] = predict(cand, acc_fit, df, pd.DataFrame(list(points)))
+    except FitError as e:
+        return {"error": f"--predict: {e}"}
+    return out
 
 
 def default_points(df: pd.DataFrame) -> pd.DataFrame:
@@ -119,8 +153,9 @@ def heldout(cand: Candidate, df: pd.DataFrame, metric: str, acc_metric: str, key
 
 
 def analyse(df: pd.DataFrame, cands: Sequence[Candidate], head: Mapping[str, Any], metric: str, acc_metric: str,
-            keys: list[str], settings: FitSettings, points: Sequence[Mapping[str, float]] = ()) -> dict[str, Any]:
-    """Accuracy from loss (two steps), fitted as `settings` say (the accuracy law's own Huber delta)."""
+            keys: list[str], settings: FitSettings) -> dict[str, Any]:
+    """Accuracy from loss (two steps), fitted as `settings` say (the accuracy law's own Huber delta), with
+    predictions at every swept k at the largest size and 10x it (`forecast` answers the user's points)."""
     cand = loss_model(cands, head)
     acc = df[df[acc_metric].notna()].assign(val_loss=df[metric])
     out: dict[str, Any] = {"metric": acc_metric, "loss_law": cand.name if cand else None,
@@ -134,9 +169,8 @@ def analyse(df: pd.DataFrame, cands: Sequence[Candidate], head: Mapping[str, Any
     out["acc_law"] = acc_fit.summary()
     if cand is None or "n_params" not in df:
         return out
-    pts = pd.DataFrame(list(points)) if points else default_points(df)
     try:
-        out["predictions"] = predict(cand, acc_fit, df, pts)
+        out["predictions"] = predict(cand, acc_fit, df, default_points(df))
     except FitError as e:
         out["predictions_error"] = str(e)
     if df["n_params"].nunique() >= 3:

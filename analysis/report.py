@@ -269,8 +269,9 @@ def analyse(collected: Collected, out_dir: str | Path, *, metric: str = "val_los
 
     # Accuracy from loss (scaling-ladder two-step), when accuracy was measured.
     if acc_metric in df and acc_metric != metric and df[acc_metric].notna().sum() >= 5:
-        report["accuracy"] = ladder.analyse(df, cands, report["headline"], metric, acc_metric, keys, st,
-                                            points=predict)
+        report["accuracy"] = ladder.analyse(df, cands, report["headline"], metric, acc_metric, keys, st)
+    if predict:
+        report["predictions"] = ladder.forecast(df, cands, report["headline"], metric, acc_metric, st, predict)
 
     if figures:
         report["figures"] = _figures(df, metric, keys, fits, per_k_rows, continuous, out, desc, st.extrapolate,
@@ -483,6 +484,8 @@ def markdown(report: dict[str, Any]) -> str:
             lines += [f"- {r['budget_bits']:.3g} bits: k* = {r['k_star']:.2f} {_fmt(r.get('k_star_ci95'))}"
                       f"{' (at the edge of the k range searched: the law puts the optimum outside it)' if r['at_range_edge'] else ''}"
                       for r in rows[::4]]
+    if report.get("predictions"):
+        lines += ["", *prediction_lines(report["predictions"])]
     if report.get("accuracy"):
         lines += ["", *accuracy_lines(report["accuracy"])]
     if report["skipped_curves"]:
@@ -494,6 +497,23 @@ def markdown(report: dict[str, Any]) -> str:
     if report["figures"]:
         lines += ["", "## Figures", ""] + [f"- {Path(f).name}" for f in report["figures"] if f.endswith(".png")]
     return "\n".join(lines) + "\n"
+
+
+def prediction_lines(pred: dict[str, Any]) -> list[str]:
+    """`--predict`'s answers (loss from the trusted law, accuracy from that loss when measured), or why none."""
+    out = ["## Predictions (--predict)", ""]
+    if pred.get("error"):
+        return [*out, f"None: {pred['error']}."]
+    acc = pred.get("accuracy_metric")
+    out.append(f"{pred['metric']} from {pred['law']} (the trusted law)" + (f", {acc} from that loss" if acc else "")
+               + "; 95% intervals from its bootstrap." + (f" Note: {pred['note']}." if pred.get("note") else ""))
+    out += ["", "| parameters | k | tokens | loss [95% CI] |" + (" accuracy [95% CI] |" if acc else ""),
+            "|---|---|---|---|" + ("---|" if acc else "")]
+    for r in pred["rows"]:
+        out.append(f"| {r['n_params']:.3g} | {_fmt(r.get('bits'))} | {_fmt(r.get('train_tokens'))} | "
+                   f"{r['loss']:.4g} {_fmt(r.get('loss_ci95'))} |" +
+                   (f" {r['accuracy']:.3f} {_fmt(r.get('accuracy_ci95'))} |" if acc else ""))
+    return out
 
 
 def accuracy_lines(acc: dict[str, Any]) -> list[str]:

@@ -24,6 +24,7 @@ from ksir.paths import CONF_DIR
 from ksir.resolvers import short_dirname  # noqa: F401 - kept importable as ksir.cli.short_dirname
 
 SWEEP_TOTAL_ENV, SWEEP_START_ENV = "KSIR_SWEEP_TOTAL", "KSIR_SWEEP_START"  # set by the sweeper for progress
+STUDY_ENV = "KSIR_IN_STUDY"  # set by ksir-repro: its sweeps do not end with "next: ksir-fit" (it fits them itself)
 
 
 # Specs validated before their job runs, by the overrides that made them: the job of the same process (a single
@@ -77,7 +78,12 @@ def _app(cfg: DictConfig) -> Any:
             print(f"  {run_key(spec)}  {jobs.describe(spec)}\ndry run: nothing was run")
             return {"status": "planned", "run_key": run_key(spec)}
         if single:
+            from ksir import tracking
+
+            before = len(tracking.offline_runs())
             rec = jobs.run_with_dependencies(spec)
+            if offline := tracking.offline_runs()[before:]:
+                print(tracking.offline_note(offline), flush=True)
         else:
             _progress_line(jobs.describe(spec))
             rec = jobs.execute(spec)
@@ -119,6 +125,7 @@ HELP = """ksir-run: train or post-training-quantize one model, or sweep any conf
   ksir-run -m KEY=A,B,C ...               a sweep: every job validated first, dependencies run first
   ksir-run -m experiment=demo             a named preset (conf/experiment/)
   ksir-run ... dry_run=true               print the plan (keys, dependencies), run nothing
+  ksir-run -v ...                         verbose: the libraries' own logs, tips and progress bars too
   ksir-run [KEY=VALUE ...] --cfg job      print the composed config of a job
   ksir-run [KEY=VALUE ...] --help         this help; with overrides, Hydra's help for that config
   ksir-run --hydra-help                   Hydra's own options (launchers, sweepers, logging)
@@ -177,7 +184,11 @@ def check_overrides(args: list[str]) -> None:
 
 
 def main() -> None:
-    args = sys.argv[1:]
+    from ksir import quiet
+
+    args = quiet.take_flag(sys.argv[1:])
+    sys.argv[1:] = args
+    quiet.apply()
     if args and all(a in ("--help", "-h") for a in args):
         print(_fast_help())
         return

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -35,6 +36,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from ksir import quiet
 from ksir.paths import REPO_ROOT
 
 STUDIES = REPO_ROOT / "experiments"
@@ -134,13 +136,22 @@ def run_sweeps(study: Study, out: Path, smoke: bool, checkpoints: Path | None = 
         copies = local_copies(study, out)  # one folder per size: model.checkpoint names the mirror
         mirror = next(iter(copies.values())).parent
         sweeps = [[*a, f"model.size={','.join(copies)}", f"model.checkpoint={mirror}"] for a in sweeps]
-    for args in sweeps:
-        cmd = [str(exe), "-m", *args, *(extra or []), f"out_dir={out}",
-               *([f"paths.checkpoints={checkpoints}"] if checkpoints else [])]
-        print(f"[{study.name}] {' '.join(cmd[1:])}", flush=True)
-        code = _ksir_run_here(cmd[1:]) if in_process else subprocess.run(cmd).returncode
-        if code != 0:
-            raise StudyError(f"sweep {' '.join(args)} exited {code} (see its output above; records in {out}/results)")
+    saved = os.environ.get("KSIR_IN_STUDY")
+    os.environ["KSIR_IN_STUDY"] = "1"  # ksir.cli.STUDY_ENV (not imported here: ksir-repro --list stays light)
+    try:
+        for args in sweeps:
+            cmd = [str(exe), "-m", *args, *(extra or []), f"out_dir={out}",
+                   *([f"paths.checkpoints={checkpoints}"] if checkpoints else [])]
+            print(f"[{study.name}] {' '.join(cmd[1:])}", flush=True)
+            code = _ksir_run_here(cmd[1:]) if in_process else subprocess.run(cmd).returncode
+            if code != 0:
+                raise StudyError(f"sweep {' '.join(args)} exited {code} (see its output above; records in "
+                                 f"{out}/results)")
+    finally:
+        if saved is None:
+            os.environ.pop("KSIR_IN_STUDY", None)
+        else:
+            os.environ["KSIR_IN_STUDY"] = saved
 
 
 def _ksir_run_here(argv: list[str]) -> int:
@@ -462,7 +473,7 @@ def update_overview(path: Path = CLAIMS_DOC) -> None:
     path.write_text(text[:a + len(MARKERS[0])] + "\n" + claims_overview() + "\n" + text[b:])
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ksir-repro", description="Reproduce a published result and check its claims.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("study", nargs="?", help="a folder of experiments/ (see --list)")
@@ -483,8 +494,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--check", action="store_true",
                    help="recompute the fit and the claims from the committed runs (no job runs); exit 1 if anything "
                         "differs from the committed claims.json")
-    a = p.parse_args(argv)
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="show the libraries' own logs, tips and progress bars (quiet by default)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parser().parse_args(argv)
+    if a.verbose:
+        os.environ[quiet.VERBOSE_ENV] = "1"
+    quiet.apply()
     try:
+        if a.update and (a.smoke or a.extra or a.check):
+            flag = "--smoke" if a.smoke else "--check" if a.check else "--with"
+            raise StudyError(f"--update commits a full run's claims into experiments/<study>/; not with {flag} "
+                             "(its claims stay in --out)")
+        for o in a.extra:
+            if "=" not in o and not o.startswith("~"):
+                raise StudyError(f"--with {o!r}: expected KEY=VALUE (e.g. --with trainer=gpu)")
         if a.list:
             print(listing())
             return 0

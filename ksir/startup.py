@@ -75,5 +75,8 @@ def prepare(logger: Any) -> None:
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    from ksir import quiet
+
+    quiet.apply()
     preload_wandb(logger)
     keep_kernel_libraries_lazy()

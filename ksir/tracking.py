@@ -83,6 +83,8 @@ def start_run(logger: Any, run_key: str, job: str, group: str, config: dict[str,
                          dir=str(out_dir), mode=mode, reinit="finish_previous", settings=wandb.Settings(**settings))
         if own_requirements:
             _save_requirements(run)
+        if mode == "offline":
+            _OFFLINE.append(Path(run.dir).parent)
         return run
     except Exception as e:  # noqa: BLE001 - W&B must never take the job down
         if mode == "online":
@@ -90,6 +92,23 @@ def start_run(logger: Any, run_key: str, job: str, group: str, config: dict[str,
             return start_run(logger, run_key, job, group, config, out_dir)  # now offline
         log.warning("W&B unavailable, continuing with the local record only: %s", e)
         return None
+
+
+_OFFLINE: list[Path] = []  # the offline runs this process started, for the job's closing lines
+
+
+def offline_runs() -> list[Path]:
+    """Folders of the W&B runs this process logged offline (each uploadable with `wandb sync FOLDER`)."""
+    return list(_OFFLINE)
+
+
+def offline_note(folders: list[Path]) -> str:
+    """The closing line of a job logged offline: where its W&B run is and the command that uploads it."""
+    if len(folders) == 1:
+        return f"W&B: logged offline to {folders[0]}; upload with: wandb sync {folders[0]}"
+    parent = folders[0].parent
+    return f"W&B: {len(folders)} runs logged offline in {parent}; upload with: wandb sync " + \
+        " ".join(str(f) for f in folders)
 
 
 @functools.lru_cache(maxsize=1)

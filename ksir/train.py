@@ -18,6 +18,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 from transformers import get_cosine_schedule_with_warmup
 
+from ksir import quiet
 from ksir.spec import TrainerSpec
 
 # Lightning's pytree helper calls a torch API that torch deprecates, once per step: a warning about Lightning's
@@ -89,12 +90,12 @@ def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, beta
 
 
 class ProgressPrinter(pl.Callback):
-    """Training time that survives a resume (kept in the Lightning checkpoint), and one plain line every ~10%
+    """Training time that survives a resume (kept in the Lightning checkpoint), and one plain line every ~25%
     of training for logs (step, loss, tokens/s); on a terminal Lightning's own progress bar shows instead."""
 
     def __init__(self, max_steps: int, tokens_per_step: int, every: int | None = None, lines: bool = True):
         self.max_steps, self.tokens_per_step, self.lines = max_steps, tokens_per_step, lines
-        self.every = every or max(1, max_steps // 10)
+        self.every = every or max(1, max_steps // 4)
         self.t0 = time.time()
         self.before = 0.0  # seconds trained before this process (restored on resume)
         self.start_step = 0
@@ -270,6 +271,7 @@ def train_model(model: torch.nn.Module, train_blocks: torch.Tensor, trainer: Tra
     if checkpointing:
         cbs.append(ModelCheckpoint(dirpath=resume_dir, filename="step{step}", every_n_train_steps=every,
                                    save_top_k=1, save_last=True))
+    quiet.apply()  # Lightning's loggers speak at INFO from their import on: GPU/TPU lines, tips, why fit stopped
     fit = pl.Trainer(max_steps=steps, logger=loggers or False, enable_checkpointing=checkpointing,
                      enable_model_summary=False, enable_progress_bar=on_terminal, callbacks=cbs + list(callbacks or []),
                      **dict(trainer.lightning))

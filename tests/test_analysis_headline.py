@@ -160,14 +160,49 @@ def test_accuracy_of_an_unseen_model_from_loss_in_two_steps(tmp_path, capsys):
                      "--bootstrap", "60", "--no-figures", "--predict", "n_params=3e11,bits=4,train_tokens=6e12"]) == 0
     rep = json.loads((out / "fit.json").read_text())
     acc = rep["accuracy"]
-    (pred,) = acc["predictions"]
+    assert rep["predictions"]["law"] == rep["headline"]["trusted"] is not None  # only a trusted law predicts
+    (pred,) = rep["predictions"]["rows"]
     true_loss = 1.9 + 300 * (3e11 * 0.70) ** -0.3 + 900 * 6e12**-0.28
     true_acc = 0.25 + 0.5 / (1 + np.exp(4.0 * (true_loss - 2.5)))
     assert abs(pred["loss"] - true_loss) / true_loss < 0.02  # 10x beyond the largest run
     lo, hi = pred["accuracy_ci95"]
     assert lo - 0.01 <= true_acc <= hi + 0.01 and hi - lo < 0.1
     assert acc["heldout"]["mean_abs_error"] < 0.02  # the ladder check: largest size from the smaller ones
-    assert "zs_acc_mean from loss" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "zs_acc_mean from loss" in printed and "predicted (--predict" in printed
+    assert "## Predictions (--predict)" in (out / "report.md").read_text()
     bad = run_here("ksir-fit", "--table", str(path), "--map", QAT_MAP, "--out", str(tmp_path / "o"),
                   "--predict", "n_params=big", cwd=tmp_path)
     assert bad.returncode == 2 and "--predict: 'n_params=big' is not column=number" in bad.stderr
+
+
+def test_predict_without_an_accuracy_column_predicts_loss_and_says_so(tmp_path, capsys):
+    """--predict on a table with no accuracy column: the loss is predicted (with its interval) and the
+    terminal says why accuracy is not, instead of dropping the request."""
+    path = tmp_path / "qat.csv"
+    qat_table(path, sizes=np.geomspace(1e8, 3e10, 7))
+    out = tmp_path / "fit"
+    assert ksir_fit(["--table", str(path), "--map", QAT_MAP, "--out", str(out), "--bootstrap", "40", "--no-figures",
+                     "--predict", "n_params=3e11,bits=4,train_tokens=6e12"]) == 0
+    pred = json.loads((out / "fit.json").read_text())["predictions"]
+    (row,) = pred["rows"]
+    true_loss = 1.9 + 300 * (3e11 * 0.70) ** -0.3 + 900 * 6e12**-0.28
+    assert abs(row["loss"] - true_loss) / true_loss < 0.02 and row["loss_ci95"][0] <= row["loss"] <= row["loss_ci95"][1]
+    assert "accuracy" not in row and "loss only: zs_acc_mean is measured on 0 runs" in pred["note"]
+    printed = capsys.readouterr().out
+    assert "N=3e+11 k=4 D=6e+12: loss" in printed and "(loss only" in printed
+
+
+def test_predict_with_no_trusted_law_is_one_line_and_exit_2(tmp_path):
+    """Two sizes: no law can be checked on a held-out size, so none is trusted; --predict refuses in one line
+    (after writing the fit) rather than predicting from a law it does not trust."""
+    path = tmp_path / "qat.csv"
+    qat_table(path, sizes=[1e8, 1e9])
+    out = tmp_path / "fit"
+    r = run_here("ksir-fit", "--table", str(path), "--map", QAT_MAP, "--out", str(out), "--bootstrap", "0",
+                 "--no-figures", "--predict", "n_params=1e10,bits=4,train_tokens=2e11", cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == ["ksir-fit: error: no law is trusted on these runs (report.md says why), "
+                                             "so nothing is predicted; the measured runs are in runs.csv"]
+    rep = json.loads((out / "fit.json").read_text())
+    assert rep["headline"]["trusted"] is None and "error" in rep["predictions"]

@@ -11,7 +11,9 @@ import pytest
 
 from analysis import load_records, load_table, load_wandb
 from analysis.cli import main as ksir_fit
+from analysis.fit import FitError
 from ksir.records import write_record
+from tests.helpers import run_here
 
 EFF = {2: 0.16, 3: 0.43, 4: 0.70, 5: 0.80, 6: 0.86, 8: 1.0, 16: 1.0}  # QuEST-like: eff(k)/k peaks at k=4
 
@@ -119,6 +121,37 @@ def test_wandb_source_through_a_faked_public_api():
     assert got.runs["run_key"].tolist() == ["q-0", "q-1", "q-2"]
     assert set(got.runs["dtype"]) == {"nf"} and set(got.runs["bits"]) == {4}
     assert [s["reason"] for s in got.skipped] == ["status=crashed"]
+
+
+def test_wandb_source_user_errors_are_one_line_exit_2(tmp_path, monkeypatch):
+    """Not logged in, server unreachable, a malformed project, an API that fails: each a one-line error naming
+    --wandb and what to do, exit 2, in seconds (W&B's own client retries for a minute, then a traceback)."""
+    import time
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_BASE_URL", raising=False)
+    r = run_here("ksir-fit", "--wandb", "me/ksir", "--out", "o", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.splitlines() == [
+        "ksir-fit: error: --wandb me/ksir: not logged in to W&B (run `wandb login` or set WANDB_API_KEY); "
+        "local result folders and --table need no login"]
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens there
+    t0 = time.monotonic()
+    r = run_here("ksir-fit", "--wandb", "me/ksir", "--out", "o", cwd=tmp_path)
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
+    assert "--wandb me/ksir: W&B server 127.0.0.1:9 unreachable" in r.stderr and time.monotonic() - t0 < 10
+    r = run_here("ksir-fit", "--wandb", "ksir", "--out", "o", cwd=tmp_path)
+    assert r.returncode == 2 and "expected entity/project" in r.stderr
+    assert not (tmp_path / "o").exists()  # nothing written for a failed source
+
+    class Failing:
+        def runs(self, path, filters=None):
+            raise ValueError("Could not find project ksir\n(traceback follows)")
+
+    with pytest.raises(FitError, match=r"^--wandb me/ksir: the W&B API refused or failed \(Could not find project "
+                                       r"ksir\)$"):
+        load_wandb("me/ksir", api=Failing())
 
 
 def test_filters_select_runs(tmp_path):

@@ -54,6 +54,19 @@ def test_end_to_end_sweep_then_fit(tmp_path, cache_dir):
     assert max(x["created"] for x in train) <= min(x["started"] for x in quant)
     assert "[sweep 16/16]" in r.stdout and "ETA" in r.stdout and "train step" in r.stdout
     assert "LeafSpec" not in r.stderr  # Lightning's per-step deprecation warning is silenced at import
+    # Quiet by default: the job's own lines, not the libraries' (Hydra's launcher, Lightning's banners and tips).
+    said = r.stdout + r.stderr
+    for chatter in ("[HYDRA]", "Launching 1 jobs", "GPU available", "TPU available", "Tip:", "srun", "fatal:"):
+        assert chatter not in said, chatter
+    table = r.stdout[r.stdout.index("every job: "):]
+    deps = [ln for ln in table.splitlines() if ln.split()[-1:] == ["job=train"] or " t-" in ln]
+    assert len(deps) == 4 and not any("quant.bits" in ln for ln in deps), deps  # dependencies: their own labels
+    # What next: where the results are, the command that fits them, where W&B logged and how to upload it.
+    nxt = next(ln for ln in r.stdout.splitlines() if ln.startswith("next: ksir-fit "))
+    fit_cmd = nxt.removeprefix("next: ").split("   (")[0].split()
+    assert fit_cmd == ["ksir-fit", str(out / "results"), "--out", str(out / "fit")]
+    assert f"W&B: 16 run(s) logged offline in {out / 'wandb'}; upload with: wandb sync {out / 'wandb'}/offline-run-*" \
+        in r.stdout
     for x in quant:  # the 16-bit baseline is scheme-free: one job per base model whatever the scheme
         scheme = ("rtn", "int", 64) if x["bits"] < 16 else ("none", "none", None)
         assert x["status"] == "done" and (x["method"], x["dtype"], x["blocksize"]) == scheme
@@ -82,8 +95,8 @@ def test_end_to_end_sweep_then_fit(tmp_path, cache_dir):
     wandb_runs = list((out / "wandb").glob("offline-run-*"))
     assert {p.name.rsplit("-", 2)[-2] + "-" + p.name.rsplit("-", 2)[-1] for p in wandb_runs} >= {x["run_key"] for x in recs}
 
-    fit_dir = tmp_path / "fit"
-    r = run_cli("ksir-fit", str(out / "results"), "--out", str(fit_dir), cwd=tmp_path)
+    fit_dir = out / "fit"
+    r = run_cli(*fit_cmd, cwd=tmp_path)  # the command the sweep printed, as printed
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     runs = pd.read_csv(fit_dir / "runs.csv")
     assert len(runs) == 12 and set(runs["bits"]) == {2, 4, 16}
@@ -111,3 +124,14 @@ def test_end_to_end_sweep_then_fit(tmp_path, cache_dir):
     # Relaunching the same sweep skips every finished job.
     r = run_cli("ksir-run", "-m", "experiment=tiny", f"out_dir={out}", f"paths.cache={cache_dir}", cwd=tmp_path)
     assert r.returncode == 0 and "0 done, 12 skipped, 0 failed" in r.stdout
+
+
+def test_verbose_shows_the_libraries_own_lines(tmp_path, cache_dir):
+    """-v lets through what is silenced by default (Lightning's device banner, Hydra's launcher), for debugging."""
+    from .helpers import TINY
+
+    args = ["job=train", "model.size=xs", *TINY, "trainer.min_steps=5", "trainer.max_steps=5", "logger=none",
+            f"out_dir={tmp_path}", f"paths.cache={cache_dir}"]
+    r = run_cli("ksir-run", "-v", "-m", *args, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "GPU available" in r.stdout + r.stderr and "Launching 1 jobs" in r.stdout + r.stderr

@@ -25,6 +25,18 @@ def test_list_names_every_study_with_its_hardware_and_time(tmp_path):
     assert {"chinchilla_epoch", "demo"} <= set(repro.names())
 
 
+@pytest.mark.parametrize("args,says", [
+    (["demo", "--smoke", "--update"], "--update commits a full run's claims into experiments/<study>/; not with --smoke"),
+    (["demo", "--with", "trainer=gpu", "--update"], "not with --with"),
+    (["demo", "--with", "foo"], "--with 'foo': expected KEY=VALUE (e.g. --with trainer=gpu)"),
+])
+def test_misused_options_are_one_line_before_any_job(args, says, tmp_path, capsys):
+    assert repro.main([*args, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == [f"ksir-repro: error: {err.split('error: ', 1)[1].strip()}"] and says in err
+    assert not (tmp_path / "o").exists()
+
+
 def test_an_unknown_study_is_one_line(tmp_path):
     r = run_cli("ksir-repro", "nope", cwd=tmp_path)
     err = r.stderr.strip().splitlines()
@@ -103,6 +115,18 @@ def test_demo_smoke_through_the_real_commands_has_the_seed_level_intervals_of_it
     k = next(c for c in data["claims"] if c["id"] == "k_star")
     assert k["share"] is not None and k["verdict"] == ("holds" if k["share"] >= 0.95 else "fails"
                                                        if k["share"] <= 0.05 else "inconclusive")
+    # The claim's k is the most frequent best k of the budget table printed above it (the same measured budgets).
+    lines = r.stdout.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("| budget (bits) | best |"))
+    best = []
+    for ln in lines[start + 2:]:
+        if not ln.startswith("|"):
+            break
+        cell = ln.split("|")[2].strip()
+        if cell[:1].isdigit():
+            best.append(float(cell.split()[0]))
+    counts = {b: best.count(b) for b in best}
+    assert best and k["ksir"] in {b for b, c in counts.items() if c == max(counts.values())}, (best, k)
 
 
 def test_chinchilla_epoch_committed_claims_are_recomputed_to_1e6(tmp_path, capsys):

@@ -31,7 +31,7 @@ from hydra.errors import CompactHydraException
 from omegaconf import OmegaConf
 
 from ksir import preflight
-from ksir.cli import SWEEP_START_ENV, SWEEP_TOTAL_ENV, validated
+from ksir.cli import STUDY_ENV, SWEEP_START_ENV, SWEEP_TOTAL_ENV, validated
 from ksir.errors import ConfigError
 from ksir.paths import CONF_DIR
 from ksir.spec import JobSpec, plain_config  # torch-free; the job modules load only when a sweep runs
@@ -42,33 +42,46 @@ class SweepFailed(CompactHydraException):
 
 
 def job_row(overrides: Sequence[str], ret: JobReturn) -> dict[str, Any]:
-    row: dict[str, Any] = {"job": " ".join(overrides)}
+    row: dict[str, Any] = {"job": list(overrides)}
     if ret.status == JobStatus.COMPLETED and isinstance(ret._return_value, dict):
         rv = ret._return_value
         row.update(status="skipped" if rv.get("skipped") else rv.get("status", "done"),
                    run_key=rv.get("run_key", ""), val_loss=rv.get("val_loss"))
     else:
         err = ret._return_value
-        row.update(status="failed", run_key="", val_loss=None, error=f"{type(err).__name__}: {err}"[:160])
+        row.update(status="failed", run_key="", val_loss=None, error=f"{type(err).__name__}: {err}"[:300])
     return row
 
 
 def summary_table(rows: list[dict[str, Any]], wall_s: float, note: str = "") -> str:
+    """One line per job: status, val_loss, run key and the overrides that tell it from the other jobs (those
+    common to every job are said once above the table), never cut; a failed job's error on the line below."""
     counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "skipped", "failed")}
-    width = min(70, max([len(r["job"]) for r in rows] or [3]))
-    lines = [f"{'#':>3}  {'status':8} {'val_loss':>9}  {'job':{width}}  run_key / error"]
+    common = [o for o in (rows[0]["job"] if rows else []) if all(o in r["job"] for r in rows[1:])] \
+        if len(rows) > 1 else []
+    lines = [f"every job: {' '.join(common)}"] if common else []
+    lines.append(f"{'#':>3}  {'status':8} {'val_loss':>9}  {'run_key':18}  job")
     for i, r in enumerate(rows):
         vl = f"{r['val_loss']:.4f}" if isinstance(r.get("val_loss"), float) else "-"
-        lines.append(f"{i:>3}  {r['status']:8} {vl:>9}  {r['job'][:width]:{width}}  {r.get('error') or r['run_key']}")
+        own = " ".join(o for o in r["job"] if o not in common) or "(the overrides above)"
+        lines.append(f"{i:>3}  {r['status']:8} {vl:>9}  {r['run_key'] or '-':18}  {own}")
+        if r.get("error"):
+            lines.append(f"{'':>5}error: {r['error']}")
     lines.append(f"sweep: {len(rows)} jobs, {counts['done']} done, {counts['skipped']} skipped, "
                  f"{counts['failed']} failed in {wall_s:.0f}s{note}")
     return "\n".join(lines)
 
 
-def with_job(overrides: Sequence[str], job: str, extra: Sequence[str] = ()) -> list[str]:
-    """The overrides of a sibling job, turned into the overrides of its dependency."""
-    return [o for o in overrides if not o.lstrip("+~").startswith("job=")] + [f"job={job}", *extra]
+def with_job(overrides: Sequence[str], job: str, extra: Sequence[str] = (), drop: Sequence[str] = ()) -> list[str]:
+    """The overrides of a sibling job, turned into the overrides of its dependency (less the config groups in
+    `drop`, which the dependency's identity does not read: a train job is not labelled `quant.bits=2`)."""
+    def group(o: str) -> str:
+        return o.lstrip("+~").partition("=")[0].split(".")[0]
 
+    return [o for o in overrides if group(o) != "job" and group(o) not in drop] + [f"job={job}", *extra]
+
+
+DEPENDENCY_IRRELEVANT = ("quant",)  # what a quantize job adds to the model it needs
 
 CONFIG_GROUPS = frozenset(p.name for p in Path(CONF_DIR).iterdir() if p.is_dir())
 
@@ -188,12 +201,22 @@ class ValidatingSweeper(BasicSweeper):
                         raise e.within(f"in sweep job: {' '.join(overrides)}") from None
                 needs[i] = mkey
                 if mkey not in deps:
-                    dep_overrides = with_job(overrides, dep.job, spec.kind.dependency_overrides)
-                    got = identity.model_key(self.spec_of(dep_overrides))
-                    if got != mkey:  # the dependency as overrides must be exactly the declared one
-                        raise RuntimeError(f"dependency of {' '.join(overrides)} composed to {got}, expected {mkey}")
-                    deps[mkey] = dep_overrides
+                    deps[mkey] = self._dependency(overrides, dep.job, spec.kind.dependency_overrides, mkey)
         return deps, needs
+
+    def _dependency(self, overrides: list[str], job: str, extra: Sequence[str], mkey: str) -> list[str]:
+        """The overrides of the train job `overrides` needs: without the quantization settings when that composes
+        to the same model (the usual case), else with them; never a different model."""
+        from ksir import identity
+
+        for drop in (DEPENDENCY_IRRELEVANT, ()):
+            candidate = with_job(overrides, job, extra, drop)
+            try:
+                if identity.model_key(self.spec_of(candidate)) == mkey:
+                    return candidate
+            except ConfigError:
+                continue
+        raise RuntimeError(f"the dependency of {' '.join(overrides)} does not compose to {mkey}")
 
     @staticmethod
     def finished(spec: JobSpec) -> bool:
@@ -265,7 +288,7 @@ class ValidatingSweeper(BasicSweeper):
             runnable = []
             for i, o in enumerate(jobs):
                 if needs.get(i) in failed_deps:
-                    rows.append({"job": " ".join(o), "status": "failed", "run_key": "", "val_loss": None,
+                    rows.append({"job": o, "status": "failed", "run_key": "", "val_loss": None,
                                  "error": f"not run: the train job of its base model ({needs[i]}) failed"})
                 else:
                     runnable.append(o)
@@ -277,11 +300,36 @@ class ValidatingSweeper(BasicSweeper):
             self._report(sweep_dir, summary_table(rows, time.time() - t0, note=" (interrupted: the rest did not run)"))
             sys.exit(130)
         self._report(sweep_dir, summary_table(rows, time.time() - t0))
+        if steps := self.next_steps(dep_jobs + jobs, sweep_dir):
+            print(steps, flush=True)
         failed = [r for r in rows if r["status"] == "failed"]
         if failed:
             raise SweepFailed(f"{len(failed)} of {len(rows)} jobs failed (records with status=failed hold the "
                               f"tracebacks); first: {failed[0]['error']}")
         return returns
+
+    def next_steps(self, jobs: list[list[str]], sweep_dir: Path) -> str:
+        """Where the sweep's outputs are and what to do with them: the results folder(s) and the ksir-fit
+        command that fits them, and the W&B runs it logged offline with the command that uploads them."""
+        from ksir import identity
+
+        specs = [self.spec_of(o) for o in jobs]
+        folders = sorted({str(s.paths.results_dir) for s in specs})
+        curves = any(s.job == "quantize" or s.qat.enabled for s in specs)
+        lines = []
+        if os.environ.get(STUDY_ENV) != "1":  # ksir-repro fits its sweeps itself and says where
+            lines.append(f"results: {', '.join(folders)} (one record per job); this table: {sweep_dir / 'summary.txt'}")
+            fit_out = Path(folders[0]).parent / "fit" if len(folders) == 1 else "fit"
+            lines.append(f"next: ksir-fit {' '.join(folders)} --out {fit_out}" + ("" if curves else " --all-jobs")
+                         + "   (scaling laws, the best k per budget, figures)")
+        offline: dict[str, int] = {}
+        for s in specs:
+            folder = Path(s.paths.wandb) / "wandb"
+            if any(folder.glob(f"offline-run-*-{identity.run_key(s)}")):
+                offline[str(folder)] = offline.get(str(folder), 0) + 1
+        for folder, n in offline.items():
+            lines.append(f"W&B: {n} run(s) logged offline in {folder}; upload with: wandb sync {folder}/offline-run-*")
+        return "\n".join(lines)
 
     @staticmethod
     def _report(sweep_dir: Path, table: str) -> None:
@@ -289,8 +337,10 @@ class ValidatingSweeper(BasicSweeper):
         sweeps of one out_dir do not overwrite each other's); `summary.txt` is the last one finished."""
         from ksir.records import write_atomic
 
-        print("\n" + table, flush=True)
         own = sweep_dir / f"summary-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
+        in_study = os.environ.get(STUDY_ENV) == "1"  # ksir-repro: the counts, and where the table is
+        print(f"{table.splitlines()[-1]} (one line per job in {sweep_dir / 'summary.txt'})" if in_study
+              else "\n" + table, flush=True)
         try:
             write_atomic(own, table + "\n")
             write_atomic(sweep_dir / "summary.txt", table + "\n")
