@@ -35,10 +35,11 @@ lock:
 demo: setup
 	PATH="$(abspath $(BIN)):$$PATH" ksir-repro demo --out outputs/demo
 
-# One BLAS/OpenMP thread per process: the suite's models are tiny, so threads only contend (with the other
-# cores' subprocesses, too); the default suite is faster this way on the 2-core CI machine.
+# One BLAS/OpenMP thread per process and one pytest worker per core (pytest-xdist; a test file stays on one
+# worker, in order): the suite's models are tiny, so threads within a process only contend, while two
+# processes use both cores of the 2-core CI machine.
 test: setup
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m "not slow and not gpu and not slurm" --timeout 900
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m "not slow and not gpu and not slurm" --timeout 900 -n auto --dist loadfile
 
 test-all: setup
 	$(BIN)/python -m pytest --timeout 1800

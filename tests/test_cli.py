@@ -135,3 +135,5 @@ def test_verbose_shows_the_libraries_own_lines(tmp_path, cache_dir):
     r = run_cli("ksir-run", "-v", "-m", *args, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "GPU available" in r.stdout + r.stderr and "Launching 1 jobs" in r.stdout + r.stderr
+    # A sweep of full-precision training only: the fit it suggests includes train records (--all-jobs).
+    assert f"next: ksir-fit {tmp_path / 'results'} --out {tmp_path / 'fit'} --all-jobs" in r.stdout

@@ -182,7 +182,7 @@ def test_two_identical_sweeps_at_once_train_each_model_once(tmp_path, cache_dir)
 
 
 def test_ctrl_c_ends_a_sweep_with_its_table_and_exit_130(tmp_path, cache_dir):
-    job = ["job=train", "model.size=xs", *TINY, "trainer.min_steps=600", "trainer.max_steps=600", "logger=none",
+    job = ["job=train", "model.size=xs", *TINY, "trainer.min_steps=200", "trainer.max_steps=200", "logger=none",
            f"out_dir={tmp_path}", f"paths.cache={cache_dir}"]
     env = {**os.environ, "WANDB_MODE": "offline"}
     first = subprocess.run([str(BIN / "ksir-run"), *job, "seed=0"], cwd=tmp_path, env=env, capture_output=True)

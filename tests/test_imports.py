@@ -11,7 +11,7 @@ from ksir.paths import REPO_ROOT
 # Lowest first. A module may import from its own layer or any below it, never from one above.
 LAYERS: list[tuple[str, ...]] = [
     ("ksir.paths", "ksir.errors", "ksir.resolvers", "ksir.locks", "ksir.integrity", "ksir.environment",
-     "ksir.dataconfig", "ksir.kinds"),
+     "ksir.dataconfig", "ksir.kinds", "ksir.quiet"),
     ("ksir.quant.vocab", "ksir.families", "ksir.precision", "ksir.evaluate", "ksir.umup", "ksir.data.embedded",
      "ksir.tasks"),
     ("ksir.quant", "ksir.qat", "ksir.deploy"),

@@ -72,6 +72,17 @@ def summary_table(rows: list[dict[str, Any]], wall_s: float, note: str = "") -> 
     return "\n".join(lines)
 
 
+def _quantized(spec: JobSpec) -> bool:
+    """The job's record is a quantized run (PTQ or QAT), as ksir-fit selects by default: read from the record."""
+    from ksir import identity, records
+
+    try:
+        rec, _ = records.find_record(spec.paths.results_dir, identity.run_key(spec), adopt_old=False)
+    except (records.NewerRecord, ValueError):
+        return False
+    return bool(rec) and rec.get("regime") not in (None, "fp")
+
+
 def with_job(overrides: Sequence[str], job: str, extra: Sequence[str] = (), drop: Sequence[str] = ()) -> list[str]:
     """The overrides of a sibling job, turned into the overrides of its dependency (less the config groups in
     `drop`, which the dependency's identity does not read: a train job is not labelled `quant.bits=2`)."""
@@ -315,7 +326,7 @@ class ValidatingSweeper(BasicSweeper):
 
         specs = [self.spec_of(o) for o in jobs]
         folders = sorted({str(s.paths.results_dir) for s in specs})
-        curves = any(s.job == "quantize" or s.qat.enabled for s in specs)
+        curves = any(_quantized(s) for s in specs)  # else ksir-fit needs --all-jobs (it fits quantized runs)
         lines = []
         if os.environ.get(STUDY_ENV) != "1":  # ksir-repro fits its sweeps itself and says where
             lines.append(f"results: {', '.join(folders)} (one record per job); this table: {sweep_dir / 'summary.txt'}")
