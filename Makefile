@@ -39,7 +39,7 @@ demo: setup
 # worker, in order): the suite's models are tiny, so threads within a process only contend, while two
 # processes use both cores of the 2-core CI machine.
 test: setup
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m "not slow and not gpu and not slurm" --timeout 900 -n auto --dist loadfile
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m "not slow and not gpu and not slurm" --timeout 900 -n auto --dist loadfile --no-loadscope-reorder --durations=15
 
 test-all: setup
 	$(BIN)/python -m pytest --timeout 1800

@@ -60,3 +60,16 @@ def trained_tiny(tiny_cfg):
     return SimpleNamespace(model=model, tokenizer=tok, data=data, calib=data.calibration_blocks(16, seed=0),
                            eval_blocks=data.eval_blocks(int(cfg.eval.sequences)), record=record, cfg=cfg,
                            checkpoint=record["checkpoint"])
+
+
+# The files that take longest, longest first: `make test` hands whole files to its workers (pytest-xdist,
+# --dist loadfile --no-loadscope-reorder) in collection order, so starting the long ones first keeps one
+# worker from finishing alone with a long file left (longest-first scheduling). Order within a file is kept.
+SLOW_FILES = ("test_repro.py", "test_faults.py", "test_docs_commands.py", "test_cli.py", "test_resume.py",
+              "test_sweeps.py", "test_store_faults.py", "test_deploy.py", "test_sweep_input.py", "test_startup.py",
+              "test_train_eval.py", "test_quant_heal.py", "test_parametrization.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(SLOW_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FILES)))  # stable: file order kept otherwise
