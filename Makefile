@@ -13,11 +13,13 @@ PIN    := $(if $(LOCK),-c $(LOCK))
 .PHONY: setup demo test test-all lint bench clean lock gpu-check
 setup: $(VENV)/.ksir-installed
 
+# pip -qq: errors only (a failed install still says why and stops); PIP_QUIET= make setup shows pip's warnings.
+PIP_QUIET ?= -qq
 $(VENV)/.ksir-installed: pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip $(PIN)
-	$(BIN)/python -m pip install -q "$(TORCH)" $(PIN)
-	$(BIN)/python -m pip install -q -e ".[dev]" $(PIN)
+	$(BIN)/python -m pip install $(PIP_QUIET) --upgrade pip $(PIN)
+	$(BIN)/python -m pip install $(PIP_QUIET) "$(TORCH)" $(PIN)
+	$(BIN)/python -m pip install $(PIP_QUIET) -e ".[dev]" $(PIN)
 	touch $@
 
 # Upgrade the lock: resolve ksir[dev] afresh in a scratch venv, pin what it got, then sync .venv to it.

@@ -18,7 +18,8 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+# docs/demo-transcript.md is a whole `make demo` on a fresh clone: scripts/demo_transcript.sh writes it.
+DOCS = [ROOT / "README.md", *sorted(p for p in (ROOT / "docs").glob("*.md") if p.name != "demo-transcript.md")]
 BLOCK = re.compile(r"```text\n(\$ [^\n]+)\n(.*?)```", re.S)
 
 
