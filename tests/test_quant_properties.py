@@ -2,6 +2,7 @@
 bound, 16-bit identity, MSE search never worse than absmax, double-quantized scales never clip."""
 
 import dataclasses
+import os
 
 import pytest
 import torch
@@ -226,6 +227,10 @@ def test_bf16_weights_round_trip(dtype):
     assert out.dtype == torch.bfloat16 and out.shape == w.shape
 
 
+@pytest.mark.skipif(os.environ.get("ATEN_CPU_CAPABILITY") == "default",
+                    reason="torch 2.13's inductor emits at::vec C++ for this reduction and then compiles it without "
+                           "the vector headers when ATen's unvectorised kernels are selected (a torch bug; eager "
+                           "quantization is tested everywhere else)")
 def test_compiled_round_to_nearest_equals_eager_without_graph_breaks():
     """torch.compile-friendliness: the whole block quantizer traces as one graph (fullgraph=True) and gives the
     eager result bit for bit, for the closed forms and both nearest-code paths (unrolled at 4 bits, bucketize at
