@@ -44,7 +44,6 @@ class Plan:
     code: int = 0  # expected exit status
     says: str = ""  # a text the output must contain (stdout or stderr)
     skip: str = ""  # not run, and why
-    needs: str = ""  # a documented command that must have run first in this workspace
 
 
 def tiny(*more: str) -> tuple[str, ...]:
@@ -249,7 +248,7 @@ def workspace(tmp_path_factory, cache_dir):
             for k, eff in ((2, 0.3), (3, 0.6), (4, 0.8), (8, 0.97), (16, 1.0)):
                 loss = (1.9 + 300 * (n * eff) ** -0.3) * np.exp(rng.normal(0, 0.003))
                 f.write(json.dumps({"args": {"n": n, "bits": k}, "eval": {"loss": loss}}) + "\n")
-    return {"path": w, "cache": cache_dir, "done": set()}
+    return {"path": w, "cache": cache_dir}
 
 
 def _run(command: str, plan: Plan, ws: dict, monkeypatch) -> str:
@@ -259,7 +258,6 @@ def _run(command: str, plan: Plan, ws: dict, monkeypatch) -> str:
     r = run_here(*argv(command, plan, ws["cache"]), cwd=w)
     said = r.stdout + r.stderr
     assert r.returncode == plan.code, f"{command}: exit {r.returncode}, expected {plan.code}\n{said[-3000:]}"
-    ws["done"].add(command)
     return said
 
 
@@ -299,8 +297,6 @@ def test_documented_command(where, command, workspace, monkeypatch):
     monkeypatch.setenv("HOME", str(workspace["path"]))  # no ~/.netrc; ~ is the workspace
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    if plan.needs and plan.needs not in workspace["done"]:
-        _run(plan.needs, PLANS[plan.needs], workspace, monkeypatch)
     said = _run(command, plan, workspace, monkeypatch)
     assert plan.says in said, f"{command}: {plan.says!r} not in the output:\n{said[-3000:]}"
     if command in SHOWN:  # the docs show this command's output: it must be what it prints now
