@@ -54,10 +54,13 @@ def apply() -> None:
         for name in _SILENCED:
             logging.getLogger(name).setLevel(logging.NOTSET)
         _SILENCED.clear()
-        if os.environ.get("TQDM_DISABLE") == _OURS:
-            del os.environ["TQDM_DISABLE"]
+        if "TQDM_DISABLE" in _SILENCED_ENV:  # only if this module set it, never the user's own
+            os.environ.pop("TQDM_DISABLE", None)
+            _SILENCED_ENV.clear()
         return
-    os.environ.setdefault("TQDM_DISABLE", _OURS)  # lm-eval's and datasets' progress bars (tqdm >= 4.66)
+    if "TQDM_DISABLE" not in os.environ:  # lm-eval's and datasets' progress bars (tqdm >= 4.66)
+        os.environ["TQDM_DISABLE"] = "1"
+        _SILENCED_ENV.add("TQDM_DISABLE")
     for name in CHATTY:
         logger = logging.getLogger(name)
         if logger.level < logging.WARNING:
@@ -67,5 +70,5 @@ def apply() -> None:
         warnings.filterwarnings("ignore", message=pattern)
 
 
-_SILENCED: set[str] = set()
-_OURS = "1"
+_SILENCED: set[str] = set()  # loggers this module quietened
+_SILENCED_ENV: set[str] = set()  # environment variables this module set

@@ -334,10 +334,13 @@ class ValidatingSweeper(BasicSweeper):
             lines.append(f"next: ksir-fit {' '.join(folders)} --out {fit_out}" + ("" if curves else " --all-jobs")
                          + "   (scaling laws, the best k per budget, figures)")
         offline: dict[str, int] = {}
+        keys_by_folder: dict[Path, set[str]] = {}
         for s in specs:
-            folder = Path(s.paths.wandb) / "wandb"
-            if any(folder.glob(f"offline-run-*-{identity.run_key(s)}")):
-                offline[str(folder)] = offline.get(str(folder), 0) + 1
+            keys_by_folder.setdefault(Path(s.paths.wandb) / "wandb", set()).add(identity.run_key(s))
+        for folder, keys in keys_by_folder.items():  # one listing per folder, not one glob per job
+            logged = {"-".join(p.name.rsplit("-", 2)[-2:]) for p in folder.glob("offline-run-*")}  # ...-<run key>
+            if n := len(keys & logged):
+                offline[str(folder)] = n
         for folder, n in offline.items():
             lines.append(f"W&B: {n} run(s) logged offline in {folder}; upload with: wandb sync {folder}/offline-run-*")
         return "\n".join(lines)
