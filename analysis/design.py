@@ -29,7 +29,7 @@ import pandas as pd
 BASE_COLS = ("parametrization", "matmul_precision")
 # Fields that make a curve (with k): one scheme at one bit-width.
 SCHEME_COLS = ("dtype", "blocksize", "method", "regime", "backend", "packed_format", "lowrank_mode", "lowrank_rank",
-               *BASE_COLS)
+               "rotate", *BASE_COLS)
 # Fields that define a configuration, besides the scheme: the replicate column is never one of them.
 CONFIG_COLS = ("config_key", "family", "size", "n_params", "train_tokens", "bits", "total_bits", "act_bits",
                "kv_bits", "fwd_bits", "bwd_bits", "attention_bits", "lr", *SCHEME_COLS)
@@ -85,6 +85,10 @@ def is_reference(df: pd.DataFrame, reference: float) -> pd.Series:
         ref &= df["lowrank_mode"].astype(str) != "factorize"
     if "regime" in df:
         ref &= ~df["regime"].astype(str).isin(NOT_BASELINES)
+    for c in ("act_bits", "kv_bits"):  # k-bit activations or KV cache on 16-bit weights: not the plain model
+        if c in df:
+            v = pd.to_numeric(df[c], errors="coerce")
+            ref &= v.isna() | (v == float(reference))
     return ref
 
 

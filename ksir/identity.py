@@ -140,13 +140,34 @@ def quant_identity(spec: JobSpec) -> dict[str, Any]:
     q = spec.quant
     if q.unquantized:
         return {"bits": REFERENCE_BITS}  # the unquantized baseline: one per base model
-    ident = _applicable(q)
+    precisions = _precision_identity(q)
+    if not q.weights_quantized:  # 16-bit weights, k-bit activations or cache: the weights' scheme is no part of it
+        return {"bits": REFERENCE_BITS, **precisions}
+    ident = {**_applicable(q), **precisions}
     if q.outlier.mode == "none":
         ident.pop("outlier", None)
     if q.lowrank.mode == "factorize":  # the factor storage follows quant.bits; whitening applies to corrections
         for key in ("bits", "whiten"):
             ident.get("lowrank", {}).pop(key, None)
     ident.update(bits=canon(q.bits), dtype=q.dtype, method=q.method)  # always named
+    return ident
+
+
+def _precision_identity(q: Any) -> dict[str, Any]:
+    """Activations and KV cache where quantized (their float exponent bits resolved), and the rotation."""
+    ident: dict[str, Any] = {}
+    for name in ("act", "kv"):
+        sub = getattr(q, name)
+        if sub.on:
+            d = non_default(sub)
+            d.pop("exponent_bits", None)
+            if (e := sub.resolved_exponent_bits()) is not None:
+                d["exponent_bits"] = e
+            if name == "act" and sub.scales == "static":
+                d["calib_sequences"] = canon(q.calib_sequences)
+            ident[name] = {**d, "bits": canon(sub.bits)}
+    if q.rotate != "none":
+        ident["rotate"] = q.rotate
     return ident
 
 

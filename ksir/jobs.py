@@ -52,6 +52,11 @@ def describe_quantize(spec: JobSpec) -> str:
     q = spec.quant
     if q.unquantized:
         return f"{name} quantize 16-bit baseline"
+    extra = "".join([f" a{q.act.bits:g}" + ("" if q.act.dtype == "int" else f" {q.act.dtype}") if q.act.on else "",
+                     f" kv{q.kv.bits:g}" + ("" if q.kv.dtype == "int" else f" {q.kv.dtype}") if q.kv.on else "",
+                     " hadamard" if q.rotate != "none" else ""])
+    if not q.weights_quantized:
+        return f"{name} quantize w16{extra}"
     scheme = f"b{q.blocksize}" if q.granularity == "block" else q.granularity
     packed = "" if q.backend == "simulated" else f" [{q.backend}]"
     lr = q.lowrank
@@ -59,7 +64,7 @@ def describe_quantize(spec: JobSpec) -> str:
     if q.factorized and q.reference:
         return f"{name} quantize factorize r{lr.rank:g} fp16"
     heal = f" + kd {q.heal.steps} steps" if q.heal.steps else ""
-    return f"{name} quantize {q.dtype}{q.bits:g} {scheme} {q.method}{low}{heal}{packed}"
+    return f"{name} quantize {q.dtype}{q.bits:g} {scheme} {q.method}{low}{extra}{heal}{packed}"
 
 
 def describe(spec: JobSpec) -> str:

@@ -19,7 +19,8 @@ KEY_SECTIONS = {"train": ("model", "data", "trainer", "eval", "seed", "qat"),
                 "quantize": ("model", "data", "quant", "eval", "seed")}
 NON_RESULT_KEYS = {"model": ("train_if_missing", "cache_base"), "eval": ("batch_size", "device"),
                    "trainer": ("lightning", "checkpoint_every_n_steps", "compile")}
-ADDED_AFTER_V1: dict[str, tuple[str, ...]] = {"quant": ("backend", "measure", "lowrank", "heal"),
+ADDED_AFTER_V1: dict[str, tuple[str, ...]] = {"quant": ("backend", "measure", "lowrank", "heal", "act", "kv",
+                                                        "rotate"),
                                               "model": ("parametrization",),
                                               "trainer": ("matmul_precision", "matmul_scaling")}  # keys v1 never saw
 

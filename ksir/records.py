@@ -19,7 +19,9 @@ Record layout (schema 2), one file ``<results_dir>/<run_key>.json``, readable by
     bits: float             # k (16 = unquantized baseline, one per base model)
     dtype, granularity: str | None   # "none" / None for the 16-bit baseline
     blocksize: int | None
-    total_bits, bits_per_param: float
+    act_bits, kv_bits: float  # PTQ with k-bit activations / KV cache only (absent = 16); `precision` has the formats
+    rotate: str             # "hadamard" where the quantized layers were rotated (absent = none)
+    total_bits, bits_per_param: float  # weights' storage (activations and KV cache are not stored)
     train_tokens: int
     metrics: {val_loss, val_ppl, val_acc, eval_tokens, zs_*, train_*, quant_time_s, ...}
     resumed_from_step: int  # train jobs that resumed after an interruption (throughput covers the whole run)
@@ -37,6 +39,7 @@ Schema-1 records (no `identity`, keys hashed from the raw config) are upgraded w
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -66,7 +69,7 @@ LEGACY_DIR = ".v1"  # schema-1 files replaced by their upgraded record are moved
 SCALARS = ("job", "family", "size", "checkpoint", "n_params", "n_params_nonembedding", "n_quantized_params",
            "method", "regime", "bits", "dtype", "blocksize", "granularity", "total_bits", "bits_per_param",
            "train_tokens", "git_commit", "backend", "packed_format", "measured_bytes", "lowrank_mode", "lowrank_rank",
-           "parametrization", "matmul_precision", "matmul_scaling", "lr", "seed")
+           "act_bits", "kv_bits", "rotate", "parametrization", "matmul_precision", "matmul_scaling", "lr", "seed")
 
 
 def now() -> str:
@@ -135,13 +138,20 @@ def quantize_fields(spec: JobSpec, summary: Any, *, checkpoint: str, n_params: i
     packed = {} if deploy is None else {"backend": deploy["backend"], "packed_format": deploy["format"],
                                         "measured_bytes": deploy["bytes"], "deploy": dict(deploy)}
     regime = "ptq+kd" if q.heal.steps and not baseline else "ptq"
+    precisions = {f"{name}_bits": float(sub.bits) for name, sub in (("act", q.act), ("kv", q.kv)) if sub.on}
+    if precisions:  # the formats in full beside the bit-widths (scales, groups, resolved float exponent bits)
+        precisions["precision"] = {name: {**dataclasses.asdict(sub), "exponent_bits": sub.resolved_exponent_bits()}
+                                   for name, sub in (("act", q.act), ("kv", q.kv)) if sub.on}
+    if q.rotate != "none":
+        precisions["rotate"] = q.rotate
+    weights16 = not q.weights_quantized  # scheme-free weights: the baseline's, or k-bit activations/cache alone
     trained = training_fields(spec) if spec.uses_own_checkpoint else {}  # how ksir trained the base model
-    return {**trained, **packed, **lowrank, "checkpoint": checkpoint, "regime": regime, "n_params": n_params,
-            "n_params_nonembedding": n_nonemb,
-            "n_quantized_params": summary.n_quantized, "method": "none" if baseline else q.method,
-            "bits": float(q.bits), "dtype": "none" if baseline else q.dtype,
-            "blocksize": q.blocksize if q.granularity == "block" and not baseline else None,
-            "granularity": None if baseline else q.granularity, "total_bits": summary.total_bits,
+    return {**trained, **packed, **lowrank, **precisions, "checkpoint": checkpoint, "regime": regime,
+            "n_params": n_params, "n_params_nonembedding": n_nonemb,
+            "n_quantized_params": summary.n_quantized, "method": "none" if weights16 else q.method,
+            "bits": float(q.bits), "dtype": "none" if weights16 else q.dtype,
+            "blocksize": q.blocksize if q.granularity == "block" and not weights16 else None,
+            "granularity": None if weights16 else q.granularity, "total_bits": summary.total_bits,
             "bits_per_param": summary.bits_per_param, "train_tokens": train_tokens, "quant": summary.as_dict(),
             "metrics": dict(metrics)}
 

@@ -70,21 +70,16 @@ def selected_shapes(model: nn.Module, q: QuantConfig) -> dict[str, tuple[int, in
 def _quantize_model(model: nn.Module, q: QuantConfig, calib: torch.Tensor | None) -> QuantSummary:
     from ksir.errors import ConfigError
     from ksir.quant.bits import summarize
-    from ksir.quant.blockwise import make_grid, quantize_weight
-    from ksir.quant.select import get_weight, set_weight
 
     shapes = selected_shapes(model, q)
     names = list(shapes)
     modules = dict(model.named_modules())
     if q.unquantized:
         return summarize(model, q, {}, {})
-    if q.factorized:
-        from ksir.quant.lowrank import factorize_layers
-
-        factorize_layers([modules[n] for n in names], q)
-        return summarize(model, q, shapes, {})
     if needs_calibration(q) and calib is None:
-        if q.method == "gptq":
+        if q.act.on and q.act.scales == "static":
+            why = "act.scales=static"
+        elif q.method == "gptq":
             why = "method=gptq"
         elif q.outlier.mode == "activation":
             why = "outlier.mode=activation"
@@ -95,6 +90,35 @@ def _quantize_model(model: nn.Module, q: QuantConfig, calib: torch.Tensor | None
         )
     if calib is not None:
         calib = calib[: q.calib_sequences]
+    layers = {n: modules[n] for n in names}
+    if q.kv.on:  # checked first: a model whose attention cannot be reached fails before any work
+        from ksir.quant.activations import quantize_kv_cache
+
+        quantize_kv_cache(model, q.kv)
+    if q.rotate == "hadamard":
+        from ksir.quant.rotate import rotate_layers
+
+        rotate_layers(layers)
+    keep = _quantize_weights(model, q, layers, calib) if q.weights_quantized else {}
+    if q.act.on:
+        from ksir.quant.activations import quantize_activations
+
+        quantize_activations(model, layers, q.act, calib, q.gptq.batch_size)
+    return summarize(model, q, shapes if q.weights_quantized else {}, keep)
+
+
+def _quantize_weights(model: nn.Module, q: QuantConfig, layers: dict[str, nn.Module],
+                      calib: torch.Tensor | None) -> dict[str, int]:
+    """The weights at k bits (RTN or GPTQ, outlier columns, low rank); returns the kept columns per layer."""
+    from ksir.quant.blockwise import make_grid, quantize_weight
+    from ksir.quant.select import get_weight, set_weight
+
+    names = list(layers)
+    if q.factorized:
+        from ksir.quant.lowrank import factorize_layers
+
+        factorize_layers(list(layers.values()), q)
+        return {}
     from ksir.quant.outliers import outlier_columns
 
     keep = outlier_columns(model, names, q, calib)
@@ -102,7 +126,7 @@ def _quantize_model(model: nn.Module, q: QuantConfig, calib: torch.Tensor | None
     if correcting:
         from ksir.quant.lowrank import correct_layers, input_rms
 
-        originals = {n: get_weight(modules[n]).detach().clone() for n in names}
+        originals = {n: get_weight(m).detach().clone() for n, m in layers.items()}
         rms = input_rms(model, names, calib, q.gptq.batch_size) if q.lowrank.whiten == "activation" else {}
     grid = make_grid(q)
     if q.method == "gptq":
@@ -110,9 +134,8 @@ def _quantize_model(model: nn.Module, q: QuantConfig, calib: torch.Tensor | None
 
         gptq_quantize_model(model, names, q, grid, calib, keep)
     else:
-        for n in names:
-            m = modules[n]
+        for n, m in layers.items():
             set_weight(m, quantize_weight(get_weight(m), grid, q.granularity, q.blocksize, keep.get(n)))
     if correcting:
-        correct_layers({n: modules[n] for n in names}, originals, q, rms)
-    return summarize(model, q, shapes, {n: int(c.numel()) for n, c in keep.items()})
+        correct_layers(layers, originals, q, rms)
+    return {n: int(c.numel()) for n, c in keep.items()}

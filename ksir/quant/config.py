@@ -19,9 +19,10 @@ from ksir.quant.format import (
     is_int,
     is_number,
 )
-from ksir.quant.vocab import METHODS, REFERENCE_BITS, is_baseline
+from ksir.quant.vocab import FLOAT_DEFAULT_EXPONENT_BITS, METHODS, PTQ_BITS, REFERENCE_BITS, is_baseline
 
-__all__ = ["DEFAULT_EXCLUDE", "DEFAULT_INCLUDE", "SCALE_BITS", "ZERO_POINTS", "QuantConfig"]
+__all__ = ["DEFAULT_EXCLUDE", "DEFAULT_INCLUDE", "SCALE_BITS", "ZERO_POINTS", "ActivationConfig", "KVCacheConfig",
+           "QuantConfig"]
 SCALE_SEARCHES = ("absmax", "mse")
 OUTLIER_MODES = ("none", "proxy", "activation")
 
@@ -86,6 +87,53 @@ class HealConfig:
     temperature: float = 1.0  # KL(teacher || student) on logits / T, times T^2
 
 
+ACT_DTYPES = ("int", "int_asym", "float")  # activations and KV cache: formats with a closed-form grid
+ACT_GRANULARITIES = ("token", "tensor")
+ACT_SCALES = ("dynamic", "static")
+KV_GRANULARITIES = ("head", "token")
+ROTATIONS = ("none", "hadamard")
+ACT_FLOAT_EXPONENT_BITS = {**FLOAT_DEFAULT_EXPONENT_BITS, 8: 4}  # FP8 activations are E4M3; below, the weights'
+
+
+class _Precision:
+    """What activations and the KV cache share: on/off and the float type's resolved exponent bits."""
+
+    bits: float
+    dtype: str
+    exponent_bits: int | None
+
+    @property
+    def on(self) -> bool:
+        return not is_baseline(self.bits)
+
+    def resolved_exponent_bits(self) -> int | None:
+        if self.dtype != "float" or not self.on:
+            return None
+        return self.exponent_bits if self.exponent_bits is not None else ACT_FLOAT_EXPONENT_BITS[int(self.bits)]
+
+
+@dataclass(frozen=True)
+class ActivationConfig(_Precision):
+    """k-bit inputs of the quantized linear layers (W-k A-k): fake-quantized on the fly, as a kernel would
+    before an integer or FP8 matmul. Weights' bit accounting is unchanged; the record keeps act_bits."""
+
+    bits: float = REFERENCE_BITS  # 16 = off
+    dtype: str = "int"  # int | int_asym | float (from the weight dtype registry)
+    exponent_bits: int | None = None  # float only; None -> E4M3 at 8 bits, the weights' default below
+    granularity: str = "token"  # token (one scale per token, per layer input) | tensor (one per layer input)
+    scales: str = "dynamic"  # dynamic (from each batch) | static (calibrated absmax, per tensor)
+
+
+@dataclass(frozen=True)
+class KVCacheConfig(_Precision):
+    """A k-bit KV cache, simulated: keys (after RoPE) and values as attention reads them, fake-quantized."""
+
+    bits: float = REFERENCE_BITS  # 16 = off
+    dtype: str = "int"  # int | int_asym | float
+    exponent_bits: int | None = None  # float only; as for activations
+    granularity: str = "head"  # head (one scale per token and head) | token (one per token, all heads)
+
+
 @dataclass(frozen=True)
 class QuantConfig(WeightFormat):
     """Every field is a Hydra key under `quant:` (conf/quant/rtn.yaml documents each one); the format's fields
@@ -104,10 +152,14 @@ class QuantConfig(WeightFormat):
     measure: MeasureConfig = field(default_factory=MeasureConfig)
     lowrank: LowRankConfig = field(default_factory=LowRankConfig)
     heal: HealConfig = field(default_factory=HealConfig)
+    act: ActivationConfig = field(default_factory=ActivationConfig)
+    kv: KVCacheConfig = field(default_factory=KVCacheConfig)
+    rotate: str = "none"  # none | hadamard (randomised Hadamard on each quantized layer's input dimension)
 
     def __post_init__(self) -> None:
         for name, cls in (("lowrank", LowRankConfig), ("measure", MeasureConfig), ("outlier", OutlierConfig),
-                          ("gptq", GPTQConfig), ("heal", HealConfig)):
+                          ("gptq", GPTQConfig), ("heal", HealConfig), ("act", ActivationConfig),
+                          ("kv", KVCacheConfig)):
             if isinstance(getattr(self, name), Mapping):  # QuantConfig(lowrank={...}) as from a mapping
                 object.__setattr__(self, name, from_mapping(cls, getattr(self, name), f"quant.{name}"))
         if self.method not in METHODS:
@@ -115,12 +167,14 @@ class QuantConfig(WeightFormat):
         self.check_format()
         self._check_lowrank()
         self._check_heal()
+        self._check_precisions()
         for key, value, allowed in (("scale_search", self.scale_search, SCALE_SEARCHES),
-                                    ("outlier.mode", self.outlier.mode, OUTLIER_MODES)):
+                                    ("outlier.mode", self.outlier.mode, OUTLIER_MODES),
+                                    ("rotate", self.rotate, ROTATIONS)):
             if value not in allowed:
                 self._fail(key, value, allowed)
-        if self.unquantized:
-            return  # identity: nothing else is used
+        if not self.weights_quantized:
+            return  # the weights' identity: nothing else is used
         if self.scale_search == "mse":
             if not is_int(self.mse_grid) or self.mse_grid < 2:
                 self._fail("mse_grid", self.mse_grid, "an integer >= 2")
@@ -145,14 +199,23 @@ class QuantConfig(WeightFormat):
         return self.lowrank.mode == "factorize"
 
     @property
+    def weights_quantized(self) -> bool:
+        """The weights change (k < 16, or factor pairs); activations and the KV cache are separate axes."""
+        return not is_baseline(self.bits, self.factorized)
+
+    @property
     def unquantized(self) -> bool:
-        """The 16-bit baseline: nothing changes the weights."""
-        return is_baseline(self.bits, self.factorized)
+        """The 16-bit baseline: nothing changes the weights, the activations or the KV cache."""
+        return not (self.weights_quantized or self.act.on or self.kv.on)
 
     @property
     def needs_calibration(self) -> bool:
         """GPTQ, activation-based outliers and whitened low-rank corrections need calibration token ids."""
         if self.unquantized:
+            return False
+        if self.act.on and self.act.scales == "static":
+            return True
+        if not self.weights_quantized:
             return False
         return self.method == "gptq" or self.outlier.mode == "activation" or \
             (self.lowrank.mode == "correct" and self.lowrank.whiten == "activation")
@@ -162,7 +225,7 @@ class QuantConfig(WeightFormat):
         return {**super().applies(), "mse_grid": self.scale_search == "mse", "mse_min_ratio": self.scale_search == "mse",
                 "gptq": self.method == "gptq", "calib_sequences": self.needs_calibration,
                 "measure": self.backend != "simulated", "lowrank": self.lowrank.mode != "none",
-                "heal": self.heal.steps > 0}
+                "heal": self.heal.steps > 0, "act": self.act.on, "kv": self.kv.on}
 
     @classmethod
     def from_mapping(cls, m: Mapping[str, Any] | Any) -> QuantConfig:
@@ -196,6 +259,38 @@ class QuantConfig(WeightFormat):
         if self.backend != "simulated":
             self._fail("backend", self.backend, why="no packed kernel for low-rank factors in any backend; use "
                        "quant.backend=simulated")
+
+    def _check_precisions(self) -> None:
+        """Activations and KV cache: formats with a closed-form grid, k in the weights' registry; rotations need
+        something quantized to act on, and are not packed by any backend."""
+        for name, sub, grans in (("act", self.act, ACT_GRANULARITIES), ("kv", self.kv, KV_GRANULARITIES)):
+            if not is_number(sub.bits) or (sub.bits != REFERENCE_BITS and sub.bits not in PTQ_BITS):
+                self._fail(f"{name}.bits", sub.bits, [*PTQ_BITS, REFERENCE_BITS], f"{REFERENCE_BITS} = off")
+            if sub.dtype not in ACT_DTYPES:
+                self._fail(f"{name}.dtype", sub.dtype, ACT_DTYPES)
+            if sub.granularity not in grans:
+                self._fail(f"{name}.granularity", sub.granularity, grans)
+            if sub.on and sub.dtype == "float" and sub.exponent_bits is not None:
+                k, e = int(sub.bits), sub.exponent_bits
+                if not is_int(e) or not 1 <= e <= k - 1:
+                    self._fail(f"{name}.exponent_bits", e, f"null or 1..{k - 1}", f"a {k}-bit float has one sign bit")
+            if sub.on and self.backend != "simulated":
+                self._fail(f"{name}.bits", sub.bits, why=f"no packed backend quantizes {'activations' if name == 'act' else 'the KV cache'} "
+                           "here; use quant.backend=simulated")
+        if self.act.scales not in ACT_SCALES:
+            self._fail("act.scales", self.act.scales, ACT_SCALES)
+        if self.act.on and self.act.scales == "static" and self.act.granularity != "tensor":
+            self._fail("act.scales", self.act.scales, why="a static scale is calibrated once per layer input: set "
+                       "quant.act.granularity=tensor (per-token scales are dynamic)")
+        if self.rotate == "hadamard":
+            if is_baseline(self.bits) and not self.act.on:
+                self._fail("rotate", self.rotate, why="a rotation changes nothing unless weights or activations are "
+                           f"quantized: set quant.bits or quant.act.bits below {REFERENCE_BITS}")
+            if self.outlier.mode != "none" or self.lowrank.mode == "factorize":
+                self._fail("rotate", self.rotate, why="outlier columns and factor pairs are chosen in the unrotated "
+                           "basis: use quant.outlier.mode=none and no lowrank.mode=factorize with quant.rotate")
+            if self.backend != "simulated":
+                self._fail("rotate", self.rotate, why="no packed backend applies the rotation; use quant.backend=simulated")
 
     def _check_heal(self) -> None:
         h = self.heal
