@@ -101,6 +101,12 @@ PLANS: dict[str, Plan] = {
         skip="runs on the packed records of a two-size HQQ sweep in tests/test_deploy.py::"
              "test_a_packed_quantize_job_end_to_end_and_fit_on_measured_bytes (packing and timing a sweep here "
              "would repeat it)"),
+    # docs/precisions.md (one size, one activation and KV width: every axis runs, rotated and not)
+    "ksir-run -m job=quantize model.size=xs,s,m quant.bits=4 quant.act.bits=4,8,16 quant.kv.bits=4,16 "
+    "quant.rotate=none,hadamard": Plan(add=tiny(*SHORT, "logger=none", "model.size=xs"),
+                                       replace=(("quant.act.bits=4,8,16", "quant.act.bits=4"),
+                                                ("quant.kv.bits=4,16", "quant.kv.bits=4")),
+                                       says="llama-xs quantize int4 b64 rtn a4 kv4 hadamard"),
     # docs/qat.md
     "ksir-run job=train qat=lsq qat.bits=2": Plan(add=tiny(*QUICK), says="QAT 2-bit"),
     "ksir-run job=train qat=lsq qat.bits=2 qat.init_from=auto": Plan(add=tiny(*QUICK), says="QAT 2-bit"),
