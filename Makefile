@@ -14,12 +14,15 @@ PIN    := $(if $(LOCK),-c $(LOCK))
 setup: $(VENV)/.ksir-installed
 
 # pip -qq: errors only (a failed install still says why and stops); PIP_QUIET= make setup shows pip's warnings.
+# --no-compile: pip does not byte-compile every installed module (most are never imported); Python
+# compiles what it imports on first use, so setup is faster and nothing else changes.
 PIP_QUIET ?= -qq
+PIP_FLAGS := $(PIP_QUIET) --no-compile
 $(VENV)/.ksir-installed: pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install $(PIP_QUIET) --upgrade pip $(PIN)
-	$(BIN)/python -m pip install $(PIP_QUIET) "$(TORCH)" $(PIN)
-	$(BIN)/python -m pip install $(PIP_QUIET) -e ".[dev]" $(PIN)
+	$(BIN)/python -m pip install $(PIP_FLAGS) --upgrade pip $(PIN)
+	$(BIN)/python -m pip install $(PIP_FLAGS) "$(TORCH)" $(PIN)
+	$(BIN)/python -m pip install $(PIP_FLAGS) -e ".[dev]" $(PIN)
 	touch $@
 
 # Upgrade the lock: resolve ksir[dev] afresh in a scratch venv, pin what it got, then sync .venv to it.
