@@ -168,6 +168,11 @@ def _precision_identity(q: Any) -> dict[str, Any]:
             ident[name] = {**d, "bits": canon(sub.bits)}
     if q.rotate != "none":
         ident["rotate"] = q.rotate
+    if q.layer_bits:  # rules in order (a later rule wins), as given
+        ident["layer_bits"] = [[rule, canon(k)] for rule, k in q.layer_bits.items()]
+    if q.allocate.on:
+        ident["allocate"] = {"candidates": sorted(canon(k) for k in q.allocate.candidates),
+                             "sequences": canon(q.allocate.sequences), "calib_sequences": canon(q.calib_sequences)}
     return ident
 
 

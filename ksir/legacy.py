@@ -20,7 +20,7 @@ KEY_SECTIONS = {"train": ("model", "data", "trainer", "eval", "seed", "qat"),
 NON_RESULT_KEYS = {"model": ("train_if_missing", "cache_base"), "eval": ("batch_size", "device"),
                    "trainer": ("lightning", "checkpoint_every_n_steps", "compile")}
 ADDED_AFTER_V1: dict[str, tuple[str, ...]] = {"quant": ("backend", "measure", "lowrank", "heal", "act", "kv",
-                                                        "rotate"),
+                                                        "rotate", "layer_bits", "allocate"),
                                               "model": ("parametrization",),
                                               "trainer": ("matmul_precision", "matmul_scaling")}  # keys v1 never saw
 

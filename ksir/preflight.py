@@ -54,6 +54,8 @@ def check_quantize(spec: JobSpec) -> None:
     """A quantize job: a packed backend that can run here, and a model it can load."""
     _check_backend(spec)
     _check_quantize_source(spec)
+    if spec.quant.layer_bits:
+        _check_layer_rules(spec)
 
 
 def _check_creatable(key: str, folder: Path) -> None:
@@ -122,6 +124,27 @@ def _cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def _check_layer_rules(spec: JobSpec) -> None:
+    """Each per-layer rule names a quantized layer of the architecture (built on the meta device, no weights;
+    a hub model's rules are checked once it is loaded, before quantization)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from ksir.families import own_config
+    from ksir.quant.layers import rule_plan
+    from ksir.quant.select import quantized_linear_names
+
+    if spec.model.checkpoint and spec.model.checkpoint_is_path:
+        config = AutoConfig.from_pretrained(spec.model.local_folder)
+    elif spec.family.kind == "own":
+        config = own_config(spec.family, spec.model.size, vocab_size=256)  # names do not depend on the vocabulary
+    else:
+        return
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    rule_plan(quantized_linear_names(model, spec.quant), spec.quant)
 
 
 def _check_quantize_source(spec: JobSpec) -> None:

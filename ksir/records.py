@@ -21,6 +21,8 @@ Record layout (schema 2), one file ``<results_dir>/<run_key>.json``, readable by
     blocksize: int | None
     act_bits, kv_bits: float  # PTQ with k-bit activations / KV cache only (absent = 16); `precision` has the formats
     rotate: str             # "hadamard" where the quantized layers were rotated (absent = none)
+    layer_bits: str         # per-layer bits only: the rule ("first=8,last=8", "allocate[2,3,4,8]"); layer_plan
+                            # (layer -> k), mean_bits (mean k per quantized weight), layer_sensitivity (allocation)
     total_bits, bits_per_param: float  # weights' storage (activations and KV cache are not stored)
     train_tokens: int
     metrics: {val_loss, val_ppl, val_acc, eval_tokens, zs_*, train_*, quant_time_s, ...}
@@ -69,7 +71,7 @@ LEGACY_DIR = ".v1"  # schema-1 files replaced by their upgraded record are moved
 SCALARS = ("job", "family", "size", "checkpoint", "n_params", "n_params_nonembedding", "n_quantized_params",
            "method", "regime", "bits", "dtype", "blocksize", "granularity", "total_bits", "bits_per_param",
            "train_tokens", "git_commit", "backend", "packed_format", "measured_bytes", "lowrank_mode", "lowrank_rank",
-           "act_bits", "kv_bits", "rotate", "parametrization", "matmul_precision", "matmul_scaling", "lr", "seed")
+           "act_bits", "kv_bits", "rotate", "layer_bits", "mean_bits", "parametrization", "matmul_precision", "matmul_scaling", "lr", "seed")
 
 
 def now() -> str:
@@ -144,6 +146,12 @@ def quantize_fields(spec: JobSpec, summary: Any, *, checkpoint: str, n_params: i
                                    for name, sub in (("act", q.act), ("kv", q.kv)) if sub.on}
     if q.rotate != "none":
         precisions["rotate"] = q.rotate
+    if summary.plan is not None:  # per-layer bits: the rule, each layer's k, their mean per quantized weight
+        precisions.update(layer_bits=q.layer_rule(), layer_plan=dict(summary.plan),
+                          mean_bits=summary.mean_bits)
+        if summary.sensitivity is not None:
+            precisions["layer_sensitivity"] = {n: {f"{k:g}": v for k, v in d.items()}
+                                               for n, d in summary.sensitivity.items()}
     weights16 = not q.weights_quantized  # scheme-free weights: the baseline's, or k-bit activations/cache alone
     trained = training_fields(spec) if spec.uses_own_checkpoint else {}  # how ksir trained the base model
     return {**trained, **packed, **lowrank, **precisions, "checkpoint": checkpoint, "regime": regime,

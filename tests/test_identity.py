@@ -129,7 +129,7 @@ FROZEN_DEFAULTS = {
                     "act": {"bits": 16, "dtype": "int", "exponent_bits": None, "granularity": "token",
                             "scales": "dynamic"},
                     "kv": {"bits": 16, "dtype": "int", "exponent_bits": None, "granularity": "head"},
-                    "rotate": "none"},
+                    "rotate": "none", "layer_bits": {}, "allocate": {"candidates": [], "sequences": 8}},
     "TrainerSpec": {"tokens_per_param": 20, "param_count": "total", "batch_size": 32, "lr": 0.003,
                     "weight_decay": 0.1, "betas": [0.9, 0.95], "warmup_fraction": 0.05, "min_steps": 10,
                     "max_steps": None, "checkpoint_every_n_steps": 100, "compile": False, "matmul_precision": "fp32",

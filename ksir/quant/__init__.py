@@ -64,6 +64,10 @@ def selected_shapes(model: nn.Module, q: QuantConfig) -> dict[str, tuple[int, in
     modules = dict(model.named_modules())
     names = quantized_linear_names(model, q)
     validate_quant_config(q, [row_size(modules[n]) for n in names])
+    if q.layer_bits:  # a rule that names no layer fails here, before any compute
+        from ksir.quant.layers import rule_plan
+
+        rule_plan(names, q)
     return {n: tuple(get_weight(modules[n]).shape) for n in names}
 
 
@@ -81,6 +85,8 @@ def _quantize_model(model: nn.Module, q: QuantConfig, calib: torch.Tensor | None
             why = "act.scales=static"
         elif q.method == "gptq":
             why = "method=gptq"
+        elif q.allocate.on:
+            why = "allocate (measured per-layer sensitivities)"
         elif q.outlier.mode == "activation":
             why = "outlier.mode=activation"
         else:
@@ -99,17 +105,25 @@ def _quantize_model(model: nn.Module, q: QuantConfig, calib: torch.Tensor | None
         from ksir.quant.rotate import rotate_layers
 
         rotate_layers(layers)
-    keep = _quantize_weights(model, q, layers, calib) if q.weights_quantized else {}
+    plan, sens = None, None
+    if q.per_layer:
+        from ksir.quant.layers import layer_plan
+
+        plan, sens = layer_plan(model, layers, q, calib)
+    keep = _quantize_weights(model, q, layers, calib, plan) if q.weights_quantized else {}
     if q.act.on:
         from ksir.quant.activations import quantize_activations
 
         quantize_activations(model, layers, q.act, calib, q.gptq.batch_size)
-    return summarize(model, q, shapes if q.weights_quantized else {}, keep)
+    summary = summarize(model, q, shapes if q.weights_quantized else {}, keep, plan)
+    summary.sensitivity = sens
+    return summary
 
 
 def _quantize_weights(model: nn.Module, q: QuantConfig, layers: dict[str, nn.Module],
-                      calib: torch.Tensor | None) -> dict[str, int]:
-    """The weights at k bits (RTN or GPTQ, outlier columns, low rank); returns the kept columns per layer."""
+                      calib: torch.Tensor | None, plan: dict[str, float] | None = None) -> dict[str, int]:
+    """The weights at k bits (RTN or GPTQ, outlier columns, low rank); returns the kept columns per layer.
+    plan: per-layer k (`ksir.quant.layers`), 16 leaving a layer as it is."""
     from ksir.quant.blockwise import make_grid, quantize_weight
     from ksir.quant.select import get_weight, set_weight
 
@@ -128,14 +142,23 @@ def _quantize_weights(model: nn.Module, q: QuantConfig, layers: dict[str, nn.Mod
 
         originals = {n: get_weight(m).detach().clone() for n, m in layers.items()}
         rms = input_rms(model, names, calib, q.gptq.batch_size) if q.lowrank.whiten == "activation" else {}
-    grid = make_grid(q)
+    if plan is None:
+        grid = make_grid(q)
+    else:
+        from ksir.quant.layers import at_bits, is_kept
+
+        by_k = {k: make_grid(at_bits(q, k)) for k in set(plan.values()) if not is_kept(k)}
+        grid = {n: by_k[k] for n, k in plan.items() if not is_kept(k)}
+        names = list(grid)
+        layers = {n: layers[n] for n in names}
     if q.method == "gptq":
         from ksir.quant.gptq import gptq_quantize_model
 
         gptq_quantize_model(model, names, q, grid, calib, keep)
     else:
         for n, m in layers.items():
-            set_weight(m, quantize_weight(get_weight(m), grid, q.granularity, q.blocksize, keep.get(n)))
+            g = grid[n] if isinstance(grid, dict) else grid
+            set_weight(m, quantize_weight(get_weight(m), g, q.granularity, q.blocksize, keep.get(n)))
     if correcting:
         correct_layers(layers, originals, q, rms)
     return {n: int(c.numel()) for n, c in keep.items()}

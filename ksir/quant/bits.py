@@ -29,9 +29,16 @@ class QuantSummary:
     n_quantized: int  # weights stored at k bits
     bits_per_param: float
     n_layers: int  # linear layers quantized
+    plan: dict[str, float] | None = None  # per-layer bits: quantized layer name -> k (16 = left unquantized)
+    sensitivity: dict[str, dict[float, float]] | None = None  # an allocation's measured loss increases
+    mean_bits: float | None = None  # per-layer bits: the mean k per weight of the selected layers
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """The accounting (a per-layer plan, its mean k and its sensitivities are recorded on their own)."""
+        d = asdict(self)
+        for key in ("plan", "sensitivity", "mean_bits"):
+            del d[key]
+        return d
 
 
 def count_params(model: nn.Module) -> int:
@@ -74,17 +81,26 @@ def _dense_bits(shape: tuple[int, int], q: QuantConfig, n_keep_cols: int) -> tup
 
 
 def summarize(
-    model: nn.Module, q: QuantConfig, shapes: dict[str, tuple[int, int]], keep: dict[str, int]
+    model: nn.Module, q: QuantConfig, shapes: dict[str, tuple[int, int]], keep: dict[str, int],
+    plan: dict[str, float] | None = None,
 ) -> QuantSummary:
-    """Summary for `shapes` (quantized layer name -> [out, in]) with `keep[name]` outlier columns each."""
+    """Summary for `shapes` (quantized layer name -> [out, in]) with `keep[name]` outlier columns each; with a
+    per-layer plan, each layer at its own k and the 16-bit ones as unquantized parameters."""
     n_params = count_params(model)
     if q.unquantized or not shapes:
         return QuantSummary(REFERENCE_BITS * n_params, n_params, 0, float(REFERENCE_BITS), 0)
+    mean = None
+    if plan is not None:
+        from ksir.quant.layers import at_bits, is_kept, mean_bits
+
+        mean = mean_bits(plan, shapes)
+        formats = {k: at_bits(q, k) for k in set(plan.values()) if not is_kept(k)}
+        shapes = {n: s for n, s in shapes.items() if not is_kept(plan[n])}
     total, n_quant, n_weights = 0.0, 0, 0
     for name, shape in shapes.items():
-        b, nq = layer_bits(shape, q, keep.get(name, 0))
+        b, nq = layer_bits(shape, q if plan is None else formats[plan[name]], keep.get(name, 0))
         total += b
         n_quant += nq
         n_weights += shape[0] * shape[1]
     total += (n_params - n_weights) * REFERENCE_BITS
-    return QuantSummary(total, n_params, n_quant, total / n_params, len(shapes))
+    return QuantSummary(total, n_params, n_quant, total / n_params, len(shapes), plan, mean_bits=mean)

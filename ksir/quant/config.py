@@ -5,6 +5,7 @@ one ConfigError naming its key (what needs the model's row sizes or the packed b
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -87,6 +88,20 @@ class HealConfig:
     temperature: float = 1.0  # KL(teacher || student) on logits / T, times T^2
 
 
+@dataclass(frozen=True)
+class AllocateConfig:
+    """Sensitivity-driven per-layer bits (`ksir.quant.layers`): each quantized layer gets a k from `candidates`
+    so that the mean k per quantized weight stays within quant.bits, which is then a budget (3.5 is allowed)."""
+
+    candidates: list[int] = field(default_factory=list)  # [] = off; e.g. [2, 3, 4, 8]
+    sequences: int = 8  # calibration sequences on which each layer's loss increase at each k is measured
+
+    @property
+    def on(self) -> bool:
+        return bool(self.candidates)
+
+
+LAYER_POSITIONS = ("first", "last")  # layer_bits rules that name a block by position instead of a regex
 ACT_DTYPES = ("int", "int_asym", "float")  # activations and KV cache: formats with a closed-form grid
 ACT_GRANULARITIES = ("token", "tensor")
 ACT_SCALES = ("dynamic", "static")
@@ -155,16 +170,21 @@ class QuantConfig(WeightFormat):
     act: ActivationConfig = field(default_factory=ActivationConfig)
     kv: KVCacheConfig = field(default_factory=KVCacheConfig)
     rotate: str = "none"  # none | hadamard (randomised Hadamard on each quantized layer's input dimension)
+    layer_bits: dict[str, float] | None = None  # rule -> k: first | last | a regex on layer names (None = {})
+    allocate: AllocateConfig = field(default_factory=AllocateConfig)
 
     def __post_init__(self) -> None:
         for name, cls in (("lowrank", LowRankConfig), ("measure", MeasureConfig), ("outlier", OutlierConfig),
                           ("gptq", GPTQConfig), ("heal", HealConfig), ("act", ActivationConfig),
-                          ("kv", KVCacheConfig)):
+                          ("kv", KVCacheConfig), ("allocate", AllocateConfig)):
             if isinstance(getattr(self, name), Mapping):  # QuantConfig(lowrank={...}) as from a mapping
                 object.__setattr__(self, name, from_mapping(cls, getattr(self, name), f"quant.{name}"))
+        if self.layer_bits is None:  # null in YAML: Hydra replaces a null node by a mapping, not an empty one
+            object.__setattr__(self, "layer_bits", {})
         if self.method not in METHODS:
             self._fail("method", self.method, METHODS)
         self.check_format()
+        self._check_per_layer()
         self._check_lowrank()
         self._check_heal()
         self._check_precisions()
@@ -199,6 +219,37 @@ class QuantConfig(WeightFormat):
         return self.lowrank.mode == "factorize"
 
     @property
+    def per_layer(self) -> bool:
+        """Layers at different k: rules (`layer_bits`) or a sensitivity-driven allocation."""
+        return bool(self.layer_bits) or self.allocate.on
+
+    def check_format(self) -> None:
+        """With an allocation, quant.bits is a budget: the format is checked at each candidate k instead."""
+        if not self.allocate.on:
+            return super().check_format()
+        cands = self.allocate.candidates
+        if not isinstance(cands, list | tuple) or not all(is_int(k) for k in cands) or len(set(cands)) < 2:
+            self._fail("allocate.candidates", cands, "a list of at least two distinct bit-widths, e.g. [2, 3, 4, 8]")
+        if not is_number(self.bits) or not min(cands) <= self.bits <= max(cands):
+            self._fail("bits", self.bits, f"a budget in [{min(cands)}, {max(cands)}]",
+                       "with quant.allocate.candidates, quant.bits is the mean k per quantized weight")
+        for k in cands:
+            if is_baseline(k) or k not in self.defined_bits():
+                self._fail("allocate.candidates", cands, list(self.defined_bits()),
+                           f"dtype {self.dtype} has no {k}-bit grid for post-training quantization")
+            dataclasses.replace(self, bits=k, allocate=AllocateConfig())  # the format at k: raises what it cannot do
+
+    def resolved_exponent_bits(self) -> int | None:
+        return None if self.allocate.on else super().resolved_exponent_bits()
+
+    def layer_rule(self) -> str:
+        """The per-layer rule in one string (a record's `layer_bits`, an analysis scheme column, a job's name):
+        `first=8,last=8` or `allocate[2,3,4,8]`; "" for one k everywhere."""
+        if self.allocate.on:
+            return "allocate[" + ",".join(f"{k:g}" for k in sorted(self.allocate.candidates)) + "]"
+        return ",".join(f"{rule}={float(k):g}" for rule, k in self.layer_bits.items())
+
+    @property
     def weights_quantized(self) -> bool:
         """The weights change (k < 16, or factor pairs); activations and the KV cache are separate axes."""
         return not is_baseline(self.bits, self.factorized)
@@ -217,6 +268,8 @@ class QuantConfig(WeightFormat):
             return True
         if not self.weights_quantized:
             return False
+        if self.allocate.on:
+            return True  # each layer's loss increase is measured on calibration data
         return self.method == "gptq" or self.outlier.mode == "activation" or \
             (self.lowrank.mode == "correct" and self.lowrank.whiten == "activation")
 
@@ -225,7 +278,8 @@ class QuantConfig(WeightFormat):
         return {**super().applies(), "mse_grid": self.scale_search == "mse", "mse_min_ratio": self.scale_search == "mse",
                 "gptq": self.method == "gptq", "calib_sequences": self.needs_calibration,
                 "measure": self.backend != "simulated", "lowrank": self.lowrank.mode != "none",
-                "heal": self.heal.steps > 0, "act": self.act.on, "kv": self.kv.on}
+                "heal": self.heal.steps > 0, "act": self.act.on, "kv": self.kv.on,
+                "layer_bits": bool(self.layer_bits), "allocate": self.allocate.on}
 
     @classmethod
     def from_mapping(cls, m: Mapping[str, Any] | Any) -> QuantConfig:
@@ -234,6 +288,44 @@ class QuantConfig(WeightFormat):
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def _check_per_layer(self) -> None:
+        """Rules are (position or regex) -> k at which the dtype is defined, or 16 to keep the layer; an allocation
+        and rules are exclusive. Per-layer k is simulated with RTN or GPTQ only."""
+        rules = self.layer_bits
+        if not isinstance(rules, Mapping):
+            self._fail("layer_bits", rules, "a mapping rule -> bits, e.g. {first: 8, last: 8}")
+        for key, k in rules.items():
+            if not isinstance(key, str) or not key:
+                self._fail("layer_bits", key, f"{' | '.join(LAYER_POSITIONS)} | a regex on layer names")
+            if key not in LAYER_POSITIONS:
+                try:
+                    re.compile(key)
+                except re.error as e:
+                    self._fail(f"layer_bits.{key}", k, "a rule that is first, last or a Python regex", str(e))
+            if not is_number(k) or (not is_baseline(k) and k not in self.defined_bits()) or \
+                    (not is_baseline(k) and not float(k).is_integer()):
+                self._fail(f"layer_bits.{key}", k, [*PTQ_BITS, REFERENCE_BITS],
+                           f"the bits of the matching layers ({REFERENCE_BITS} = keep them unquantized)")
+            if not is_baseline(k) and not self.reference:
+                dataclasses.replace(self, bits=k, layer_bits={})  # the format at k: raises what it cannot do
+        if not self.per_layer:
+            return
+        if rules and self.allocate.on:
+            self._fail("layer_bits", dict(rules), why="rules and quant.allocate both choose the layers' k; use one")
+        if rules and self.reference:
+            self._fail("layer_bits", dict(rules), why="quant.bits is the k of the layers no rule names: set it "
+                       f"below {REFERENCE_BITS}")
+        if not is_int(self.allocate.sequences) or self.allocate.sequences < 1:
+            self._fail("allocate.sequences", self.allocate.sequences, "an integer >= 1")
+        key = "layer_bits" if rules else "allocate.candidates"
+        value = dict(rules) if rules else self.allocate.candidates
+        if self.lowrank.mode != "none" or self.outlier.mode != "none":
+            self._fail(key, value, why="per-layer bits combine with RTN or GPTQ only (quant.lowrank.mode=none, "
+                       "quant.outlier.mode=none)")
+        if self.backend != "simulated":
+            self._fail(key, value, why="no packed backend stores layers at different k here; use "
+                       "quant.backend=simulated")
 
     def _check_lowrank(self) -> None:
         lr = self.lowrank

@@ -128,11 +128,12 @@ def gptq_quantize_model(
     model: nn.Module,
     names: list[str],
     q: QuantConfig,
-    grid: Grid,
+    grid: Grid | dict[str, Grid],
     calib: torch.Tensor,
     keep: dict[str, torch.Tensor],
 ) -> None:
-    """Quantize `names` in place, one transformer block at a time (Hessians from the partly quantized model)."""
+    """Quantize `names` in place, one transformer block at a time (Hessians from the partly quantized model).
+    grid: one for every layer, or one per layer name (per-layer bits)."""
     modules = dict(model.named_modules())
     for group in block_groups(names):
         watched = {n: modules[n] for n in group}
@@ -140,6 +141,6 @@ def gptq_quantize_model(
         for n in group:
             m = modules[n]
             wq = gptq_quantize_weight(
-                get_weight(m), hessians[n], grid, q.granularity, q.blocksize, q.gptq, keep.get(n)
+                get_weight(m), hessians[n], grid[n] if isinstance(grid, dict) else grid, q.granularity, q.blocksize, q.gptq, keep.get(n)
             )
             set_weight(m, wq)
