@@ -107,14 +107,45 @@ def _stamp(checkpoint: str) -> float:
 
 
 def load_base_model(checkpoint: str, device: torch.device, cache: bool = True) -> PreTrainedModel:
-    """The full-precision model of `checkpoint`, loaded once per process and restored afterwards."""
+    """The full-precision model of `checkpoint`, loaded once per process and restored afterwards: its weights, and
+    everything a job adds besides them (hooks, `ksir_*` attributes and submodules, the attention implementation).
+    A model whose modules a job replaced is read again."""
     key = (str(checkpoint), str(device), _stamp(checkpoint))
     if cache and key in _BASE:
-        model, state = _BASE[key]
-        model.load_state_dict(state, strict=True)
-        return model.eval()
+        model, state, shape = _BASE[key]
+        if _restore(model, shape):
+            model.load_state_dict(state, strict=True)
+            return model.eval()
     _BASE.clear()
     model = load_model(checkpoint, device)
     if cache:
-        _BASE[key] = (model, {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})
+        _BASE[key] = (model, {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
+                      _shape(model))
     return model
+
+
+def _shape(model: torch.nn.Module) -> dict[str, Any]:
+    """What a job may change besides the weights: module types, their hooks, the attention implementation."""
+    return {"modules": [(n, type(m)) for n, m in model.named_modules()],
+            "hooks": {n: (set(m._forward_hooks), set(m._forward_pre_hooks)) for n, m in model.named_modules()},
+            "attn": getattr(model.config, "_attn_implementation", None)}
+
+
+def _restore(model: torch.nn.Module, shape: dict[str, Any]) -> bool:
+    """Undo what jobs add (hooks, ksir_* attributes, the attention implementation); False if modules were replaced."""
+    for m in model.modules():
+        for name in [a for a in (*m._modules, *vars(m)) if a.startswith("ksir_")]:
+            delattr(m, name)
+    if [(n, type(m)) for n, m in model.named_modules()] != shape["modules"]:
+        return False
+    for n, m in model.named_modules():
+        fwd, pre = shape["hooks"][n]
+        for hooks, keep in ((m._forward_hooks, fwd), (m._forward_pre_hooks, pre)):
+            for h in [h for h in hooks if h not in keep]:
+                hooks.pop(h)
+                m._forward_hooks_with_kwargs.pop(h, None)
+                m._forward_hooks_always_called.pop(h, None)
+                m._forward_pre_hooks_with_kwargs.pop(h, None)
+    if shape["attn"] is not None and getattr(model.config, "_attn_implementation", None) != shape["attn"]:
+        model.set_attn_implementation(shape["attn"])
+    return True

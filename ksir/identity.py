@@ -163,6 +163,9 @@ def _precision_identity(q: Any) -> dict[str, Any]:
             d.pop("exponent_bits", None)
             if (e := sub.resolved_exponent_bits()) is not None:
                 d["exponent_bits"] = e
+            if name == "kv" and sub.cache == "simulated":  # what a real cache's measurement reads
+                d.pop("residual", None)
+                d.pop("sequences", None)
             if name == "act" and sub.scales == "static":
                 d["calib_sequences"] = canon(q.calib_sequences)
             ident[name] = {**d, "bits": canon(sub.bits)}

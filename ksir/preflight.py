@@ -108,6 +108,12 @@ def _check_backend(spec: JobSpec) -> None:
     """A packed backend's library is installed and its kernels run on the evaluation device."""
     from ksir.quant.backends import check_installed, format_for
 
+    if spec.quant.kv.cache != "simulated":
+        import importlib.util
+
+        if importlib.util.find_spec(spec.quant.kv.cache) is None:
+            _fail("quant.kv.cache", spec.quant.kv.cache, ["simulated"], f"the {spec.quant.kv.cache} package is not "
+                  "installed here (pip install 'ksir[deploy]')")
     fmt = format_for(spec.quant)
     if fmt is None:
         return

@@ -21,6 +21,8 @@ Record layout (schema 2), one file ``<results_dir>/<run_key>.json``, readable by
     blocksize: int | None
     act_bits, kv_bits: float  # PTQ with k-bit activations / KV cache only (absent = 16); `precision` has the formats
     rotate: str             # "hadamard" where the quantized layers were rotated (absent = none)
+    kv_cache: dict          # quant.kv.cache=hqq only: loss through the real cache, its simulation and the 16-bit
+                            # cache (decoded token by token), decode ms/token and the caches' bytes
     layer_bits: str         # per-layer bits only: the rule ("first=8,last=8", "allocate[2,3,4,8]"); layer_plan
                             # (layer -> k), mean_bits (mean k per quantized weight), layer_sensitivity (allocation)
     total_bits, bits_per_param: float  # weights' storage (activations and KV cache are not stored)
@@ -126,7 +128,8 @@ def qat_fields(spec: JobSpec, summary: Any, init_from: str | None, **train: Any)
 
 def quantize_fields(spec: JobSpec, summary: Any, *, checkpoint: str, n_params: int, n_nonemb: int,
                     train_tokens: int | None, metrics: Mapping[str, Any],
-                    deploy: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                    deploy: Mapping[str, Any] | None = None,
+                    kv_cache: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """A post-training-quantized model; the 16-bit baseline is scheme-free (method/dtype "none").
 
     A packed model (quant.backend != simulated) adds `backend`, `measured_bytes` (the model as stored) and
@@ -152,6 +155,8 @@ def quantize_fields(spec: JobSpec, summary: Any, *, checkpoint: str, n_params: i
         if summary.sensitivity is not None:
             precisions["layer_sensitivity"] = {n: {f"{k:g}": v for k, v in d.items()}
                                                for n, d in summary.sensitivity.items()}
+    if kv_cache is not None:  # quant.kv.cache: the real quantized cache next to its simulation (ksir.deploy.kvcache)
+        precisions["kv_cache"] = dict(kv_cache)
     weights16 = not q.weights_quantized  # scheme-free weights: the baseline's, or k-bit activations/cache alone
     trained = training_fields(spec) if spec.uses_own_checkpoint else {}  # how ksir trained the base model
     return {**trained, **packed, **lowrank, **precisions, "checkpoint": checkpoint, "regime": regime,

@@ -271,7 +271,7 @@ def run_quantize(spec: JobSpec, run: JobRun) -> dict[str, Any]:
     data.eval_blocks(spec.eval.sequences)  # checked before quantizing
     n_total, n_nonemb = count_params(model)
     t0 = time.time()
-    fmt, deploy = format_for(qcfg), None
+    fmt, deploy, kv_cache = format_for(qcfg), None, None
     if fmt is not None:  # a real packed model, measured next to the 16-bit one
         from ksir.deploy.job import quantize_packed
 
@@ -280,6 +280,10 @@ def run_quantize(spec: JobSpec, run: JobRun) -> dict[str, Any]:
             model, qcfg, fmt, lambda m, full: evaluate_all(spec, m, tok, data, device, zeroshot=full),
             data.eval_blocks(spec.eval.sequences), device)
     else:
+        if qcfg.kv.cache != "simulated":  # the real cache can serve this model: checked before any compute
+            from ksir.deploy.kvcache import check_model
+
+            check_model(model, qcfg.kv)
         calib = data.calibration_blocks(qcfg.calib_sequences, spec.seed).to(device) if needs_calibration(qcfg) else None
         teacher = copy.deepcopy(model).eval() if qcfg.heal.steps else None  # the 16-bit model, before quantizing
         summary = quantize_model(model, qcfg, calib)
@@ -293,10 +297,16 @@ def run_quantize(spec: JobSpec, run: JobRun) -> dict[str, Any]:
             del teacher
             model.eval()
         metrics = {**evaluate_all(spec, model, tok, data, device), "quant_time_s": quant_time, **healed}
+        if qcfg.kv.cache != "simulated":
+            from ksir.deploy.kvcache import measure
+
+            print(f"  KV cache: decoding through transformers' {qcfg.kv.cache} cache, its simulation and the 16-bit "
+                  "cache", flush=True)
+            kv_cache = measure(model, qcfg.kv, data.eval_blocks(spec.eval.sequences).to(device), qcfg.measure)
     meta = checkpoints.read_meta(ckpt)
     fields = records.quantize_fields(spec, summary, checkpoint=ckpt, n_params=n_total, n_nonemb=n_nonemb,
                                      train_tokens=meta.get("train_tokens") or spec.family.train_tokens,
-                                     metrics=metrics, deploy=deploy)
+                                     metrics=metrics, deploy=deploy, kv_cache=kv_cache)
     fields["wall_time_s"] = time.time() - t0
     fields["environment"] = job_environment(spec, docs, data)
     return fields

@@ -201,7 +201,63 @@ def test_jobs_record_the_precisions_and_16_bit_weights_are_not_a_baseline(tiny_c
     assert is_reference(df, 16).tolist() == [False, False, True]
 
 
+def test_a_job_leaves_nothing_on_the_shared_base_model(tiny_cfg, trained_tiny):
+    """Quantize jobs in one process share one loaded base model (restored between jobs): the hooks, quantizers and
+    attention function of a rotated W4A4KV2 job must not reach the next job on it."""
+    from ksir.jobs import execute
+
+    def plain(*extra: str):
+        return execute(tiny_cfg("job=quantize", "model.size=xs", "quant.bits=4", "eval.sequences=8", "logger=none",
+                                *extra))["metrics"]["val_loss"]
+
+    fresh = plain("model.cache_base=false")  # read from disk: nothing before it
+    execute(tiny_cfg("job=quantize", "model.size=xs", "quant.bits=4", "quant.act.bits=4", "quant.kv.bits=2",
+                     "quant.rotate=hadamard", "eval.sequences=8", "logger=none"))
+    assert plain("force=true") == fresh  # the same job again, on the base model the rotated job used
+
+
+def test_real_hqq_cache_matches_its_simulation_and_is_measured(tiny_cfg, trained_tiny):
+    """The k-bit cache through transformers' QuantizedCache (HQQ) against ksir's simulation of it, decoded token by
+    token on the same sequences; the 16-bit cache decodes to the full forward pass's loss (teacher forcing)."""
+    from ksir.jobs import execute
+
+    rec = {k: execute(tiny_cfg("job=quantize", "model.size=xs", f"quant.kv.bits={k}", "quant.kv.dtype=int_asym",
+                               "quant.kv.cache=hqq", "quant.kv.sequences=4", "quant.measure.decode_tokens=4",
+                               "quant.measure.repeats=1", "quant.measure.prompt_len=16", "logger=none"))
+           for k in (8, 2)}
+    ids = trained_tiny.eval_blocks[:4]
+    with torch.no_grad():
+        full = trained_tiny.model(input_ids=ids, labels=ids).loss.item()
+    for k, r in rec.items():
+        c = r["kv_cache"]
+        assert (c["backend"], c["bits"], c["sequences"], c["residual"]) == ("hqq", float(k), 4, 1)
+        assert c["loss"]["reference"] == pytest.approx(full, rel=1e-5)  # the 16-bit cache changes nothing
+        tol = 2e-3 if k == 8 else 0.05  # HQQ's optimised zero and bf16-free CPU meta vs ksir's min-max grid
+        assert abs(c["cache_minus_simulated"]) < tol, (k, c["loss"])
+        assert c["cache_bytes"]["cache"] < c["cache_bytes"]["reference"]
+        assert c["ms_per_token"]["cache"] > 0 and c["ms_per_token"]["reference"] > 0
+    assert abs(rec[2]["kv_cache"]["loss"]["cache"] - full) > abs(rec[8]["kv_cache"]["loss"]["cache"] - full)
+    assert rec[2]["kv_cache"]["cache_bytes"]["cache"] < rec[8]["kv_cache"]["cache_bytes"]["cache"]
+    assert rec[8]["run_key"] != execute(tiny_cfg("job=quantize", "model.size=xs", "quant.kv.bits=8",
+                                                 "quant.kv.dtype=int_asym", "logger=none"))["run_key"]
+    from transformers import (  # sliding-window layers: no quantized cache for it
+        Gemma2Config,
+        Gemma2ForCausalLM,
+    )
+
+    from ksir.deploy.kvcache import check_model
+    from ksir.quant.config import KVCacheConfig
+
+    gemma = Gemma2ForCausalLM(Gemma2Config(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                           num_attention_heads=2, num_key_value_heads=1, head_dim=8))
+    with pytest.raises(ConfigError, match=r"quant.kv.cache='hqq': .*cannot serve Gemma2ForCausalLM: .*full attention"):
+        check_model(gemma, KVCacheConfig(bits=4, dtype="int_asym", cache="hqq"))
+
+
 @pytest.mark.parametrize("overrides,needle", [
+    (["quant.kv.bits=4", "quant.kv.cache=hqq"], "quant.kv.dtype=int_asym"),
+    (["quant.kv.bits=5", "quant.kv.dtype=int_asym", "quant.kv.cache=hqq"], "allowed: 2, 3, 4, 8"),
+    (["quant.kv.cache=quanto"], "allowed: simulated, hqq"),
     (["quant.act.bits=3.5"], "quant.act.bits"),
     (["quant.rotate=hadamard"], "a rotation changes nothing unless"),
     (["quant.act.bits=4", "quant.act.scales=static"], "quant.act.granularity=tensor"),

@@ -138,5 +138,6 @@ def quantize_kv_cache(model: nn.Module, c: KVCacheConfig) -> int:
     p = next(model.parameters())
     for _, m in mods:
         m.ksir_kv = KVQuantizer(c).to(p.device)
+    model.ksir_kv_base = current  # what a real quantized cache is measured with (ksir.deploy.kvcache)
     model.set_attn_implementation(KV_ATTENTION)
     return len(mods)

@@ -106,6 +106,8 @@ ACT_DTYPES = ("int", "int_asym", "float")  # activations and KV cache: formats w
 ACT_GRANULARITIES = ("token", "tensor")
 ACT_SCALES = ("dynamic", "static")
 KV_GRANULARITIES = ("head", "token")
+KV_CACHES = ("simulated", "hqq")
+HQQ_CACHE_BITS = (2, 3, 4, 8)  # what transformers' HQQ cache layer accepts, within PTQ_BITS
 ROTATIONS = ("none", "hadamard")
 ACT_FLOAT_EXPONENT_BITS = {**FLOAT_DEFAULT_EXPONENT_BITS, 8: 4}  # FP8 activations are E4M3; below, the weights'
 
@@ -147,6 +149,9 @@ class KVCacheConfig(_Precision):
     dtype: str = "int"  # int | int_asym | float
     exponent_bits: int | None = None  # float only; as for activations
     granularity: str = "head"  # head (one scale per token and head) | token (one per token, all heads)
+    cache: str = "simulated"  # simulated | hqq: also measured through transformers' QuantizedCache (ksir.deploy.kvcache)
+    residual: int = 1  # cache=hqq: newest tokens kept at 16 bits before the cache requantizes (transformers: 128)
+    sequences: int = 8  # cache=hqq: evaluation sequences decoded token by token through each cache
 
 
 @dataclass(frozen=True)
@@ -277,7 +282,7 @@ class QuantConfig(WeightFormat):
         """The format's options, plus PTQ's: which mean anything for this job."""
         return {**super().applies(), "mse_grid": self.scale_search == "mse", "mse_min_ratio": self.scale_search == "mse",
                 "gptq": self.method == "gptq", "calib_sequences": self.needs_calibration,
-                "measure": self.backend != "simulated", "lowrank": self.lowrank.mode != "none",
+                "measure": self.backend != "simulated" or self.kv.cache != "simulated", "lowrank": self.lowrank.mode != "none",
                 "heal": self.heal.steps > 0, "act": self.act.on, "kv": self.kv.on,
                 "layer_bits": bool(self.layer_bits), "allocate": self.allocate.on}
 
@@ -369,6 +374,7 @@ class QuantConfig(WeightFormat):
             if sub.on and self.backend != "simulated":
                 self._fail(f"{name}.bits", sub.bits, why=f"no packed backend quantizes {'activations' if name == 'act' else 'the KV cache'} "
                            "here; use quant.backend=simulated")
+        self._check_kv_cache()
         if self.act.scales not in ACT_SCALES:
             self._fail("act.scales", self.act.scales, ACT_SCALES)
         if self.act.on and self.act.scales == "static" and self.act.granularity != "tensor":
@@ -383,6 +389,23 @@ class QuantConfig(WeightFormat):
                            "basis: use quant.outlier.mode=none and no lowrank.mode=factorize with quant.rotate")
             if self.backend != "simulated":
                 self._fail("rotate", self.rotate, why="no packed backend applies the rotation; use quant.backend=simulated")
+
+    def _check_kv_cache(self) -> None:
+        """A real quantized cache measures what the simulation models: asymmetric integers, one group per token and
+        head (HQQ's axis-1 groups of head_dim values)."""
+        kv = self.kv
+        if kv.cache not in KV_CACHES:
+            self._fail("kv.cache", kv.cache, KV_CACHES)
+        if kv.cache == "simulated":
+            return
+        if not kv.on or kv.bits not in HQQ_CACHE_BITS:
+            self._fail("kv.bits", kv.bits, list(HQQ_CACHE_BITS), f"quant.kv.cache={kv.cache} quantizes at these k")
+        if kv.dtype != "int_asym" or kv.granularity != "head":
+            self._fail("kv.cache", kv.cache, ["simulated"], "HQQ's cache stores asymmetric integers per token and "
+                       "head: set quant.kv.dtype=int_asym quant.kv.granularity=head to compare it with its simulation")
+        for key in ("residual", "sequences"):
+            if not is_int(getattr(kv, key)) or getattr(kv, key) < 1:
+                self._fail(f"kv.{key}", getattr(kv, key), "an integer >= 1")
 
     def _check_heal(self) -> None:
         h = self.heal
