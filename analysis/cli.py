@@ -27,7 +27,7 @@ from analysis import design, headline
 from analysis.collect import Collected, clean, load_records, load_table, load_wandb, parse_map, select
 from analysis.fit import FitError
 from analysis.laws import LAWS, load_law_file
-from analysis.memory import BUDGETS, use_measured
+from analysis.memory import BUDGETS, use_inference, use_measured
 from analysis.report import analyse
 from analysis.settings import ENGINES, FitSettings
 
@@ -67,8 +67,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--predict", action="append", default=[], metavar="COL=V,...",
                    help="predict loss and accuracy at an unseen model, e.g. n_params=1e9,bits=4[,train_tokens=2e10]")
     p.add_argument("--budget", choices=BUDGETS, default="total_bits",
-                   help="memory axis: total_bits (ksir's formula) or measured_bytes (bytes a packed model stores, "
-                        "x 8; runs without a measurement are left out)")
+                   help="memory axis: total_bits (ksir's formula), measured_bytes (bytes a packed model stores, "
+                        "x 8; runs without a measurement are left out) or inference (weights + the KV cache at "
+                        "--context tokens x --batch sequences: the best (k_w, k_kv))")
+    p.add_argument("--context", type=int, default=None, help="--budget inference: tokens per sequence (e.g. 4096)")
+    p.add_argument("--batch", type=int, default=None, help="--budget inference: sequences held at once (default 1)")
     p.add_argument("--reference", default="bits=16", metavar="bits=K",
                    help="the baseline precision: runs at bits=K of a base model are the baseline of every scheme, "
                         "method and regime built on it (default bits=16)")
@@ -127,7 +130,21 @@ def collect(args: argparse.Namespace) -> Collected:
     if not args.all_jobs and "job" not in where:
         runs = quantized_only(runs)
     merged.runs = select(runs, where) if where else runs
+    if args.budget == "inference":
+        return use_inference(merged, args.context, args.batch or 1)
     return use_measured(merged) if args.budget == "measured_bytes" else merged
+
+
+def _check_inference(args: argparse.Namespace) -> None:
+    """--context and --batch go with --budget inference, as positive integers (one line before any work)."""
+    if args.budget != "inference":
+        if args.context is not None or args.batch is not None:
+            raise FitError("--context/--batch: only with --budget inference (the KV cache's tokens and sequences)")
+        return
+    if args.context is None or args.context < 1:
+        raise FitError(f"--budget inference needs --context N >= 1 (tokens per sequence), got {args.context}")
+    if args.batch is not None and args.batch < 1:
+        raise FitError(f"--batch: sequences held at once, an integer >= 1, got {args.batch}")
 
 
 def quantized_only(runs: pd.DataFrame) -> pd.DataFrame:
@@ -159,6 +176,7 @@ def points(specs: list[str]) -> tuple[dict[str, float], ...]:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
+        _check_inference(args)
         want = points(args.predict)
         st = settings(args)
         user = tuple(load_law_file(f) for f in args.law_file)

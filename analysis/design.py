@@ -29,7 +29,7 @@ import pandas as pd
 BASE_COLS = ("parametrization", "matmul_precision")
 # Fields that make a curve (with k): one scheme at one bit-width.
 SCHEME_COLS = ("dtype", "blocksize", "method", "regime", "backend", "packed_format", "lowrank_mode", "lowrank_rank",
-               "rotate", "layer_bits", *BASE_COLS)
+               "rotate", "layer_bits", "act_bits", "kv_bits", *BASE_COLS)
 # Fields that define a configuration, besides the scheme: the replicate column is never one of them.
 CONFIG_COLS = ("config_key", "family", "size", "n_params", "train_tokens", "bits", "total_bits", "act_bits",
                "kv_bits", "fwd_bits", "bwd_bits", "attention_bits", "lr", *SCHEME_COLS)
@@ -121,6 +121,11 @@ def attach_baselines(df: pd.DataFrame, reference: float, replicate: str | None,
         name = scheme_text(combo, cols)
         if "lowrank_mode" in cols and combo["lowrank_mode"] == "factorize":  # its 16-bit curve is fp16 factors
             joins.append({"scheme": name, "baselines": 0, "reason": "factor pairs: their 16-bit curve is their own"})
+            continue
+        if any(c in cols and pd.notna(pd.to_numeric(combo[c], errors="coerce")) and
+               float(combo[c]) != float(reference) for c in ("act_bits", "kv_bits")):
+            joins.append({"scheme": name, "baselines": 0, "reason": "k-bit activations or KV cache: their 16-bit "
+                          "weights point is their own run (quant.bits=16 with the same act/kv bits)"})
             continue
         idx = quant.index[member.to_numpy()]
         first = dict(zip(keys.loc[idx][::-1], idx[::-1], strict=True))  # base model -> one of its runs

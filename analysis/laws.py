@@ -422,7 +422,7 @@ LAWS: dict[str, Law] = {law.name: law for law in [
         "gamma_x)) over weights, activations, KV cache  [Kumar et al. 2025]", ("e", "a", "alpha"), ("n_params", "bits"),
         _precision_multi, {**E_A_ALPHA, "log_gamma_w": np.log([1.0, 3.0]), "log_gamma_act": np.log([1.0, 3.0]),
                            "log_gamma_kv": np.log([1.0, 3.0])}, report=LOG_SCALES, setup=_multi_setup,
-        optional=("act_bits", "kv_bits")),
+        optional=("act_bits", "kv_bits"), absorbs=("act_bits", "kv_bits")),
     Law("sigmoid_bits", "acc(B) = lo + (hi - lo) * sigmoid(s * (log B - m))", ("lo", "hi", "log_s", "m"),
         ("total_bits",), _sigmoid("total_bits", 1.0), {**SIGMOID_GRID, "m": [10.0, 15.0, 20.0, 25.0]},
         space="linear", report=LOG_SCALES, size_column="total_bits", headline=False),

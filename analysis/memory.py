@@ -17,7 +17,32 @@ from analysis.collect import Collected
 from analysis.fit import FitError
 from ksir.quant.vocab import REFERENCE_BITS, is_baseline
 
-BUDGETS = ("total_bits", "measured_bytes")
+BUDGETS = ("total_bits", "measured_bytes", "inference")
+
+
+def use_inference(collected: Collected, context: int, batch: int) -> Collected:
+    """Runs with the memory of inference as their total bits: the weights (total_bits) plus the KV cache of `batch`
+    sequences of `context` tokens at each run's cache precision (kv_bits_per_token, ksir.quant.bits). Curves are
+    then per (weights scheme, kv_bits): the answer is the best (k_w, k_kv) for an inference-memory budget."""
+    df = collected.runs.copy()
+    per_token = pd.to_numeric(df.get("kv_bits_per_token", pd.Series(np.nan, index=df.index)), errors="coerce")
+    if not per_token.notna().any():
+        raise FitError("--budget inference: no run records kv_bits_per_token (quantize jobs record it since ksir's "
+                       "KV-cache axis; a table needs that column)")
+    keep = per_token.notna()
+    skipped = list(collected.skipped)
+    for i in df.index[~keep]:
+        skipped.append({"source": str(df.get("source", pd.Series(dtype=str)).get(i, "")),
+                        "run_key": str(df.get("run_key", pd.Series(dtype=str)).get(i, "")),
+                        "reason": "--budget inference: no kv_bits_per_token"})
+    df["weight_total_bits"] = df.get("total_bits")
+    df["kv_total_bits"] = per_token * float(context) * float(batch)
+    df["total_bits"] = pd.to_numeric(df["total_bits"], errors="coerce") + df["kv_total_bits"]
+    if "kv_bits" in df:
+        df["kv_bits"] = pd.to_numeric(df["kv_bits"], errors="coerce").fillna(float(REFERENCE_BITS))
+    else:
+        df["kv_bits"] = float(REFERENCE_BITS)
+    return Collected(df[keep].reset_index(drop=True), skipped)
 
 
 def use_measured(collected: Collected) -> Collected:

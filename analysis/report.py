@@ -190,6 +190,10 @@ def analyse(collected: Collected, out_dir: str | Path, *, metric: str = "val_los
     n_runs, desc = len(df), _describe(df, metric)
     if budget == "measured_bytes":
         desc += "; memory axis = measured bytes x 8 of packed models, not the formula"
+    if budget == "inference":
+        tokens = (df["kv_total_bits"] / pd.to_numeric(df["kv_bits_per_token"])).median()
+        desc += (f"; memory axis = weights + KV cache of {tokens:.0f} tokens (context x batch): curves per "
+                 "(weights scheme, kv_bits)")
     rep = design.replicate_column(df, st.replicate)
     df = _precision_columns(design.label(df, rep, st.base), st.reference)
     raw, joins = df, []

@@ -135,22 +135,34 @@ def _cuda_available() -> bool:
 def _check_layer_rules(spec: JobSpec) -> None:
     """Each per-layer rule names a quantized layer of the architecture (built on the meta device, no weights;
     a hub model's rules are checked once it is loaded, before quantization)."""
+    from ksir.quant.layers import rule_plan
+
+    if spec.model.checkpoint and spec.model.checkpoint_is_path:
+        where = ("path", str(spec.model.local_folder))
+    elif spec.family.kind == "own":
+        where = ("own", spec.family.name, spec.model.size)
+    else:
+        return
+    rule_plan(_linear_names(where, tuple(spec.quant.include), tuple(spec.quant.exclude)), spec.quant)
+
+
+@functools.lru_cache(maxsize=16)
+def _linear_names(where: tuple[str, ...], include: tuple[str, ...], exclude: tuple[str, ...]) -> list[str]:
+    """The quantized linear layers' names of an architecture, built once per process on the meta device."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from ksir.families import own_config
-    from ksir.quant.layers import rule_plan
+    from ksir.families import get_family, own_config
+    from ksir.quant.config import QuantConfig
     from ksir.quant.select import quantized_linear_names
 
-    if spec.model.checkpoint and spec.model.checkpoint_is_path:
-        config = AutoConfig.from_pretrained(spec.model.local_folder)
-    elif spec.family.kind == "own":
-        config = own_config(spec.family, spec.model.size, vocab_size=256)  # names do not depend on the vocabulary
-    else:
-        return
+    if where[0] == "path":
+        config = AutoConfig.from_pretrained(where[1])
+    else:  # names do not depend on the vocabulary
+        config = own_config(get_family(where[1]), where[2], vocab_size=256)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
-    rule_plan(quantized_linear_names(model, spec.quant), spec.quant)
+    return quantized_linear_names(model, QuantConfig(include=list(include), exclude=list(exclude)))
 
 
 def _check_quantize_source(spec: JobSpec) -> None:

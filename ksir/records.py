@@ -21,6 +21,7 @@ Record layout (schema 2), one file ``<results_dir>/<run_key>.json``, readable by
     blocksize: int | None
     act_bits, kv_bits: float  # PTQ with k-bit activations / KV cache only (absent = 16); `precision` has the formats
     rotate: str             # "hadamard" where the quantized layers were rotated (absent = none)
+    kv_bits_per_token: float  # quantize jobs: KV-cache bits of one token (all layers, keys and values, scales)
     kv_cache: dict          # quant.kv.cache=hqq only: loss through the real cache, its simulation and the 16-bit
                             # cache (decoded token by token), decode ms/token and the caches' bytes
     layer_bits: str         # per-layer bits only: the rule ("first=8,last=8", "allocate[2,3,4,8]"); layer_plan
@@ -73,7 +74,7 @@ LEGACY_DIR = ".v1"  # schema-1 files replaced by their upgraded record are moved
 SCALARS = ("job", "family", "size", "checkpoint", "n_params", "n_params_nonembedding", "n_quantized_params",
            "method", "regime", "bits", "dtype", "blocksize", "granularity", "total_bits", "bits_per_param",
            "train_tokens", "git_commit", "backend", "packed_format", "measured_bytes", "lowrank_mode", "lowrank_rank",
-           "act_bits", "kv_bits", "rotate", "layer_bits", "mean_bits", "parametrization", "matmul_precision", "matmul_scaling", "lr", "seed")
+           "act_bits", "kv_bits", "kv_bits_per_token", "rotate", "layer_bits", "mean_bits", "parametrization", "matmul_precision", "matmul_scaling", "lr", "seed")
 
 
 def now() -> str:

@@ -256,6 +256,7 @@ def _load_base(spec: JobSpec, ckpt: str, device: torch.device) -> torch.nn.Modul
 def run_quantize(spec: JobSpec, run: JobRun) -> dict[str, Any]:
     from ksir.quant import needs_calibration, quantize_model
     from ksir.quant.backends import format_for
+    from ksir.quant.bits import kv_bits_per_token, kv_shape
 
     ckpt = checkpoints.resolve_checkpoint(spec)
     qcfg = spec.quant
@@ -307,6 +308,7 @@ def run_quantize(spec: JobSpec, run: JobRun) -> dict[str, Any]:
     fields = records.quantize_fields(spec, summary, checkpoint=ckpt, n_params=n_total, n_nonemb=n_nonemb,
                                      train_tokens=meta.get("train_tokens") or spec.family.train_tokens,
                                      metrics=metrics, deploy=deploy, kv_cache=kv_cache)
+    fields["kv_bits_per_token"] = kv_bits_per_token(kv_shape(model.config), qcfg.kv)  # the inference budget's KV term
     fields["wall_time_s"] = time.time() - t0
     fields["environment"] = job_environment(spec, docs, data)
     return fields

@@ -96,7 +96,7 @@ PLANS: dict[str, Plan] = {
     "ksir-run -m job=quantize model.size=xs,s,m,l quant.backend=hqq quant.dtype=int_asym quant.bits=2,3,4,8,16": Plan(
         add=DRY, says="[sweep] dry run: 24 jobs planned"),
     "ksir-run -m job=quantize quant.backend=bitsandbytes quant.dtype=nf quant.bits=4 quant.scale_bits=16,8": Plan(
-        add=DRY, says="[sweep] dry run: 3 jobs planned"),
+        add=DRY, says="[sweep] dry run: 4 jobs planned"),
     "ksir-fit outputs/results --out fit_measured --budget measured_bytes": Plan(
         skip="runs on the packed records of a two-size HQQ sweep in tests/test_deploy.py::"
              "test_a_packed_quantize_job_end_to_end_and_fit_on_measured_bytes (packing and timing a sweep here "
@@ -107,6 +107,13 @@ PLANS: dict[str, Plan] = {
                                        replace=(("quant.act.bits=4,8,16", "quant.act.bits=4"),
                                                 ("quant.kv.bits=4,16", "quant.kv.bits=4")),
                                        says="llama-xs quantize int4 b64 rtn a4 kv4 hadamard"),
+    "ksir-fit outputs/ --budget inference --context 4096 --batch 1": Plan(
+        skip="needs records with kv_bits_per_token at several kv_bits; the same flags run on such a table in "
+             "tests/test_analysis_inference.py"),
+    "ksir-run -m job=quantize model.size=s quant.bits=2 'quant.layer_bits={first:8,last:8}'": Plan(
+        add=DRY, says="llama-s quantize int2 b64 rtn layers first=8,last=8"),
+    "ksir-run -m job=quantize model.size=s quant.bits=2.5,3,3.5 'quant.allocate.candidates=[2,3,4,8]'": Plan(
+        add=DRY, says="[sweep] dry run: 4 jobs planned"),
     # docs/qat.md
     "ksir-run job=train qat=lsq qat.bits=2": Plan(add=tiny(*QUICK), says="QAT 2-bit"),
     "ksir-run job=train qat=lsq qat.bits=2 qat.init_from=auto": Plan(add=tiny(*QUICK), says="QAT 2-bit"),

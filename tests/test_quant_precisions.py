@@ -194,6 +194,10 @@ def test_jobs_record_the_precisions_and_16_bit_weights_are_not_a_baseline(tiny_c
     assert (w4a4["act_bits"], w4a4["kv_bits"], w4a4["rotate"]) == (4.0, 4.0, "hadamard")
     assert w4a4["precision"]["kv"]["exponent_bits"] == 3 and w4a4["total_bits"] == w4["total_bits"]
     assert len({r["run_key"] for r in (w16a8, w4a4, w4, base)}) == 4
+    c = trained_tiny.model.config  # the KV term of the inference budget, written out (docs/precisions.md)
+    values = 2 * c.num_hidden_layers * c.num_key_value_heads * (c.hidden_size // c.num_attention_heads)
+    assert base["kv_bits_per_token"] == w4["kv_bits_per_token"] == values * 16
+    assert w4a4["kv_bits_per_token"] == values * 4 + values / (c.hidden_size // c.num_attention_heads) * 16
     assert w4a4["metrics"]["val_loss"] != w4["metrics"]["val_loss"]
     assert describe(compose(["job=quantize", "quant.bits=4", "quant.act.bits=4", "quant.rotate=hadamard"])) \
         .endswith("int4 b64 rtn a4 hadamard")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 from torch import nn
 
@@ -104,3 +105,27 @@ def summarize(
         n_weights += shape[0] * shape[1]
     total += (n_params - n_weights) * REFERENCE_BITS
     return QuantSummary(total, n_params, n_quant, total / n_params, len(shapes), plan, mean_bits=mean)
+
+
+def kv_shape(hf_config) -> tuple[int, int, int]:
+    """(layers, key/value heads, head dim) of a transformers config (GPT-2's n_layer / n_head included)."""
+    c = hf_config.get_text_config(decoder=True) if hasattr(hf_config, "get_text_config") else hf_config
+    layers = getattr(c, "num_hidden_layers", None) or getattr(c, "n_layer", None)
+    heads = getattr(c, "num_attention_heads", None) or getattr(c, "n_head", None)
+    kv_heads = getattr(c, "num_key_value_heads", None) or heads
+    hidden = getattr(c, "hidden_size", None) or getattr(c, "n_embd", None)
+    head_dim = getattr(c, "head_dim", None) or hidden // heads
+    return int(layers), int(kv_heads), int(head_dim)
+
+
+def kv_bits_per_token(shape: tuple[int, int, int], kv: Any) -> float:
+    """Bits one token of one sequence occupies in the KV cache (keys and values of every layer): k bits per value
+    plus a 16-bit scale per group (head: head_dim values; token: every head of the layer), and a 16-bit offset per
+    group for int_asym; 16 bits per value when the cache is not quantized (docs/precisions.md)."""
+    layers, kv_heads, head_dim = shape
+    values = 2 * layers * kv_heads * head_dim
+    if not kv.on:
+        return float(values * REFERENCE_BITS)
+    group = head_dim if kv.granularity == "head" else kv_heads * head_dim
+    per_group = REFERENCE_BITS * (2 if kv.dtype == "int_asym" else 1)
+    return values * float(kv.bits) + values / group * per_group

@@ -1,0 +1,82 @@
+"""The memory of inference as the budget (`ksir-fit --budget inference --context T --batch B`): weights plus the KV
+cache of B sequences of T tokens, curves per (k_w, k_kv), and Kumar et al.'s N_eff fitted across cache precisions."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis.cli import main as ksir_fit
+
+EFF = {2: 0.16, 3: 0.43, 4: 0.70, 8: 1.0, 16: 1.0}  # weights: eff(k)/k peaks at k = 4
+EFF_KV = {4: 0.97, 16: 1.0}  # a 4-bit cache costs a little quality
+
+
+def table(path, seed=0):
+    """PTQ-like runs over 7 sizes x k_w x k_kv; K and V values per token grow with width (N^(1/3))."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for n in np.geomspace(1e6, 3e8, 7):
+        values = 2 * 12 * 64 * (n / 1e6) ** (1 / 3)
+        for k, e in EFF.items():
+            for kv, ekv in EFF_KV.items():
+                loss = (1.9 + 300 * (n * e * ekv) ** -0.3 + 900 * (20 * n) ** -0.28) * np.exp(rng.normal(0, 0.002))
+                rows.append({"n_params": n, "train_tokens": 20 * n, "bits": float(k), "kv_bits": float(kv),
+                             "val_loss": loss, "total_bits": n * (16.0 if k == 16 else k + 0.25),
+                             "kv_bits_per_token": values * (16.0 if kv == 16 else kv + 16 / 64)})
+    df = pd.DataFrame(rows)
+    df.to_csv(path, index=False)
+    return df
+
+
+def _fit(tmp_path, name, *args):
+    out = tmp_path / name
+    code = ksir_fit(["--table", str(tmp_path / "t.csv"), "--out", str(out), "--bootstrap", "40", "--no-figures",
+                     *args])
+    return code, out
+
+
+def test_inference_budget_adds_the_kv_cache_and_answers_with_k_w_and_k_kv(tmp_path):
+    src = table(tmp_path / "t.csv")
+    code, out = _fit(tmp_path, "long", "--budget", "inference", "--context", "32768", "--batch", "2")
+    assert code == 0
+    runs = pd.read_csv(out / "runs.csv")
+    want = src["total_bits"] + src["kv_bits_per_token"] * 32768 * 2
+    got = runs.set_index(["n_params", "bits", "kv_bits"])["total_bits"]
+    np.testing.assert_allclose(got.loc[list(src.set_index(["n_params", "bits", "kv_bits"]).index)].to_numpy(),
+                               want.to_numpy(), rtol=1e-12)
+    rep = json.loads((out / "fit.json").read_text())
+    assert rep["curve_keys"] == ["bits", "kv_bits"] and "KV cache of 65536 tokens" in rep["description"]
+    joins = {j["scheme"]: j for j in rep["baselines"]}
+    assert joins["kv_bits=4"]["baselines"] == 0 and joins["kv_bits=16"]["baselines"] == 7  # no 16-bit cache anchor
+    inside = [r for r in rep["optimal"] if not r["extrapolated"]]
+    assert inside and all(r["best"].endswith(",4") for r in inside)  # a long context: the 4-bit cache wins
+    # a one-token context: the cache weighs nothing, so its 3% quality loss decides for the 16-bit cache
+    code, out = _fit(tmp_path, "short", "--budget", "inference", "--context", "1")
+    short = json.loads((out / "fit.json").read_text())
+    assert code == 0 and all(r["best"].endswith(",16") for r in short["optimal"] if not r["extrapolated"])
+    # Kumar et al.'s N_eff sees both cache precisions in one fit (kv_bits is its input, not a curve of its own)
+    multi = rep["laws"]["precision_multi"]
+    assert multi["group"] == {} and multi["n_points"] == len(src)
+    assert multi["params"]["log_gamma_w"]["reported_ci95"][0] > 1.0  # the weights' precision is identified
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--context", "4096"], "--context/--batch: only with --budget inference"),
+    (["--budget", "inference"], "--budget inference needs --context N >= 1"),
+    (["--budget", "inference", "--context", "64", "--batch", "0"], "--batch: sequences held at once"),
+])
+def test_inference_budget_input_is_one_line(tmp_path, capsys, args, needle):
+    table(tmp_path / "t.csv")
+    code, _ = _fit(tmp_path, "bad", *args)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and needle in err and "\n" not in err
+
+
+def test_a_table_without_kv_bits_per_token_says_so(tmp_path, capsys):
+    table(tmp_path / "t.csv").drop(columns="kv_bits_per_token").to_csv(tmp_path / "t.csv", index=False)
+    code, _ = _fit(tmp_path, "none", "--budget", "inference", "--context", "64")
+    assert code == 2 and "no run records kv_bits_per_token" in capsys.readouterr().err
