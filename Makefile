@@ -14,10 +14,10 @@ PIN    := $(if $(LOCK),-c $(LOCK))
 setup: $(VENV)/.ksir-installed
 
 # pip -qq: errors only (a failed install still says why and stops); PIP_QUIET= make setup shows pip's warnings.
-# --no-compile: pip does not byte-compile every installed module (most are never imported); Python
-# compiles what it imports on first use, so setup is faster and nothing else changes.
+# Byte-compiled at install (pip's default, kept on purpose): where PYTHONDONTWRITEBYTECODE is set, as on ksir's CI
+# machines, nothing is compiled later, and every process would compile what it imports from source.
 PIP_QUIET ?= -qq
-PIP_FLAGS := $(PIP_QUIET) --no-compile
+PIP_FLAGS := $(PIP_QUIET)
 $(VENV)/.ksir-installed: pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install $(PIP_FLAGS) --upgrade pip $(PIN)

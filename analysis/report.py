@@ -37,6 +37,9 @@ def fill_scheme_gaps(df: pd.DataFrame) -> pd.DataFrame:
     """Missing scheme fields as NOT_SET, so that grouping by the curve keys keeps those runs (pandas drops
     NaN groups): a per-channel run (no block size) is a curve of its own, not silently left out."""
     df = df.copy()
+    for c in ("act_bits", "kv_bits"):  # a precision left out is the reference precision: a number, not a gap
+        if c in df:
+            df[c] = pd.to_numeric(df[c], errors="coerce").fillna(float(REFERENCE_BITS))
     for c in SCHEME_COLS:
         if c in df and df[c].isna().any():
             df[c] = df[c].astype(object).where(df[c].notna(), NOT_SET)
