@@ -29,7 +29,7 @@ import pandas as pd
 BASE_COLS = ("parametrization", "matmul_precision")
 # Fields that make a curve (with k): one scheme at one bit-width.
 SCHEME_COLS = ("dtype", "blocksize", "method", "regime", "backend", "packed_format", "lowrank_mode", "lowrank_rank",
-               "rotate", "layer_bits", "act_bits", "kv_bits", *BASE_COLS)
+               "rotate", "smooth", "layer_bits", "act_bits", "kv_bits", *BASE_COLS)
 # Fields that define a configuration, besides the scheme: the replicate column is never one of them.
 CONFIG_COLS = ("config_key", "family", "size", "n_params", "train_tokens", "bits", "total_bits", "act_bits",
                "kv_bits", "fwd_bits", "bwd_bits", "attention_bits", "lr", *SCHEME_COLS)

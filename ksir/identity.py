@@ -171,6 +171,12 @@ def _precision_identity(q: Any) -> dict[str, Any]:
             ident[name] = {**d, "bits": canon(sub.bits)}
     if q.rotate != "none":
         ident["rotate"] = q.rotate
+    if q.smooth.method != "none":
+        sm = {"method": q.smooth.method, "alpha": canon(q.smooth.resolved_alpha()),
+              "calib_sequences": canon(q.calib_sequences)}
+        if q.smooth.method == "awq" and q.smooth.alpha is None:
+            sm["grid"] = canon(q.smooth.grid)
+        ident["smooth"] = sm
     if q.layer_bits:  # rules in order (a later rule wins), as given
         ident["layer_bits"] = [[rule, canon(k)] for rule, k in q.layer_bits.items()]
     if q.allocate.on:

@@ -55,6 +55,7 @@ def describe_quantize(spec: JobSpec) -> str:
     extra = "".join([f" a{q.act.bits:g}" + ("" if q.act.dtype == "int" else f" {q.act.dtype}") if q.act.on else "",
                      f" kv{q.kv.bits:g}" + ("" if q.kv.dtype == "int" else f" {q.kv.dtype}") if q.kv.on else "",
                      " hadamard" if q.rotate != "none" else "",
+                     f" {q.smooth.method}" if q.smooth.method != "none" else "",
                      f" layers {q.layer_rule()}" if q.per_layer else ""])
     if not q.weights_quantized:
         return f"{name} quantize w16{extra}"

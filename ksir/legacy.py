@@ -20,7 +20,8 @@ KEY_SECTIONS = {"train": ("model", "data", "trainer", "eval", "seed", "qat"),
 NON_RESULT_KEYS = {"model": ("train_if_missing", "cache_base"), "eval": ("batch_size", "device"),
                    "trainer": ("lightning", "checkpoint_every_n_steps", "compile")}
 ADDED_AFTER_V1: dict[str, tuple[str, ...]] = {"quant": ("backend", "measure", "lowrank", "heal", "act", "kv",
-                                                        "rotate", "layer_bits", "allocate"),
+                                                        "rotate", "layer_bits", "allocate",
+                                                        "smooth"),
                                               "model": ("parametrization",),
                                               "trainer": ("matmul_precision", "matmul_scaling")}  # keys v1 never saw
 

@@ -87,6 +87,8 @@ def _quantize_model(model: nn.Module, q: QuantConfig, calib: torch.Tensor | None
             why = "method=gptq"
         elif q.allocate.on:
             why = "allocate (measured per-layer sensitivities)"
+        elif q.smooth.method != "none":
+            why = f"smooth.method={q.smooth.method}"
         elif q.outlier.mode == "activation":
             why = "outlier.mode=activation"
         else:
@@ -105,6 +107,14 @@ def _quantize_model(model: nn.Module, q: QuantConfig, calib: torch.Tensor | None
         from ksir.quant.rotate import rotate_layers
 
         rotate_layers(layers)
+    smoothed = None
+    if q.smooth.method != "none":
+        from ksir.quant.blockwise import make_grid, quantize_weight
+        from ksir.quant.smooth import smooth_layers
+
+        grid = make_grid(q) if q.weights_quantized else None
+        smoothed = smooth_layers(model, layers, q, calib,
+                                 quantize=lambda w: quantize_weight(w, grid, q.granularity, q.blocksize))
     plan, sens = None, None
     if q.per_layer:
         from ksir.quant.layers import layer_plan
@@ -116,7 +126,7 @@ def _quantize_model(model: nn.Module, q: QuantConfig, calib: torch.Tensor | None
 
         quantize_activations(model, layers, q.act, calib, q.gptq.batch_size)
     summary = summarize(model, q, shapes if q.weights_quantized else {}, keep, plan)
-    summary.sensitivity = sens
+    summary.sensitivity, summary.smooth = sens, smoothed
     return summary
 
 

@@ -33,11 +33,12 @@ class QuantSummary:
     plan: dict[str, float] | None = None  # per-layer bits: quantized layer name -> k (16 = left unquantized)
     sensitivity: dict[str, dict[float, float]] | None = None  # an allocation's measured loss increases
     mean_bits: float | None = None  # per-layer bits: the mean k per weight of the selected layers
+    smooth: dict[str, dict[str, float]] | None = None  # SmoothQuant / AWQ: what each layer's scales came from
 
     def as_dict(self) -> dict:
         """The accounting (a per-layer plan, its mean k and its sensitivities are recorded on their own)."""
         d = asdict(self)
-        for key in ("plan", "sensitivity", "mean_bits"):
+        for key in ("plan", "sensitivity", "mean_bits", "smooth"):
             del d[key]
         return d
 

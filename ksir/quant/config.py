@@ -101,6 +101,22 @@ class AllocateConfig:
         return bool(self.candidates)
 
 
+SMOOTH_METHODS = ("none", "smoothquant", "awq")
+
+
+@dataclass(frozen=True)
+class SmoothConfig:
+    """Activation-aware per-input-channel scaling before quantization (`ksir.quant.smooth`): SmoothQuant moves
+    activation outliers into the weights (for k-bit activations); AWQ protects salient weight columns."""
+
+    method: str = "none"  # none | smoothquant | awq
+    alpha: float | None = None  # smoothquant: migration strength (None = 0.5, the paper's); awq: None = searched
+    grid: int = 20  # awq: alphas tried, i / grid for i < grid (the paper's grid of 20)
+
+    def resolved_alpha(self) -> float | None:
+        return 0.5 if self.method == "smoothquant" and self.alpha is None else self.alpha
+
+
 LAYER_POSITIONS = ("first", "last")  # layer_bits rules that name a block by position instead of a regex
 ACT_DTYPES = ("int", "int_asym", "float")  # activations and KV cache: formats with a closed-form grid
 ACT_GRANULARITIES = ("token", "tensor")
@@ -177,11 +193,12 @@ class QuantConfig(WeightFormat):
     rotate: str = "none"  # none | hadamard (randomised Hadamard on each quantized layer's input dimension)
     layer_bits: dict[str, float] | None = None  # rule -> k: first | last | a regex on layer names (None = {})
     allocate: AllocateConfig = field(default_factory=AllocateConfig)
+    smooth: SmoothConfig = field(default_factory=SmoothConfig)
 
     def __post_init__(self) -> None:
         for name, cls in (("lowrank", LowRankConfig), ("measure", MeasureConfig), ("outlier", OutlierConfig),
                           ("gptq", GPTQConfig), ("heal", HealConfig), ("act", ActivationConfig),
-                          ("kv", KVCacheConfig), ("allocate", AllocateConfig)):
+                          ("kv", KVCacheConfig), ("allocate", AllocateConfig), ("smooth", SmoothConfig)):
             if isinstance(getattr(self, name), Mapping):  # QuantConfig(lowrank={...}) as from a mapping
                 object.__setattr__(self, name, from_mapping(cls, getattr(self, name), f"quant.{name}"))
         if self.layer_bits is None:  # null in YAML: Hydra replaces a null node by a mapping, not an empty one
@@ -190,6 +207,7 @@ class QuantConfig(WeightFormat):
             self._fail("method", self.method, METHODS)
         self.check_format()
         self._check_per_layer()
+        self._check_smooth()
         self._check_lowrank()
         self._check_heal()
         self._check_precisions()
@@ -269,12 +287,12 @@ class QuantConfig(WeightFormat):
         """GPTQ, activation-based outliers and whitened low-rank corrections need calibration token ids."""
         if self.unquantized:
             return False
-        if self.act.on and self.act.scales == "static":
+        if (self.act.on and self.act.scales == "static") or self.smooth.method == "smoothquant":
             return True
         if not self.weights_quantized:
             return False
-        if self.allocate.on:
-            return True  # each layer's loss increase is measured on calibration data
+        if self.allocate.on or self.smooth.method != "none":
+            return True  # per-layer loss increases, or per-channel input statistics, from calibration data
         return self.method == "gptq" or self.outlier.mode == "activation" or \
             (self.lowrank.mode == "correct" and self.lowrank.whiten == "activation")
 
@@ -284,7 +302,7 @@ class QuantConfig(WeightFormat):
                 "gptq": self.method == "gptq", "calib_sequences": self.needs_calibration,
                 "measure": self.backend != "simulated" or self.kv.cache != "simulated", "lowrank": self.lowrank.mode != "none",
                 "heal": self.heal.steps > 0, "act": self.act.on, "kv": self.kv.on,
-                "layer_bits": bool(self.layer_bits), "allocate": self.allocate.on}
+                "layer_bits": bool(self.layer_bits), "allocate": self.allocate.on, "smooth": self.smooth.method != "none"}
 
     @classmethod
     def from_mapping(cls, m: Mapping[str, Any] | Any) -> QuantConfig:
@@ -331,6 +349,31 @@ class QuantConfig(WeightFormat):
         if self.backend != "simulated":
             self._fail(key, value, why="no packed backend stores layers at different k here; use "
                        "quant.backend=simulated")
+
+    def _check_smooth(self) -> None:
+        """SmoothQuant needs k-bit activations to help, AWQ k-bit weights; both reshape each layer's input basis, so
+        neither goes with a rotation, outlier columns, factor pairs or per-layer bits; neither is packed here."""
+        sm = self.smooth
+        if sm.method not in SMOOTH_METHODS:
+            self._fail("smooth.method", sm.method, SMOOTH_METHODS)
+        if sm.method == "none":
+            return
+        if sm.alpha is not None and (not is_number(sm.alpha) or not 0 <= sm.alpha <= 1):
+            self._fail("smooth.alpha", sm.alpha, "null or a number in [0, 1]")
+        if not is_int(sm.grid) or sm.grid < 2:
+            self._fail("smooth.grid", sm.grid, "an integer >= 2")
+        if sm.method == "smoothquant" and not self.act.on:
+            self._fail("smooth.method", sm.method, why="SmoothQuant moves activation outliers into the weights so "
+                       f"that activations quantize: set quant.act.bits below {REFERENCE_BITS}")
+        if sm.method == "awq" and not self.weights_quantized:
+            self._fail("smooth.method", sm.method, why=f"AWQ scales weight columns before k-bit rounding: set "
+                       f"quant.bits below {REFERENCE_BITS}")
+        if self.rotate != "none" or self.outlier.mode != "none" or self.lowrank.mode != "none" or self.per_layer:
+            self._fail("smooth.method", sm.method, why="per-channel scales combine with plain RTN or GPTQ formats "
+                       "only (no quant.rotate, outlier columns, lowrank or per-layer bits)")
+        if self.backend != "simulated":
+            self._fail("smooth.method", sm.method, why="use quant.backend=simulated (no packed backend folds the "
+                       "scales here)")
 
     def _check_lowrank(self) -> None:
         lr = self.lowrank
