@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis import design, headline, ladder, memory, optimal, plot, support
+from analysis import compose, design, headline, ladder, memory, optimal, plot, support
 from analysis.collect import Collected
 from analysis.design import SCHEME_COLS
 from analysis.fit import FitError, FitResult, Unidentified, fit_laws
@@ -240,6 +240,11 @@ def analyse(collected: Collected, out_dir: str | Path, *, metric: str = "val_los
     if not any(c.fits for c in cands) and not any(report["laws"].values()):
         raise FitError("no law could be fitted: " + "; ".join(s["reason"] for s in report["skipped_curves"]))
     report["replicates"] = _replicate_spread(raw, metric, rep, fits)
+    if "precision_multi" in names and (compose.low_precisions(raw, st.reference) >= 2).any():
+        try:  # do the precisions compose? N_eff from single-axis runs, tested on the mixed ones
+            report["composition"] = compose.mixed_holdout(raw, metric, st)
+        except FitError as e:
+            report["composition"] = {"error": str(e)}
 
     # The answer, per budget, from the law that earns it.
     per_k_rows, continuous = [], {}
@@ -406,6 +411,7 @@ def markdown(report: dict[str, Any]) -> str:
               "'at bound' ended on the edge of its allowed range: it is fixed there, not measured, and no claim is "
               "made about it.", ""]
     lines += memory.lines(report.get("memory") or [], report.get("budget", "total_bits"))
+    lines += _composition_lines(report.get("composition"))
     if report["left_out"]:
         lines += [f"Left out {len(report['left_out'])} runs:", ""]
         lines += [f"- {s.get('run_key') or s['source']}: {s['reason']}" for s in report["left_out"]] + [""]
@@ -544,3 +550,23 @@ def accuracy_lines(acc: dict[str, Any]) -> list[str]:
             out.append(f"| {r['n_params']:.3g} | {_fmt(r.get('bits'))} | {_fmt(r.get('train_tokens'))} | "
                        f"{r['loss']:.4g} {_fmt(r.get('loss_ci95'))} | {r['accuracy']:.3f} {_fmt(r.get('accuracy_ci95'))} |")
     return out
+
+
+def _composition_lines(comp: dict[str, Any] | None) -> list[str]:
+    """report.md: the mixed configurations predicted from single-axis runs (analysis.compose)."""
+    if not comp:
+        return []
+    head = ["## Do the precisions compose?", ""]
+    if "error" in comp:
+        return [*head, f"Not tested: {comp['error']}", ""]
+    lines = [*head, f"Kumar et al.'s N_eff (`precision_multi`) fitted on {comp['fitted_on']} single-axis runs "
+             "(at most one of weights, activations, KV cache below 16 bits) predicts every mixed configuration: "
+             f"mean |relative error| {comp['mean_abs_rel_error']:.2%}, largest {comp['max_abs_rel_error']:.2%}.", "",
+             "| N | k_w | k_act | k_kv | measured | predicted [95% CI] | error | inside |", "|---|---|---|---|---|---|---|---|"]
+    for r in comp["predicted"]:
+        lo, hi = r["ci95"]
+        ci = f"[{lo:.4g}, {hi:.4g}]" if lo is not None else "[-]"
+        lines.append(f"| {r['n_params']:.3g} | {r.get('bits', 16):g} | {r.get('act_bits', 16):g} | "
+                     f"{r.get('kv_bits', 16):g} | {r['measured']:.4g} | {r['predicted']:.4g} {ci} | "
+                     f"{r['rel_error']:+.2%} | {'yes' if r['inside'] else 'no'} |")
+    return [*lines, ""]

@@ -80,3 +80,39 @@ def test_a_table_without_kv_bits_per_token_says_so(tmp_path, capsys):
     table(tmp_path / "t.csv").drop(columns="kv_bits_per_token").to_csv(tmp_path / "t.csv", index=False)
     code, _ = _fit(tmp_path, "none", "--budget", "inference", "--context", "64")
     assert code == 2 and "no run records kv_bits_per_token" in capsys.readouterr().err
+
+
+def precision_table(path, interaction=0.0, seed=0):
+    """Single-axis and mixed (k_w, k_act, k_kv) runs from Kumar et al.'s N_eff with known gammas; `interaction`
+    adds a loss penalty to mixed runs only (effects that do not compose)."""
+    rng = np.random.default_rng(seed)
+    gamma = {"bits": 1.6, "act_bits": 1.2, "kv_bits": 0.9}
+    configs = [(16, 16, 16), (2, 16, 16), (3, 16, 16), (4, 16, 16), (8, 16, 16), (16, 4, 16), (16, 8, 16),
+               (16, 16, 2), (16, 16, 4), (4, 8, 16), (4, 4, 4), (8, 4, 2), (3, 8, 4)]
+    rows = []
+    for n in np.geomspace(1e6, 3e8, 6):
+        for w, a, kv in configs:
+            neff = n * np.prod([1 - np.exp(-p / gamma[c]) for c, p in zip(gamma, (w, a, kv), strict=True)])
+            mixed = sum(p < 16 for p in (w, a, kv)) >= 2
+            for seed_ in range(2):
+                loss = (1.9 + 300 * neff**-0.3) * (1 + interaction * mixed) * np.exp(rng.normal(0, 0.003))
+                rows.append({"n_params": n, "bits": float(w), "act_bits": float(a), "kv_bits": float(kv),
+                             "seed": seed_, "val_loss": loss, "total_bits": n * (16 if w == 16 else w + 0.25)})
+    pd.DataFrame(rows).to_csv(path, index=False)
+
+
+@pytest.mark.parametrize("interaction", [0.0, 0.05])
+def test_mixed_precisions_are_predicted_from_single_axis_runs(tmp_path, interaction):
+    precision_table(tmp_path / "t.csv", interaction)
+    code, out = _fit(tmp_path, "fit", "--law", "precision_multi")
+    assert code == 0
+    comp = json.loads((out / "fit.json").read_text())["composition"]
+    assert comp["fitted_on"] == 6 * 9 * 2 and len(comp["predicted"]) == 6 * 4  # 9 single-axis, 4 mixed configs
+    if interaction == 0:  # the law holds: the gammas come back and the mixed runs are predicted within 1%
+        params = comp["fit"]["params"]
+        for name, true in (("log_gamma_w", 1.6), ("log_gamma_act", 1.2), ("log_gamma_kv", 0.9)):
+            assert params[name]["reported_value"] == pytest.approx(true, rel=0.1)
+        assert comp["max_abs_rel_error"] < 0.01
+    else:  # a 5% penalty on mixed runs only: the check sees it
+        assert comp["mean_abs_rel_error"] > 0.03 and not any(r["inside"] for r in comp["predicted"])
+    assert "## Do the precisions compose?" in (out / "report.md").read_text()

@@ -96,7 +96,7 @@ PLANS: dict[str, Plan] = {
     "ksir-run -m job=quantize model.size=xs,s,m,l quant.backend=hqq quant.dtype=int_asym quant.bits=2,3,4,8,16": Plan(
         add=DRY, says="[sweep] dry run: 24 jobs planned"),
     "ksir-run -m job=quantize quant.backend=bitsandbytes quant.dtype=nf quant.bits=4 quant.scale_bits=16,8": Plan(
-        add=DRY, says="[sweep] dry run: 4 jobs planned"),
+        add=DRY, says="[sweep] dry run: 3 jobs planned"),
     "ksir-fit outputs/results --out fit_measured --budget measured_bytes": Plan(
         skip="runs on the packed records of a two-size HQQ sweep in tests/test_deploy.py::"
              "test_a_packed_quantize_job_end_to_end_and_fit_on_measured_bytes (packing and timing a sweep here "
