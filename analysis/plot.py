@@ -48,6 +48,15 @@ _last_figure: plt.Figure | None = None  # the figure saved last; its artists out
 # ---- labels ----------------------------------------------------------------------------------------------
 
 
+BUDGET_LABELS = {"measured_bytes": "measured model bytes x 8 (bits, packed models)",
+                 "inference": "inference memory: weights + KV cache at --context x --batch tokens (bits)"}
+
+
+def budget_label(budget: str) -> str | None:
+    """The x-axis of a memory budget other than ksir's formula bits (None: the default label)."""
+    return BUDGET_LABELS.get(budget)
+
+
 def describe_law(fits: Iterable[FitResult] | None) -> str:
     """'law NAME: FORMULA' for the law(s) that drew a figure's lines (or says that none did)."""
     laws = {f.law.name: f.law.formula for f in (fits or [])}
@@ -220,7 +229,7 @@ def _extrapolation_handles(ax: plt.Axes) -> list[Any]:
 def curves(df: pd.DataFrame, metric: str, keys: list[str], path: Path, title: str, subtitle: str,
            fits: Mapping[tuple, FitResult] | None = None, extrapolate: float = 1.0,
            style_key: str | None = None, *, law_label: str | None = None,
-           interval_label: str | None = None, x: str = "total_bits") -> list[str]:
+           interval_label: str | None = None, x: str = "total_bits", xlabel: str | None = None) -> list[str]:
     """Metric vs total model bits (log x), one curve per key (k, or k + scheme): colour by the first key,
     a marker per curve; fitted laws solid over each curve's runs and dashed up to `extrapolate` x its
     largest run (shaded where beyond every run), with 95% bootstrap bands; `style_key` (e.g. regime)
@@ -258,7 +267,7 @@ def curves(df: pd.DataFrame, metric: str, keys: list[str], path: Path, title: st
         ax.set_xscale("log")
         ax.margins(MARGIN)
         _fit_ylim(ax, df[metric], curve_y)
-        ax.set_xlabel(X_LABELS.get(x, x))
+        ax.set_xlabel(xlabel or X_LABELS.get(x, x))
         ax.set_ylabel(METRIC_LABELS.get(metric, metric))
         stats = "; ".join([_runs(int(df[metric].notna().sum())), law_label or describe_law(used),
                            interval_label or describe_intervals(used)])
@@ -309,7 +318,7 @@ def _line_with_band(ax: plt.Axes, x: np.ndarray, y: np.ndarray, band: tuple[np.n
 def optimal_k(per_k: list[dict[str, Any]], continuous: list[dict[str, Any]] | None, path: Path,
               subtitle: str, *, source: str | None = None, n_runs: int | None = None,
               interval_label: str | None = None, observed_max: float | None = None,
-              continuous_source: str | None = None) -> list[str]:
+              continuous_source: str | None = None, xlabel: str | None = None) -> list[str]:
     """Best k per total-bit budget (step line, markers at the budgets evaluated) with its bootstrap
     interval, and the continuous k* of a joint law if given; dashed and shaded beyond the runs.
     `observed_max` (largest measured total bits) places the boundary; by default, the last budget
@@ -355,7 +364,7 @@ def optimal_k(per_k: list[dict[str, Any]], continuous: list[dict[str, Any]] | No
             ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         elif 0 < len(swept) <= 12:  # the best k is one of the swept k: tick exactly those
             ax.set_yticks(swept)
-        ax.set_xlabel("total-bit budget (bits)")
+        ax.set_xlabel(f"budget: {xlabel}" if xlabel else "total-bit budget (bits)")
         ax.set_ylabel("optimal bits per parameter k")
         answer = f"answer from {source}" + (f"; continuous k* from {continuous_source or 'a joint law'}"
                                              if continuous else "")
@@ -390,7 +399,7 @@ def _band_handle(color: Any, label: str) -> Patch:
 
 
 def residuals(df: pd.DataFrame, metric: str, keys: list[str], fits: Mapping[tuple, FitResult], path: Path,
-              subtitle: str, *, law_label: str | None = None) -> list[str]:
+              subtitle: str, *, law_label: str | None = None, xlabel: str | None = None) -> list[str]:
     """log(predicted / measured) per run against total bits, a marker per curve, with the zero line."""
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots()
@@ -407,7 +416,7 @@ def residuals(df: pd.DataFrame, metric: str, keys: list[str], fits: Mapping[tupl
         ax.set_xscale("log")
         ax.margins(MARGIN)
         _fit_ylim(ax, [*rs, [0.0]])
-        ax.set_xlabel("total model bits")
+        ax.set_xlabel(xlabel or "total model bits")
         ax.set_ylabel(f"log(predicted / measured {metric})")
         stats = "; ".join([_runs(n), law_label or describe_law(fits.values()),
                            "no intervals (one point per run)"])
@@ -512,7 +521,7 @@ def deploy_speed(df: pd.DataFrame, path: Path, subtitle: str) -> list[str]:
 
 
 def scheme_frontiers(rows: list[dict[str, Any]], path: Path, subtitle: str, *, law_label: str,
-                     interval_label: str) -> list[str]:
+                     interval_label: str, xlabel: str | None = None) -> list[str]:
     """Every scheme at its best k on one plot: loss vs total bits (the lower envelope of its per-k laws) with
     its bootstrap band; solid inside the measured budgets, dashed and shaded beyond."""
     if not rows:
@@ -537,7 +546,7 @@ def scheme_frontiers(rows: list[dict[str, Any]], path: Path, subtitle: str, *, l
         if (~inside).any():
             _shade_extrapolated(ax, float(b[inside].max()) if inside.any() else float(b.min()), float(b.max()))
         ax.set_xscale("log")
-        ax.set_xlabel(X_LABELS["total_bits"])
+        ax.set_xlabel(xlabel or X_LABELS["total_bits"])
         ax.set_ylabel("loss")
         _fit_ylim(ax, [r["loss"][lab] for r in rows if not r["extrapolated"] for lab in labels])
         _legend(ax, title="scheme (at its best k)")

@@ -322,8 +322,9 @@ def _figures(df: pd.DataFrame, metric: str, keys: list[str], fits: dict, per_k: 
                            x="n_params")
     if not fits:
         return []
+    xlabel = plot.budget_label(report.get("budget", "total_bits"))
     files = plot.curves(df, metric, keys, out / "bit_scaling", "Bit-level scaling: one curve per bit-width k",
-                        desc, fits=fits, extrapolate=extrapolate)
+                        desc, fits=fits, extrapolate=extrapolate, xlabel=xlabel)
     trusted = next((c for c in cands if c.name == h["trusted"]), None)
     if trusted is not None and trusted.fits and next(iter(trusted.fits.values())).law.per_k:
         source, rows = "per-k power laws (trusted)", per_k
@@ -339,12 +340,12 @@ def _figures(df: pd.DataFrame, metric: str, keys: list[str], fits: dict, per_k: 
     cont_tag = next((t for t in continuous if trusted is not None and t.split("[")[0] == trusted.name), None)
     files += plot.optimal_k(rows, continuous.get(cont_tag), out / "optimal_k", desc, source=source,
                             n_runs=len(df), interval_label=interval, observed_max=float(df["total_bits"].max()),
-                            continuous_source=f"law {cont_tag}" if cont_tag else None)
-    files += plot.residuals(df, metric, keys, fits, out / "residuals", desc)
+                            continuous_source=f"law {cont_tag}" if cont_tag else None, xlabel=xlabel)
+    files += plot.residuals(df, metric, keys, fits, out / "residuals", desc, xlabel=xlabel)
     if report.get("scheme_frontiers"):
         files += plot.scheme_frontiers(report["scheme_frontiers"], out / "scheme_frontiers", desc,
                                        law_label=plot.describe_law(fits.values()),
-                                       interval_label=plot.describe_intervals(fits.values()))
+                                       interval_label=plot.describe_intervals(fits.values()), xlabel=xlabel)
     if "decode_ms_b1" in df:
         files += plot.deploy_speed(df, out / "speed_vs_k", desc)
     schemes = [c for c in ("dtype", "blocksize", "method") if c in keys]

@@ -39,10 +39,19 @@ def _fit(tmp_path, name, *args):
     return code, out
 
 
-def test_inference_budget_adds_the_kv_cache_and_answers_with_k_w_and_k_kv(tmp_path):
+def test_inference_budget_adds_the_kv_cache_and_answers_with_k_w_and_k_kv(tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
     src = table(tmp_path / "t.csv")
-    code, out = _fit(tmp_path, "long", "--budget", "inference", "--context", "32768", "--batch", "2")
+    labels, set_xlabel = [], Axes.set_xlabel
+    monkeypatch.setattr(Axes, "set_xlabel", lambda ax, text, *a, **k: (labels.append(text), set_xlabel(ax, text, *a, **k))[1])
+    out = tmp_path / "long"
+    code = ksir_fit(["--table", str(tmp_path / "t.csv"), "--out", str(out), "--bootstrap", "40", "--budget", "inference",
+                     "--context", "32768", "--batch", "2"])
     assert code == 0
+    figures = json.loads((out / "fit.json").read_text())["figures"]
+    assert any("scheme_frontiers" in f for f in figures)  # the (k_w, k_kv) frontiers at equal inference memory
+    assert labels and all("inference memory: weights + KV cache" in t for t in labels)  # every memory axis says so
     runs = pd.read_csv(out / "runs.csv")
     want = src["total_bits"] + src["kv_bits_per_token"] * 32768 * 2
     got = runs.set_index(["n_params", "bits", "kv_bits"])["total_bits"]
