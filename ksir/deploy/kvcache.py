@@ -17,16 +17,16 @@ cache's stored bytes (every tensor it holds) are recorded for both caches.
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
+from ksir.deploy.measure import decode_run
 from ksir.errors import ConfigError
 from ksir.quant.activations import KV_ATTENTION
+from ksir.quant.bits import kv_shape
 from ksir.quant.config import KVCacheConfig, MeasureConfig
 
 
@@ -35,17 +35,11 @@ def hqq_cache(model: nn.Module, kv: KVCacheConfig) -> Any:
     from transformers import QuantizedCache
 
     try:
-        head_dim = _head_dim(model.config)
         return QuantizedCache("hqq", model.config, nbits=int(kv.bits), axis_key=1, axis_value=1,
-                              q_group_size=head_dim, residual_length=kv.residual)
+                              q_group_size=kv_shape(model.config)[2], residual_length=kv.residual)
     except (ValueError, ImportError, AttributeError) as e:
         raise ConfigError("quant.kv.cache", kv.cache, ["simulated"],
                           f"transformers' quantized cache cannot serve {type(model).__name__}: {e}") from None
-
-
-def _head_dim(config: Any) -> int:
-    c = config.get_text_config(decoder=True)
-    return int(getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads)
 
 
 def check_model(model: nn.Module, kv: KVCacheConfig) -> None:
@@ -87,27 +81,6 @@ def decode_loss(model: nn.Module, ids: torch.Tensor, make_cache: Callable[[], An
     return total / (ids.shape[0] * (ids.shape[1] - 1))
 
 
-@torch.inference_mode()
-def decode_ms(model: nn.Module, prompt: torch.Tensor, make_cache: Callable[[], Any], steps: int,
-              repeats: int) -> tuple[float, int]:
-    """Median ms of one greedy decode step after the prompt, and the cache's bytes at the end."""
-    def run() -> tuple[float, Any]:
-        out = model(input_ids=prompt, cache=make_cache(), use_cache=True)
-        cache, nxt = out.cache, out.logits[:, -1:].argmax(-1)
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            out = model(input_ids=nxt, cache=cache, use_cache=True)
-            cache, nxt = out.cache, out.logits[:, -1:].argmax(-1)
-        return time.perf_counter() - t0, cache
-
-    run()  # warm-up
-    times, cache = [], None
-    for _ in range(repeats):
-        dt, cache = run()
-        times.append(dt)
-    return 1000 * statistics.median(times) / steps, cache_bytes(cache)
-
-
 def measure(model: nn.Module, kv: KVCacheConfig, blocks: torch.Tensor, m: MeasureConfig) -> dict[str, Any]:
     """Loss through the real cache, the simulated one and the 16-bit one; decode speed and bytes of real and
     16-bit caches. `model` has the simulation installed (quant.kv); it is switched off and on around the passes."""
@@ -129,14 +102,14 @@ def measure(model: nn.Module, kv: KVCacheConfig, blocks: torch.Tensor, m: Measur
         model.set_attn_implementation(base)
         losses = {"cache": decode_loss(model, ids, real), "reference": decode_loss(model, ids, dynamic)}
         prompt = ids[:1, : min(m.prompt_len, ids.shape[1])]
-        ms_real, bytes_real = decode_ms(model, prompt, real, m.decode_tokens, m.repeats)
-        ms_ref, bytes_ref = decode_ms(model, prompt, dynamic, m.decode_tokens, m.repeats)
+        ms_real, cache_real = decode_run(model, prompt, m.decode_tokens, m.repeats, prompt.device, real)
+        ms_ref, cache_ref = decode_run(model, prompt, m.decode_tokens, m.repeats, prompt.device, dynamic)
     finally:
         if simulated:
             model.set_attn_implementation(KV_ATTENTION)
     losses["simulated"] = decode_loss(model, ids, dynamic) if simulated else None
     out.update(loss=losses, ms_per_token={"cache": ms_real, "reference": ms_ref},
-               cache_bytes={"cache": bytes_real, "reference": bytes_ref}, context=int(prompt.shape[1] + m.decode_tokens))
+               cache_bytes={"cache": cache_bytes(cache_real), "reference": cache_bytes(cache_ref)}, context=int(prompt.shape[1] + m.decode_tokens))
     if losses["simulated"] is not None:
         out["cache_minus_simulated"] = losses["cache"] - losses["simulated"]
     return out

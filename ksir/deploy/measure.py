@@ -106,13 +106,20 @@ def prefill_tokens_per_s(model: nn.Module, ids: torch.Tensor, repeats: int, devi
     return ids.numel() / _timed(lambda: model(input_ids=ids, use_cache=False), repeats, device)
 
 
-@torch.inference_mode()
 def decode_ms_per_step(model: nn.Module, ids: torch.Tensor, steps: int, repeats: int, device: torch.device) -> float:
     """Median ms of one greedy decode step (a token for every sequence of the batch) with the KV cache."""
+    return decode_run(model, ids, steps, repeats, device)[0]
+
+
+@torch.inference_mode()
+def decode_run(model: nn.Module, ids: torch.Tensor, steps: int, repeats: int, device: torch.device,
+               make_cache: Callable[[], Any] | None = None) -> tuple[float, Any]:
+    """Median ms of one greedy decode step after the prompt `ids`, and the cache the last repetition left; each
+    repetition starts from `make_cache()` (a quantized cache, ksir.deploy.kvcache) or the model's default cache."""
     ids = ids.to(device)
 
-    def run() -> float:
-        out = model(input_ids=ids, use_cache=True)
+    def run() -> tuple[float, Any]:
+        out = model(input_ids=ids, use_cache=True, **({"past_key_values": make_cache()} if make_cache else {}))
         cache, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
         _sync(device)
         t0 = time.perf_counter()
@@ -120,10 +127,14 @@ def decode_ms_per_step(model: nn.Module, ids: torch.Tensor, steps: int, repeats:
             out = model(input_ids=nxt, past_key_values=cache, use_cache=True)
             cache, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
         _sync(device)
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, cache
 
-    run()
-    return 1000 * statistics.median(run() for _ in range(repeats)) / steps
+    run()  # warm-up
+    times, cache = [], None
+    for _ in range(repeats):
+        dt, cache = run()
+        times.append(dt)
+    return 1000 * statistics.median(times) / steps, cache
 
 
 def speed(model: nn.Module, tokens: torch.Tensor, m: Any, device: torch.device) -> dict[str, Any]:

@@ -83,37 +83,27 @@ def greedy_allocation(gain: Mapping[str, Mapping[float, float]], sizes: Mapping[
         plan[name] = nxt
 
 
-@torch.no_grad()
-def calibration_loss(model: nn.Module, calib: torch.Tensor, batch_size: int) -> float:
-    """Mean next-token cross-entropy of `model` on calibration token ids [n, T]."""
-    total, count = 0.0, 0
-    for i in range(0, len(calib), batch_size):
-        ids = calib[i:i + batch_size]
-        logits = model(input_ids=ids).logits[:, :-1].float()
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
-                                                 reduction="sum")
-        total += float(loss)
-        count += ids[:, 1:].numel()
-    return total / count
-
-
 def sensitivities(model: nn.Module, layers: Mapping[str, nn.Module], q: QuantConfig,
                   calib: torch.Tensor) -> dict[str, dict[float, float]]:
     """Loss increase on `calib` of each layer quantized alone (round-to-nearest) at each candidate k."""
+    from ksir.evaluate import evaluate_lm
     from ksir.quant.blockwise import make_grid, quantize_weight
     from ksir.quant.calib import eval_mode
     from ksir.quant.select import get_weight, set_weight
 
+    def calibration_loss() -> float:
+        return evaluate_lm(model, calib, q.gptq.batch_size)["val_loss"]
+
     grids = {k: make_grid(at_bits(q, k)) for k in q.allocate.candidates}
     out: dict[str, dict[float, float]] = {}
     with eval_mode(model), torch.no_grad():
-        base = calibration_loss(model, calib, q.gptq.batch_size)
+        base = calibration_loss()
         for name, m in layers.items():
             w = get_weight(m).detach().clone()
             out[name] = {}
             for k, grid in grids.items():
                 set_weight(m, quantize_weight(w, grid, q.granularity, q.blocksize))
-                out[name][float(k)] = calibration_loss(model, calib, q.gptq.batch_size) - base
+                out[name][float(k)] = calibration_loss() - base
             set_weight(m, w)
     return out
 
