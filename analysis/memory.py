@@ -30,18 +30,11 @@ def use_inference(collected: Collected, context: int, batch: int) -> Collected:
         raise FitError("--budget inference: no run records kv_bits_per_token (quantize jobs record it since ksir's "
                        "KV-cache axis; a table needs that column)")
     keep = per_token.notna()
-    skipped = list(collected.skipped)
-    for i in df.index[~keep]:
-        skipped.append({"source": str(df.get("source", pd.Series(dtype=str)).get(i, "")),
-                        "run_key": str(df.get("run_key", pd.Series(dtype=str)).get(i, "")),
-                        "reason": "--budget inference: no kv_bits_per_token"})
+    skipped = [*collected.skipped, *(_left_out(df, i, "--budget inference: no kv_bits_per_token")
+                                     for i in df.index[~keep])]
     df["weight_total_bits"] = df.get("total_bits")
     df["kv_total_bits"] = per_token * float(context) * float(batch)
     df["total_bits"] = pd.to_numeric(df["total_bits"], errors="coerce") + df["kv_total_bits"]
-    if "kv_bits" in df:
-        df["kv_bits"] = pd.to_numeric(df["kv_bits"], errors="coerce").fillna(float(REFERENCE_BITS))
-    else:
-        df["kv_bits"] = float(REFERENCE_BITS)
     return Collected(df[keep].reset_index(drop=True), skipped)
 
 
@@ -62,12 +55,16 @@ def use_measured(collected: Collected) -> Collected:
     for i in df.index[~keep]:
         why = ("16-bit baseline: no packed run of its base model measured the 16-bit model" if is_baseline(bits.get(i))
                else f"no measured bytes (backend {df.get('backend', pd.Series(dtype=str)).get(i, 'simulated')})")
-        skipped.append({"source": str(df.get("source", pd.Series(dtype=str)).get(i, "")),
-                        "run_key": str(df.get("run_key", pd.Series(dtype=str)).get(i, "")),
-                        "reason": f"--budget measured_bytes: {why}"})
+        skipped.append(_left_out(df, i, f"--budget measured_bytes: {why}"))
     df["formula_total_bits"] = df.get("total_bits")
     df["total_bits"] = 8.0 * measured
     return Collected(df[keep].reset_index(drop=True), skipped)
+
+
+def _left_out(df: pd.DataFrame, i: Any, reason: str) -> dict[str, str]:
+    """A run a memory axis cannot place: its source and key, and why."""
+    return {"source": str(df.get("source", pd.Series(dtype=str)).get(i, "")),
+            "run_key": str(df.get("run_key", pd.Series(dtype=str)).get(i, "")), "reason": reason}
 
 
 def table(runs: pd.DataFrame) -> list[dict[str, Any]]:
