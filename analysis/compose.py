@@ -5,7 +5,7 @@ count, N_eff = N prod_x (1 - exp(-P_x / gamma_x)), so a model with several low p
 alone, multiplied. That is testable: fit the law on runs where at most one precision is below the reference
 (single-axis runs, the 16-bit baselines included), predict every run where two or more are (mixed runs), and
 compare. The answer is each mixed configuration's relative error with the bootstrap's 95% interval of its
-prediction; a measured loss inside that interval (or within the declared margin) is what "composes" means here.
+prediction, and whether the measured loss lies inside it; a study's claim on composition declares its own margin.
 """
 
 from __future__ import annotations
