@@ -72,7 +72,7 @@ def test_two_live_jobs_of_one_model_never_share_a_checkpoint(tmp_path, cache_dir
     """Two processes at once, same model, different evaluation settings: one trains, the other waits for the
     model's lock and evaluates the finished model (before: both trained, one resumed from the other's live
     last.ckpt and the last to finish overwrote the model the other's record pointed to)."""
-    base = [*TINY, "job=train", "model.size=s", "trainer.min_steps=150", "trainer.max_steps=150",
+    base = [*TINY, "job=train", "model.size=xs", "trainer.min_steps=80", "trainer.max_steps=80",
             "trainer.checkpoint_every_n_steps=20", "logger=none", f"out_dir={tmp_path}", f"paths.cache={cache_dir}"]
     env = {**os.environ, "WANDB_MODE": "offline"}
     procs = [subprocess.Popen([str(BIN / "ksir-run"), *base, f"eval.sequences={n}"], cwd=tmp_path, env=env,
