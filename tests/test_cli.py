@@ -9,7 +9,7 @@ import pytest
 
 from ksir.records import iter_record_files, read_record
 
-from .helpers import run_cli
+from .helpers import run_cli, run_here
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -96,7 +96,8 @@ def test_end_to_end_sweep_then_fit(tmp_path, cache_dir):
     assert {p.name.rsplit("-", 2)[-2] + "-" + p.name.rsplit("-", 2)[-1] for p in wandb_runs} >= {x["run_key"] for x in recs}
 
     fit_dir = out / "fit"
-    r = run_cli(*fit_cmd, cwd=tmp_path)  # the command the sweep printed, as printed
+    r = run_here(*fit_cmd, cwd=tmp_path)  # the command the sweep printed, as printed (ksir-fit's own process:
+    # tests/test_analysis_tables.py)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     runs = pd.read_csv(fit_dir / "runs.csv")
     assert len(runs) == 12 and set(runs["bits"]) == {2, 4, 16}
@@ -122,7 +123,7 @@ def test_end_to_end_sweep_then_fit(tmp_path, cache_dir):
     assert (fit_dir / "bit_scaling.png").stat().st_size > 10_000
 
     # Relaunching the same sweep skips every finished job.
-    r = run_cli("ksir-run", "-m", "experiment=tiny", f"out_dir={out}", f"paths.cache={cache_dir}", cwd=tmp_path)
+    r = run_here("ksir-run", "-m", "experiment=tiny", f"out_dir={out}", f"paths.cache={cache_dir}", cwd=tmp_path)
     assert r.returncode == 0 and "0 done, 12 skipped, 0 failed" in r.stdout
 
 
