@@ -29,7 +29,9 @@ import pandas as pd
 BASE_COLS = ("parametrization", "matmul_precision")
 # Fields that make a curve (with k): one scheme at one bit-width.
 SCHEME_COLS = ("dtype", "blocksize", "method", "regime", "backend", "packed_format", "lowrank_mode", "lowrank_rank",
-               "rotate", "smooth", "layer_bits", "act_bits", "kv_bits", *BASE_COLS)
+               "rotate", "smooth", "layer_bits", "act_bits", "kv_bits", "attention_bits", "attention_learn", *BASE_COLS)
+# Precisions besides the weights': a run with one of them below the reference is not the plain model.
+OTHER_PRECISIONS = ("act_bits", "kv_bits", "attention_bits")
 # Fields that define a configuration, besides the scheme: the replicate column is never one of them.
 CONFIG_COLS = ("config_key", "family", "size", "n_params", "train_tokens", "bits", "total_bits", "act_bits",
                "kv_bits", "fwd_bits", "bwd_bits", "attention_bits", "lr", *SCHEME_COLS)
@@ -85,7 +87,7 @@ def is_reference(df: pd.DataFrame, reference: float) -> pd.Series:
         ref &= df["lowrank_mode"].astype(str) != "factorize"
     if "regime" in df:
         ref &= ~df["regime"].astype(str).isin(NOT_BASELINES)
-    for c in ("act_bits", "kv_bits"):  # k-bit activations or KV cache on 16-bit weights: not the plain model
+    for c in OTHER_PRECISIONS:  # k-bit activations, KV cache or attention on 16-bit weights: not the plain model
         if c in df:
             v = pd.to_numeric(df[c], errors="coerce")
             ref &= v.isna() | (v == float(reference))
@@ -123,9 +125,9 @@ def attach_baselines(df: pd.DataFrame, reference: float, replicate: str | None,
             joins.append({"scheme": name, "baselines": 0, "reason": "factor pairs: their 16-bit curve is their own"})
             continue
         if any(c in cols and pd.notna(pd.to_numeric(combo[c], errors="coerce")) and
-               float(combo[c]) != float(reference) for c in ("act_bits", "kv_bits")):
-            joins.append({"scheme": name, "baselines": 0, "reason": "k-bit activations or KV cache: their 16-bit "
-                          "weights point is their own run (quant.bits=16 with the same act/kv bits)"})
+               float(combo[c]) != float(reference) for c in OTHER_PRECISIONS):
+            joins.append({"scheme": name, "baselines": 0, "reason": "k-bit activations, KV cache or attention: their "
+                          "16-bit weights point is their own run (quant.bits=16 with the same other bits)"})
             continue
         idx = quant.index[member.to_numpy()]
         first = dict(zip(keys.loc[idx][::-1], idx[::-1], strict=True))  # base model -> one of its runs

@@ -154,7 +154,7 @@ def quant_identity(spec: JobSpec) -> dict[str, Any]:
 
 
 def _precision_identity(q: Any) -> dict[str, Any]:
-    """Activations and KV cache where quantized (their float exponent bits resolved), and the rotation."""
+    """Activations, KV cache and k-SIR attention where quantized (float exponent bits resolved), and the rotation."""
     ident: dict[str, Any] = {}
     for name in ("act", "kv"):
         sub = getattr(q, name)
@@ -177,6 +177,11 @@ def _precision_identity(q: Any) -> dict[str, Any]:
         if q.smooth.method == "awq" and q.smooth.alpha is None:
             sm["grid"] = canon(q.smooth.grid)
         ident["smooth"] = sm
+    if q.attention.on:  # k-SIR attention: fixed scales from the calibration data, or then learned
+        a = q.attention
+        ident["attention"] = {"bits": canon(a.bits), "learn": a.learn, "calib_sequences": canon(q.calib_sequences),
+                              **({"steps": canon(a.steps), "lr": canon(a.lr), "batch_size": canon(a.batch_size)}
+                                 if a.learn else {})}
     if q.layer_bits:  # rules in order (a later rule wins), as given
         ident["layer_bits"] = [[rule, canon(k)] for rule, k in q.layer_bits.items()]
     if q.allocate.on:

@@ -54,6 +54,7 @@ def describe_quantize(spec: JobSpec) -> str:
         return f"{name} quantize 16-bit baseline"
     extra = "".join([f" a{q.act.bits:g}" + ("" if q.act.dtype == "int" else f" {q.act.dtype}") if q.act.on else "",
                      f" kv{q.kv.bits:g}" + ("" if q.kv.dtype == "int" else f" {q.kv.dtype}") if q.kv.on else "",
+                     (f" attn{q.attention.bits:g} " + ("learned" if q.attention.learn else "fixed")) if q.attention.on else "",
                      " hadamard" if q.rotate != "none" else "",
                      f" {q.smooth.method}" if q.smooth.method != "none" else "",
                      f" layers {q.layer_rule()}" if q.per_layer else ""])

@@ -21,7 +21,7 @@ NON_RESULT_KEYS = {"model": ("train_if_missing", "cache_base"), "eval": ("batch_
                    "trainer": ("lightning", "checkpoint_every_n_steps", "compile")}
 ADDED_AFTER_V1: dict[str, tuple[str, ...]] = {"quant": ("backend", "measure", "lowrank", "heal", "act", "kv",
                                                         "rotate", "layer_bits", "allocate",
-                                                        "smooth"),
+                                                        "smooth", "attention"),
                                               "model": ("parametrization",),
                                               "trainer": ("matmul_precision", "matmul_scaling")}  # keys v1 never saw
 

@@ -21,6 +21,7 @@ Record layout (schema 2), one file ``<results_dir>/<run_key>.json``, readable by
     blocksize: int | None
     act_bits, kv_bits: float  # PTQ with k-bit activations / KV cache only (absent = 16); `precision` has the formats
     rotate: str             # "hadamard" where the quantized layers were rotated (absent = none)
+    attention_bits: float   # k-SIR attention's k (PTQ: quant.attention; QAT: qat.attention); attention_learn: bool
     smooth: str             # "smoothquant" / "awq" (absent = none); smooth_layers: each layer's alpha (AWQ: errors)
     kv_bits_per_token: float  # quantize jobs: KV-cache bits of one token (all layers, keys and values, scales)
     kv_cache: dict          # quant.kv.cache=hqq only: loss through the real cache, its simulation and the 16-bit
@@ -75,7 +76,7 @@ LEGACY_DIR = ".v1"  # schema-1 files replaced by their upgraded record are moved
 SCALARS = ("job", "family", "size", "checkpoint", "n_params", "n_params_nonembedding", "n_quantized_params",
            "method", "regime", "bits", "dtype", "blocksize", "granularity", "total_bits", "bits_per_param",
            "train_tokens", "git_commit", "backend", "packed_format", "measured_bytes", "lowrank_mode", "lowrank_rank",
-           "act_bits", "kv_bits", "kv_bits_per_token", "rotate", "smooth", "layer_bits", "mean_bits", "parametrization", "matmul_precision", "matmul_scaling", "lr", "seed")
+           "act_bits", "kv_bits", "kv_bits_per_token", "attention_bits", "attention_learn", "rotate", "smooth", "layer_bits", "mean_bits", "parametrization", "matmul_precision", "matmul_scaling", "lr", "seed")
 
 
 def now() -> str:
@@ -157,6 +158,8 @@ def quantize_fields(spec: JobSpec, summary: Any, *, checkpoint: str, n_params: i
         if summary.sensitivity is not None:
             precisions["layer_sensitivity"] = {n: {f"{k:g}": v for k, v in d.items()}
                                                for n, d in summary.sensitivity.items()}
+    if q.attention.on:  # k-SIR attention as PTQ: its bits, and whether its scales were learned or fixed
+        precisions.update(attention_bits=float(q.attention.bits), attention_learn=bool(q.attention.learn))
     if q.smooth.method != "none":  # SmoothQuant / AWQ: the method and each layer's alpha (AWQ: and its errors)
         precisions.update(smooth=q.smooth.method, smooth_layers=summary.smooth)
     if kv_cache is not None:  # quant.kv.cache: the real quantized cache next to its simulation (ksir.deploy.kvcache)

@@ -286,15 +286,27 @@ def run_quantize(spec: JobSpec, run: JobRun) -> dict[str, Any]:
 
             check_model(model, qcfg.kv)
         calib = data.calibration_blocks(qcfg.calib_sequences, spec.seed).to(device) if needs_calibration(qcfg) else None
-        teacher = copy.deepcopy(model).eval() if qcfg.heal.steps else None  # the 16-bit model, before quantizing
+        att = qcfg.attention
+        learns = qcfg.heal.steps or (att.on and att.learn)
+        teacher = copy.deepcopy(model).eval() if learns else None  # the 16-bit model, before quantizing
         summary = quantize_model(model, qcfg, calib)
-        quant_time = time.time() - t0
         healed = {}
-        if teacher is not None:  # PTQ + KD: the 16-bit parts learn from the 16-bit model; k-bit weights frozen
+        if att.on:  # k-SIR attention: scales calibrated on the quantized model's own activations
+            from ksir.qat.attention import enable_ksir_attention
+
+            enable_ksir_attention(model, att.bits, learn=att.learn, calib=calib)
+        quant_time = time.time() - t0
+        if teacher is not None and qcfg.heal.steps:  # PTQ + KD: the 16-bit parts learn; k-bit weights frozen
             from ksir.heal import heal_model
 
             print(f"  healing: {qcfg.heal.steps} steps of distillation into the 16-bit parameters", flush=True)
             healed = heal_model(model, teacher, qcfg, data.train, spec.trainer, spec.seed)
+        elif teacher is not None:  # k-SIR attention, learned: alpha and beta only, from the 16-bit model
+            from ksir.heal import learn_attention_scales
+
+            print(f"  k-SIR attention: {att.steps} steps of distillation into its scales (weights frozen)", flush=True)
+            healed = learn_attention_scales(model, teacher, qcfg, data.train, spec.trainer, spec.seed)
+        if teacher is not None:
             del teacher
             model.eval()
         metrics = {**evaluate_all(spec, model, tok, data, device), "quant_time_s": quant_time, **healed}

@@ -171,6 +171,24 @@ class KVCacheConfig(_Precision):
 
 
 @dataclass(frozen=True)
+class AttentionConfig:
+    """k-SIR attention after training (`ksir.qat.attention`'s rule, as PTQ): attention scores and values at `bits`
+    with one scale per head, fixed at absmax / L on the calibration sequences; with `learn`, the scales and the
+    per-head beta are then learned by `steps` of distillation from the 16-bit model, every weight frozen. Nothing
+    stored changes, so total bits are the weights'; records keep attention_bits and attention_learn."""
+
+    bits: float = REFERENCE_BITS  # 16 = off
+    learn: bool = False  # false: fixed (calibrated) scales; true: then learned, weights frozen
+    steps: int = 50  # learn: distillation steps on the training split
+    lr: float = 1e-2  # learn: learning rate of alpha and beta
+    batch_size: int = 16  # learn: sequences per step
+
+    @property
+    def on(self) -> bool:
+        return not is_baseline(self.bits)
+
+
+@dataclass(frozen=True)
 class QuantConfig(WeightFormat):
     """Every field is a Hydra key under `quant:` (conf/quant/rtn.yaml documents each one); the format's fields
     are `WeightFormat`'s."""
@@ -194,11 +212,13 @@ class QuantConfig(WeightFormat):
     layer_bits: dict[str, float] | None = None  # rule -> k: first | last | a regex on layer names (None = {})
     allocate: AllocateConfig = field(default_factory=AllocateConfig)
     smooth: SmoothConfig = field(default_factory=SmoothConfig)
+    attention: AttentionConfig = field(default_factory=AttentionConfig)
 
     def __post_init__(self) -> None:
         for name, cls in (("lowrank", LowRankConfig), ("measure", MeasureConfig), ("outlier", OutlierConfig),
                           ("gptq", GPTQConfig), ("heal", HealConfig), ("act", ActivationConfig),
-                          ("kv", KVCacheConfig), ("allocate", AllocateConfig), ("smooth", SmoothConfig)):
+                          ("kv", KVCacheConfig), ("allocate", AllocateConfig), ("smooth", SmoothConfig),
+                          ("attention", AttentionConfig)):
             if isinstance(getattr(self, name), Mapping):  # QuantConfig(lowrank={...}) as from a mapping
                 object.__setattr__(self, name, from_mapping(cls, getattr(self, name), f"quant.{name}"))
         if self.layer_bits is None:  # null in YAML: Hydra replaces a null node by a mapping, not an empty one
@@ -211,6 +231,7 @@ class QuantConfig(WeightFormat):
         self._check_lowrank()
         self._check_heal()
         self._check_precisions()
+        self._check_attention()
         for key, value, allowed in (("scale_search", self.scale_search, SCALE_SEARCHES),
                                     ("outlier.mode", self.outlier.mode, OUTLIER_MODES),
                                     ("rotate", self.rotate, ROTATIONS)):
@@ -280,15 +301,15 @@ class QuantConfig(WeightFormat):
     @property
     def unquantized(self) -> bool:
         """The 16-bit baseline: nothing changes the weights, the activations or the KV cache."""
-        return not (self.weights_quantized or self.act.on or self.kv.on)
+        return not (self.weights_quantized or self.act.on or self.kv.on or self.attention.on)
 
     @property
     def needs_calibration(self) -> bool:
         """GPTQ, activation-based outliers and whitened low-rank corrections need calibration token ids."""
         if self.unquantized:
             return False
-        if (self.act.on and self.act.scales == "static") or self.smooth.method == "smoothquant":
-            return True
+        if (self.act.on and self.act.scales == "static") or self.smooth.method == "smoothquant" or self.attention.on:
+            return True  # static scales, SmoothQuant's statistics, k-SIR attention's calibrated alpha
         if not self.weights_quantized:
             return False
         if self.allocate.on or self.smooth.method != "none":
@@ -302,7 +323,8 @@ class QuantConfig(WeightFormat):
                 "gptq": self.method == "gptq", "calib_sequences": self.needs_calibration,
                 "measure": self.backend != "simulated" or self.kv.cache != "simulated", "lowrank": self.lowrank.mode != "none",
                 "heal": self.heal.steps > 0, "act": self.act.on, "kv": self.kv.on,
-                "layer_bits": bool(self.layer_bits), "allocate": self.allocate.on, "smooth": self.smooth.method != "none"}
+                "layer_bits": bool(self.layer_bits), "allocate": self.allocate.on, "smooth": self.smooth.method != "none",
+                "attention": self.attention.on}
 
     @classmethod
     def from_mapping(cls, m: Mapping[str, Any] | Any) -> QuantConfig:
@@ -449,6 +471,30 @@ class QuantConfig(WeightFormat):
         for key in ("residual", "sequences"):
             if not is_int(getattr(kv, key)) or getattr(kv, key) < 1:
                 self._fail(f"kv.{key}", getattr(kv, key), "an integer >= 1")
+
+    def _check_attention(self) -> None:
+        """k-SIR attention replaces the attention function: not with a simulated or real KV cache (which replace it
+        too), not packed, and one fine-tuning at a time (its learned scales, or healing)."""
+        a = self.attention
+        if not is_number(a.bits) or (a.bits != REFERENCE_BITS and a.bits not in PTQ_BITS):
+            self._fail("attention.bits", a.bits, [*PTQ_BITS, REFERENCE_BITS], f"{REFERENCE_BITS} = off")
+        if not isinstance(a.learn, bool):
+            self._fail("attention.learn", a.learn, [True, False])
+        if not a.on:
+            return
+        if a.learn:
+            for key in ("steps", "batch_size"):
+                if not is_int(getattr(a, key)) or getattr(a, key) < 1:
+                    self._fail(f"attention.{key}", getattr(a, key), "an integer >= 1")
+            if not is_number(a.lr) or a.lr <= 0:
+                self._fail("attention.lr", a.lr, "a number > 0")
+        if self.kv.on:
+            self._fail("attention.bits", a.bits, why="k-SIR attention and the KV cache both replace the attention "
+                       "function (k-SIR already quantizes the values): set quant.kv.bits=16 or quant.attention.bits=16")
+        if self.backend != "simulated":
+            self._fail("attention.bits", a.bits, why="no packed backend runs k-SIR attention; use quant.backend=simulated")
+        if self.heal.steps:
+            self._fail("attention.bits", a.bits, why="one fine-tuning at a time: quant.heal.steps=0 with k-SIR attention")
 
     def _check_heal(self) -> None:
         h = self.heal
