@@ -38,6 +38,9 @@ def mixed_holdout(df: pd.DataFrame, metric: str = "val_loss", settings: FitSetti
         raise FitError("no mixed run (two or more precisions below the reference): nothing to predict")
     fit = fit_law(single, "precision_multi", metric, st)
     cols = [c for c in ("n_params", *PRECISION_COLUMNS) if c in mixed]
+    # a precision left blank is the reference (a run without KV bits kept a 16-bit cache): a value to group on
+    mixed = mixed.assign(**{c: pd.to_numeric(mixed[c], errors="coerce").fillna(st.reference)
+                            for c in cols if c != "n_params"})
     rows = []
     for key, g in mixed.groupby(cols, sort=True):
         point = dict(zip(cols, key if isinstance(key, tuple) else (key,), strict=True))
@@ -51,6 +54,8 @@ def mixed_holdout(df: pd.DataFrame, metric: str = "val_loss", settings: FitSetti
         rows.append({**{c: float(v) for c, v in point.items()}, "measured": measured, "predicted": pred,
                      "ci95": [lo, hi], "rel_error": (pred - measured) / measured, "replicates": int(len(g)),
                      "inside": lo is not None and lo <= measured <= hi})
+    if not rows:
+        raise FitError("no mixed configuration has a loss to predict")
     errors = np.abs([r["rel_error"] for r in rows])
     return {"law": "precision_multi", "fitted_on": int(len(single)), "predicted": rows,
             "mean_abs_rel_error": float(errors.mean()), "max_abs_rel_error": float(errors.max()),

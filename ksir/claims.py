@@ -621,3 +621,36 @@ def _lr_transfer(claim: Mapping[str, Any], report: Mapping[str, Any], runs: pd.D
     verdict = HOLDS if below else FAILS if above else INCONCLUSIVE
     return Verdict(worst, verdict, detail + f"; 95% CI of that penalty [{ci[0]:.4g}, {ci[1]:.4g}] over seed resamples "
                    f"against {m:g}", interval=ci, level=SUPERIORITY_LEVEL, replicates=len(seeds))
+
+
+@claim_kind("composition", ("where", "metric"))
+def _composition(claim: Mapping[str, Any], report: Mapping[str, Any], runs: pd.DataFrame) -> Verdict:
+    """Kumar et al.: the precisions' effects compose (N_eff is a product of one factor per precision). Per seed,
+    their law fitted on that seed's single-axis runs (`analysis.compose`) predicts the seed's mixed runs; the
+    mean absolute relative error per seed, its t interval over seeds, below the declared margin."""
+    from analysis.compose import mixed_holdout
+    from analysis.fit import FitError
+    from analysis.settings import FitSettings
+
+    if claim.get("_margin") is None:
+        return Verdict(None, INCONCLUSIVE, "a composition claim needs a declared margin (margin: <name>)")
+    metric = claim.get("metric", "val_loss")
+    sel = _select(runs, claim.get("where") or {})
+    if sel.empty:
+        return Verdict(None, INCONCLUSIVE, f"not measurable here: no runs of {dict(claim.get('where') or {})}")
+    seeds = _replicates(sel)
+    errors = []
+    for seed in sorted(seeds.unique()):
+        try:
+            errors.append(mixed_holdout(sel[seeds == seed], metric, FitSettings(n_boot=0))["mean_abs_rel_error"])
+        except FitError as e:
+            return Verdict(None, INCONCLUSIVE, f"not measurable here: seed {seed}: {e}")
+    m = claim["_margin"]["value"]
+    point, what = float(np.mean(errors)), "mean |relative error| of the mixed runs predicted from single-axis runs"
+    ci = t_interval(np.array(errors), SUPERIORITY_LEVEL)
+    if ci is None:
+        return Verdict(point, INCONCLUSIVE, f"{what} = {point:.4g} from {len(errors)} seed: no interval (needs >= 2 "
+                       "seeds)", replicates=len(errors))
+    verdict = HOLDS if ci[1] < m else FAILS if ci[0] > m else INCONCLUSIVE
+    return Verdict(point, verdict, f"{what} = {point:.4g}, 95% CI [{ci[0]:.4g}, {ci[1]:.4g}] over {len(errors)} seeds "
+                   f"(claim: < {m:g})", interval=ci, level=SUPERIORITY_LEVEL, replicates=len(errors))

@@ -125,3 +125,37 @@ def test_mixed_precisions_are_predicted_from_single_axis_runs(tmp_path, interact
     else:  # a 5% penalty on mixed runs only: the check sees it
         assert comp["mean_abs_rel_error"] > 0.03 and not any(r["inside"] for r in comp["predicted"])
     assert "## Do the precisions compose?" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("interaction,verdict", [(0.0, "holds"), (0.05, "fails")])
+def test_the_composition_claim_fits_each_seed_and_tests_its_error_against_the_margin(tmp_path, interaction, verdict):
+    """The claim a study states (ksir.claims' composition kind): per seed, the law fitted on that seed's single-axis
+    runs predicts its mixed runs; the per-seed errors recomputed here with the module the report uses."""
+    from analysis.compose import mixed_holdout
+    from analysis.settings import FitSettings
+    from ksir.claims import evaluate
+
+    precision_table(tmp_path / "t.csv", interaction)
+    runs = pd.read_csv(tmp_path / "t.csv")
+    # runs of another axis (a rotation) that would spoil the fit: the claim's `where` leaves them out
+    other = runs[runs["act_bits"] < 16].assign(rotate="hadamard", val_loss=lambda d: d["val_loss"] * 1.2)
+    claim = {"id": "c", "kind": "composition", "margin": "compose", "where": {"rotate": float("nan")}}
+    v = evaluate(claim, {}, pd.concat([runs, other], ignore_index=True), {"compose": {"value": 0.01, "source": "test"}})
+    per_seed = [mixed_holdout(runs[runs["seed"] == s], "val_loss", FitSettings(n_boot=0))["mean_abs_rel_error"]
+                for s in (0, 1)]
+    assert v.verdict == verdict and v.replicates == 2 and v.ksir == pytest.approx(np.mean(per_seed))
+    assert v.interval[0] < v.ksir < v.interval[1]
+    no_margin = evaluate({k: x for k, x in claim.items() if k != "margin"}, {}, runs, {})
+    assert no_margin.verdict == "inconclusive" and "needs a declared margin" in no_margin.reason
+
+
+def test_mixed_runs_with_a_blank_precision_are_predicted(tmp_path):
+    """A mixed run that leaves a precision blank (k-bit weights and activations, KV bits never set) is one of the
+    configurations predicted, not dropped by the grouping (before: no row, and a crash on the empty errors)."""
+    from analysis.compose import mixed_holdout
+
+    precision_table(tmp_path / "t.csv")
+    runs = pd.read_csv(tmp_path / "t.csv")
+    runs["kv_bits"] = runs["kv_bits"].where(runs["kv_bits"] != 16)  # blank, as records without kv_bits read
+    comp = mixed_holdout(runs)
+    assert len(comp["predicted"]) == 6 * 4 and {r["kv_bits"] for r in comp["predicted"]} == {2.0, 4.0, 16.0}
