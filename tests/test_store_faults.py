@@ -22,7 +22,7 @@ from ksir.identity import checkpoint_dir, partial_dir, run_key
 from ksir.jobs import execute
 from ksir.records import read_record, record_path
 
-from .helpers import BIN, TINY
+from .helpers import BIN, TINY, run_here
 
 
 def _spec(out: Path, cache_dir: Path, *extra: str):
@@ -275,10 +275,9 @@ def test_a_checkpoint_folder_too_small_for_the_model_is_one_line_before_training
     with tiny_disk(tmp_path / "disk", 512) as disk:
         if disk is None:
             pytest.skip("needs root to mount a tmpfs")
-        r = subprocess.run([str(BIN / "ksir-run"), "job=train", "model.size=xs", *TINY, "logger=none",
-                            "trainer.checkpoint_every_n_steps=10", f"out_dir={tmp_path / 'out'}",
-                            f"paths.checkpoints={disk}", f"paths.cache={cache_dir}"], cwd=tmp_path,
-                           capture_output=True, text=True, timeout=300, env={**os.environ, "WANDB_MODE": "offline"})
+        r = run_here("ksir-run", "job=train", "model.size=xs", *TINY, "logger=none",  # the CLI, in this process
+                     "trainer.checkpoint_every_n_steps=10", f"out_dir={tmp_path / 'out'}",
+                     f"paths.checkpoints={disk}", f"paths.cache={cache_dir}", cwd=tmp_path)
         lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
         assert r.returncode == 1 and len(lines) == 1, r.stderr[-3000:]
         assert lines[0].startswith(f"{disk}: needs about") and "MB free" in lines[0]
