@@ -5,8 +5,6 @@ backward precisions, Kumar et al.'s N_eff with one factor per precision, and a u
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from itertools import product
 
 import numpy as np
@@ -15,6 +13,7 @@ import pytest
 
 from analysis.cli import main as ksir_fit
 from analysis.fit import fit_law
+from tests.helpers import run_here
 
 SIZES = (3e7, 6e7, 1.1e8, 2.2e8, 4e8)
 TOKENS_PER_PARAM = (10, 30, 90, 270)  # D varies on its own: degradation laws need it
@@ -185,15 +184,15 @@ def law(p, x):
 
 
 def test_a_users_law_from_a_file_is_fitted_bootstrapped_and_judged(tmp_path):
-    """ksir-fit --law-file, as a user runs it: the file's law recovers the constants of the data drawn from it."""
+    """ksir-fit --law-file, as a user runs it (its entry point, in this process): the file's law recovers the
+    constants of the data drawn from it."""
     rng = np.random.default_rng(6)
     rows = [{"params": n, "tokens": n * tpp, "loss": chinchilla_loss(n, n * tpp) * np.exp(rng.normal(0, 0.003))}
             for n, tpp in product(np.geomspace(3e7, 3e9, 7), (5, 20, 80))]
     (tmp_path / "t.csv").write_text(pd.DataFrame(rows).to_csv(index=False))
     (tmp_path / "mylaw.py").write_text(LAW_FILE)
-    r = subprocess.run([sys.executable, "-m", "analysis.cli", "--table", "t.csv", "--map",
-                        "params=n_params,tokens=train_tokens,loss=val_loss", "--out", "o", "--law-file", "mylaw.py",
-                        "--bootstrap", "60", "--no-figures"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    r = run_here("ksir-fit", "--table", "t.csv", "--map", "params=n_params,tokens=train_tokens,loss=val_loss",
+                 "--out", "o", "--law-file", "mylaw.py", "--bootstrap", "60", "--no-figures", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     fit = json.loads((tmp_path / "o" / "fit.json").read_text())
     s = fit["laws"]["my_chinchilla"]
@@ -206,7 +205,6 @@ def test_a_users_law_from_a_file_is_fitted_bootstrapped_and_judged(tmp_path):
     assert "my_chinchilla" in cand and "chinchilla" in cand  # judged beside the built-in law
     bad = tmp_path / "bad.py"
     bad.write_text("NAME = 'x'\nCOLUMNS = ['n_params']\nPARAMS = {'a': {'bounds': (0, 1)}}\ndef law(p, x):\n    return p['a']\n")
-    r = subprocess.run([sys.executable, "-m", "analysis.cli", "--table", "t.csv", "--map", "params=n_params,"
-                        "tokens=train_tokens,loss=val_loss", "--out", "o2", "--law-file", "bad.py"], cwd=tmp_path,
-                       capture_output=True, text=True, timeout=300)
+    r = run_here("ksir-fit", "--table", "t.csv", "--map", "params=n_params,tokens=train_tokens,loss=val_loss",
+                 "--out", "o2", "--law-file", "bad.py", cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "PARAMS['a'] needs 'bounds'" in r.stderr
