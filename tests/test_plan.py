@@ -1,0 +1,77 @@
+"""ksir-plan's core (analysis.plan): the value of a run is computed from the fit's replicates, not guessed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from analysis.plan import Candidate, Fantasies, expected_spread, greedy_batch, spread
+
+
+def _particles(S=400, seed=1):
+    rng = np.random.default_rng(seed)
+    theta = rng.normal(0, 1, (S, 2))  # two unknowns; the target is the sign of the first (a category, like k*)
+    return theta, (theta[:, 0] > 0).astype(int)
+
+
+def test_expected_spread_equals_a_brute_force_preposterior():
+    """One candidate: the average over fantasies of the Gini impurity of the likelihood-weighted replicates,
+    written out with loops here."""
+    theta, target = _particles(S=60)
+    pred = np.stack([theta[:, 0], theta[:, 1]], axis=1)
+    fant = Fantasies.draw(60, 2, 40, seed=3)
+    sigma = 0.5
+    got = expected_spread(pred, target, [0], sigma, fant, categorical=True)
+    total = 0.0
+    for m in range(40):
+        y = pred[fant.truth[m], 0] + sigma * fant.noise[m, 0]
+        w = np.array([np.exp(-0.5 * ((y - pred[s, 0]) / sigma) ** 2) for s in range(60)])
+        w /= w.sum()
+        p1 = sum(w[s] for s in range(60) if target[s] == 1)
+        total += 1 - p1 ** 2 - (1 - p1) ** 2
+    assert got == pytest.approx(total / 40, rel=1e-9)
+    assert expected_spread(pred, target, [], sigma, fant, True) == pytest.approx(
+        1 - np.mean(target) ** 2 - (1 - np.mean(target)) ** 2)
+
+
+def test_the_informative_run_is_picked_and_the_uninformative_never():
+    theta, target = _particles()
+    pred = np.stack([theta[:, 0], theta[:, 1], np.full(len(theta), 0.3)], axis=1)  # about the target / other / nothing
+    cands = [Candidate(1e6, 4, cost=1.0, base="a"), Candidate(1e6, 3, cost=1.0, base="a"),
+             Candidate(1e6, 2, cost=1.0, base="a")]
+    plan = greedy_batch(pred, target, cands, budget=10, sigma=0.3, categorical=True, seed=0)
+    order = [p["index"] for p in plan["picks"]]
+    assert order[0] == 0 and 2 not in order
+    assert plan["spread_after"] < 0.5 * plan["spread_now"]
+    assert greedy_batch(pred, target, cands, budget=10, sigma=0.3, categorical=True, seed=0) == plan  # seeded
+
+
+def test_a_repeat_is_worth_less_than_the_first_and_cost_decides_between_equals():
+    theta, target = _particles()
+    pred = np.stack([theta[:, 0], theta[:, 0], theta[:, 0]], axis=1)  # three runs that measure the same thing
+    fant = Fantasies.draw(len(theta), 3, 256, seed=0)
+    s0 = expected_spread(pred, target, [], 1.0, fant, True)
+    s1 = expected_spread(pred, target, [0], 1.0, fant, True)
+    s2 = expected_spread(pred, target, [0, 1], 1.0, fant, True)
+    assert s0 - s1 > s1 - s2 > 0  # diminishing returns: the batch does not count the same evidence twice
+    cands = [Candidate(1e6, 4, cost=3.0, base="x"), Candidate(1e6, 4, cost=1.0, base="y"),
+             Candidate(1e6, 4, cost=2.0, base="z")]
+    plan = greedy_batch(pred, target, cands, budget=1.5, sigma=1.0, categorical=True)
+    assert [p["index"] for p in plan["picks"]] == [1]  # same information, the cheapest first; the budget stops it
+
+
+def test_a_new_base_model_is_paid_once_per_batch():
+    theta, target = _particles()
+    pred = np.stack([theta[:, 0] + 0.1 * i for i in range(3)], axis=1)
+    cands = [Candidate(1e7, k, cost=1.0, base="new", base_cost=10.0) for k in (2, 3, 4)]
+    plan = greedy_batch(pred, target, cands, budget=100, sigma=0.5, categorical=True)
+    n = len(plan["picks"])
+    assert n >= 2 and plan["cost"] == pytest.approx(10.0 + n)
+    assert plan["picks"][0]["cost"] == pytest.approx(11.0) and plan["picks"][1]["cost"] == pytest.approx(1.0)
+
+
+def test_continuous_targets_use_the_variance():
+    t = np.array([1.0, 2.0, 3.0, 4.0])
+    assert spread(t, np.full(4, 0.25), categorical=False) == pytest.approx(np.var(t))
+    with pytest.raises(ValueError, match="noise"):
+        greedy_batch(np.zeros((4, 1)), t, [Candidate(1, 4, 1.0, "a")], 1, 0.0, categorical=False)
