@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+MIN_GAIN = 1e-6  # a pick must take at least this share of today's spread (or this much, from zero)
+
 
 @dataclass(frozen=True)
 class Candidate:
@@ -103,9 +105,147 @@ def greedy_batch(pred: np.ndarray, target: np.ndarray, cands: Sequence[Candidate
             score = (now - after) / extra
             if best is None or score > best[0] + 1e-15:
                 best = (score, c, extra, after)
-        if best is None or best[0] <= 0:
-            break
+        if best is None or best[0] * best[2] <= MIN_GAIN * max(start, MIN_GAIN):
+            break  # nothing left that narrows the target more than rounding does
         _, c, extra, now = best
         chosen.append(c)
         picks.append({"index": c, "cost": extra, "spread_after": now})
     return {"picks": picks, "spread_now": start, "spread_after": now, "cost": _batch_cost(chosen, cands)}
+
+
+# ---- the questions, on a runs table ------------------------------------------------------------------------
+
+QUESTIONS = ("bits", "size", "compute")
+
+
+@dataclass
+class Problem:
+    """What the planner needs from the runs and the fit: each replicate's prediction at every candidate, each
+    replicate's target, the noise of one measurement and the candidates with their costs."""
+
+    pred: np.ndarray  # [S, C]
+    target: np.ndarray  # [S]
+    categorical: bool
+    sigma: float
+    candidates: list[Candidate]
+    describe: str  # the target in words
+    fits: dict = field(default_factory=dict)  # k -> FitResult (the current fit)
+    unit: str = "FLOPs"
+
+
+def scheme_runs(runs, dtype: str | None = None, method: str | None = None):
+    """One scheme's k-bit runs plus the 16-bit baselines: the per-k curves the bits question compares."""
+    import pandas as pd
+
+    from analysis.design import is_reference
+
+    runs = runs[pd.to_numeric(runs["bits"], errors="coerce").notna()]
+    base = is_reference(runs, 16)
+    quant = runs[~base]
+    for col, want in (("dtype", dtype), ("method", method)):
+        if col in quant and quant[col].notna().any():
+            pick = want or quant[col].mode().iloc[0]
+            quant = quant[quant[col] == pick]
+    if "blocksize" in quant and quant["blocksize"].notna().any():
+        quant = quant[quant["blocksize"] == quant["blocksize"].mode().iloc[0]]
+    for col in ("act_bits", "kv_bits", "attention_bits", "rotate", "lowrank_mode", "smooth", "layer_bits"):
+        if col in quant:
+            quant = quant[quant[col].isna()]
+    return pd.concat([quant, runs[base]])
+
+
+def bits_per_param(runs) -> dict[float, float]:
+    """Measured bits per parameter at each k (block constants and 16-bit parts included)."""
+    ratio = runs["total_bits"] / runs["n_params"]
+    return {float(k): float(v) for k, v in ratio.groupby(runs["bits"].astype(float)).median().items()}
+
+
+def cost_model(runs) -> dict:
+    """FLOPs of a post-training run (2 N per evaluated token) and of a new base model (6 N D, D at the runs'
+    tokens per parameter), and seconds per FLOP where the records measured wall time (the same hardware): a
+    quantize job's wall time over its evaluation FLOPs, a train record's training time over 6 N D."""
+    import pandas as pd
+
+    n = pd.to_numeric(runs["n_params"], errors="coerce")
+    out = {"tokens_per_param": float((pd.to_numeric(runs.get("train_tokens"), errors="coerce") / n).median())
+           if "train_tokens" in runs else float("nan"),
+           "eval_tokens": float(pd.to_numeric(runs["eval_tokens"], errors="coerce").median())
+           if "eval_tokens" in runs else float("nan"), "s_per_flop": None}
+    if "wall_time_s" in runs and "eval_tokens" in runs:
+        rate = pd.to_numeric(runs["wall_time_s"], errors="coerce") / (2 * n * pd.to_numeric(runs["eval_tokens"],
+                                                                                             errors="coerce"))
+        rate = rate[(rate > 0) & rate.notna()]
+        out["s_per_flop"] = float(rate.median()) if len(rate) else None
+    out["s_per_train_flop"] = out["s_per_flop"]  # without train records: training at evaluation's rate (a guess)
+    if "train_time_s" in runs and "train_tokens" in runs:
+        rate = pd.to_numeric(runs["train_time_s"], errors="coerce") / (6 * n * pd.to_numeric(runs["train_tokens"],
+                                                                                               errors="coerce"))
+        rate = rate[(rate > 0) & rate.notna()]
+        if len(rate):
+            out["s_per_train_flop"] = float(rate.median())
+    return out
+
+
+def measurement_noise(runs, groups: dict, fits: dict) -> float:
+    """The noise of one new run: the seed-to-seed scatter of one configuration where the runs have replicates
+    (pooled standard deviation), else the fit's residual scatter (which also holds its misfit)."""
+    if "seed" in runs and runs["seed"].nunique() > 1:
+        g = runs.groupby([runs["size"].astype(str), runs["bits"].astype(float)])["val_loss"]
+        var, dof = (g.var(ddof=1) * (g.count() - 1)).sum(), (g.count() - 1).sum()
+        if dof > 0 and var > 0:
+            return max(float(np.sqrt(var / dof)), 1e-4)
+    resid = np.concatenate([g["val_loss"].to_numpy(float) - fits[k].predict(g) for k, g in groups.items() if k in fits])
+    return max(float(np.sqrt(np.mean(resid ** 2))), 1e-4)
+
+
+def bits_problem(runs, budget_bits: float | None, *, candidates_nk: list[tuple[str, float, float]],
+                 existing_bases: set[str], n_boot: int = 200, seed: int = 0, target_n: float | None = None,
+                 target_k: float | None = None) -> Problem:
+    """The bits question (k* at `budget_bits`) or the size question (the loss at `target_n` parameters and
+    `target_k` bits), from per-k power laws L_k(total bits) and their bootstrap replicates.
+
+    candidates_nk: (size name, n_params, k) of the runs that could be added."""
+    from analysis.fit import FitResult, aligned_replicates, fit_laws
+    from analysis.settings import FitSettings
+
+    groups = {float(k): g for k, g in runs.groupby(runs["bits"].astype(float))}
+    fitted = fit_laws(groups, "power_bits", "val_loss", FitSettings(n_boot=n_boot, seed=seed, holdout=0))
+    fits = {k: f for k, f in fitted.items() if isinstance(f, FitResult)}
+    if len(fits) < (2 if target_n is None else 1):
+        why = "; ".join(f"{k:g} bits: {e}" for k, e in fitted.items() if not isinstance(e, FitResult))
+        raise ValueError(f"too few bit-widths have a fitted curve to plan from ({len(fits)}): {why or 'no runs'}")
+    al = aligned_replicates(list(fits.values()))
+    if al is None:
+        raise ValueError("the fits have no bootstrap replicates to plan from (use --bootstrap 100 or more)")
+    S, ok = al
+    reps = {k: f.boot[:S][ok] for k, f in fits.items()}
+    bpp = bits_per_param(runs)
+    sigma = measurement_noise(runs, groups, fits)
+    cm = cost_model(runs)
+    ks = sorted(fits)
+    if target_n is None:
+        pb = np.stack([fits[k].predict({"total_bits": [budget_bits]}, reps[k])[:, 0] for k in ks], axis=1)
+        target = np.array(ks)[np.argmin(np.where(np.isfinite(pb), pb, np.inf), axis=1)]
+        describe, categorical = f"the best k at {budget_bits:.3g} total bits", True
+    else:
+        k = float(target_k if target_k is not None else max(ks))
+        if k not in fits:
+            raise ValueError(f"--target bits={k:g}: no fitted curve at that k (fitted: {', '.join(f'{x:g}' for x in ks)})")
+        target = fits[k].predict({"total_bits": [target_n * bpp[k]]}, reps[k])[:, 0]
+        describe, categorical = f"the loss of a {target_n:.3g}-parameter model at {k:g} bits", False
+    cands, cols = [], []
+    for size, n, k in candidates_nk:
+        if float(k) not in fits:
+            continue
+        flops = 2 * n * cm["eval_tokens"] if np.isfinite(cm["eval_tokens"]) else 2 * n * 1e5
+        base_flops = 0.0 if size in existing_bases else 6 * n * (cm["tokens_per_param"] * n)
+        rate, train_rate = cm["s_per_flop"] or 1.0, cm["s_per_train_flop"] or 1.0
+        cands.append(Candidate(n, float(k), cost=flops * rate, base=size, base_cost=base_flops * train_rate,
+                               label=f"{size} {k:g}-bit", extra={"size": size}))
+        cols.append(fits[float(k)].predict({"total_bits": [n * bpp.get(float(k), float(k))]}, reps[float(k)])[:, 0])
+    if not cands:
+        raise ValueError("no candidate run: every (size, k) asked for is run already or has no fitted curve")
+    pred = np.stack(cols, axis=1)
+    keep = np.isfinite(pred).all(axis=1) & np.isfinite(target)
+    return Problem(pred[keep], target[keep], categorical, sigma, cands, describe, fits,
+                   unit="s" if cm["s_per_flop"] else "FLOPs")

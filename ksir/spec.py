@@ -34,7 +34,7 @@ from ksir.quant.validate import validate_quant_config
 
 # The top-level keys of a composed config (conf/config.yaml): anything else is a typo, refused by name.
 TOP_LEVEL = frozenset({"job", "seed", "force", "dry_run", "out_dir", "paths", "model", "data", "quant", "qat",
-                       "trainer", "eval", "logger"})
+                       "trainer", "eval", "logger", "plan"})
 DATA_SOURCES = ("embedded", "hub", "files")
 FILE_FORMATS = {".txt": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 LOGGER_MODES = ("auto", "offline", "online", "disabled")

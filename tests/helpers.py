@@ -19,8 +19,8 @@ def run_cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedPr
                           timeout=timeout)
 
 
-ENTRY_POINTS = {"ksir-run": "ksir.cli:main", "ksir-fit": "analysis.cli:main", "ksir-repro": "ksir.repro:main",
-                "ksir-migrate": "ksir.cli:migrate_main"}
+ENTRY_POINTS = {"ksir-run": "ksir.cli:main", "ksir-fit": "analysis.cli:main", "ksir-plan": "analysis.plan_cli:main",
+                "ksir-repro": "ksir.repro:main", "ksir-migrate": "ksir.cli:migrate_main"}
 
 
 def run_here(*args: str, cwd: Path, timeout: int | None = None) -> subprocess.CompletedProcess:

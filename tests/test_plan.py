@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -75,3 +77,83 @@ def test_continuous_targets_use_the_variance():
     assert spread(t, np.full(4, 0.25), categorical=False) == pytest.approx(np.var(t))
     with pytest.raises(ValueError, match="noise"):
         greedy_batch(np.zeros((4, 1)), t, [Candidate(1, 4, 1.0, "a")], 1, 0.0, categorical=False)
+
+
+# ---- ksir-plan on a committed runs table -------------------------------------------------------------------
+
+KBIT = "experiments/kbit_own_family/claims_runs.csv"
+
+
+@pytest.fixture(scope="module")
+def small_table(tmp_path_factory):
+    """kbit_own_family's committed runs at its four smallest sizes: the seed of a planned study."""
+    import pandas as pd
+
+    from ksir.config import CONF_DIR
+
+    d = pd.read_csv(Path(CONF_DIR).parent / KBIT)
+    path = tmp_path_factory.mktemp("plan") / "small.csv"
+    d[d["size"].isin(["xs", "s", "ms", "m"])].to_csv(path, index=False)
+    return path
+
+
+def _plan(table, out, *extra):
+    from tests.helpers import run_here
+
+    return run_here("ksir-plan", str(table), "--question", "bits", "--target", "1e7", "--budget", "2h",
+                    "--max-size", "xl", "--bootstrap", "40", "--draws", "64", "--out", str(out), "--experiment",
+                    "kbit_own_family", *extra, cwd=out.parent)
+
+
+def test_a_plan_is_ranked_by_value_per_cost_reproducible_and_launches_as_is(small_table, tmp_path):
+    import json
+
+    from ksir.config import compose_spec
+    from ksir.identity import run_key
+    from tests.helpers import run_here
+
+    r = _plan(small_table, tmp_path / "a")
+    assert r.returncode == 0, r.stderr
+    plan = json.loads((tmp_path / "a" / "plan.json").read_text())
+    runs = plan["runs"]
+    assert runs and plan["spread_after"] < plan["spread_now"] and plan["cost"] <= 2 * 3600
+    after = [x["spread_after"] for x in runs]
+    assert after == sorted(after, reverse=True)  # every pick narrows the target further
+    assert {x["size"] for x in runs} <= {"l", "xl"}  # the runs not in the table; xl is the largest asked for
+    assert sum(x["new_base"] for x in runs) == len({x["size"] for x in runs})  # a base model is paid once
+    assert (tmp_path / "a" / "plan.png").stat().st_size > 5_000 and "| # | size | k |" in \
+        (tmp_path / "a" / "plan.md").read_text()
+    assert _plan(small_table, tmp_path / "b").returncode == 0  # same seed, same plan
+    assert json.loads((tmp_path / "b" / "plan.json").read_text())["runs"] == runs
+    # The preset launches as is: each planned job is the job a user would write by hand.
+    conf = tmp_path / "a" / "conf"
+    d = run_here("ksir-run", "-m", "--config-dir", str(conf), "experiment=plan_bits", "dry_run=true",
+                 f"out_dir={tmp_path / 'o'}", cwd=tmp_path)
+    assert d.returncode == 0, d.stderr[-2000:]
+    keys = {ln.split()[0] for ln in d.stdout.splitlines() if ln.strip().startswith("q-")}
+    by_hand = {run_key(compose_spec(["experiment=kbit_own_family", "job=quantize", f"model.size={x['size']}",
+                                     f"quant.bits={x['bits']:g}", "quant.dtype=int", "quant.granularity=block",
+                                     f"out_dir={tmp_path / 'o'}"])) for x in runs}
+    assert keys == by_hand
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--budget", "1s"], "too small for any candidate run"),
+    (["--budget", "3 parsecs"], "expected a number with a unit"),
+    (["--budget", "1e15flops"], "give seconds"),
+    (["--question", "size", "--target", "n_params=1e6,bits=7"], "no fitted curve at that k"),
+    (["--sizes", "xxl"], "not a size of llama"),
+])
+def test_bad_input_is_one_line_before_any_plan(small_table, tmp_path, extra, needle):
+    r = _plan(small_table, tmp_path / "p", *extra)
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and needle in lines[0], r.stderr
+    assert not (tmp_path / "p" / "plan.json").exists()
+
+
+def test_ksir_plan_as_a_process_says_what_is_wrong_in_one_line(tmp_path):
+    from tests.helpers import run_cli
+
+    r = run_cli("ksir-plan", "nowhere", "--budget", "3 parsecs", cwd=tmp_path, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "ksir-plan: error: --budget '3 parsecs': expected a number with a unit: 600s, 30m, 2h or 1e15flops"]

@@ -1,0 +1,323 @@
+"""`ksir-plan`: the next runs that most sharpen an answer, per unit of compute.
+
+    ksir-plan outputs/demo/results --question bits --target 3e6 --budget 10m --experiment demo
+    ksir-plan outputs/demo/results --question size --target n_params=2e6,bits=4 --budget 5m
+
+Fits the runs (per-k power laws with bootstrap replicates), values every candidate run (a size x k not run yet,
+from the family's sizes) by how much it is expected to narrow the target (analysis.plan), and writes the chosen
+batch: plan.md (each run, its cost, its expected effect and why), plan.json, plan.png (where the runs sit on the
+current fit) and a Hydra preset that launches the batch as is:
+
+    ksir-run -m --config-dir <out>/conf experiment=plan_<name>
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from analysis.plan import QUESTIONS, bits_problem, greedy_batch, scheme_runs
+
+UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_budget(text: str) -> tuple[float, str]:
+    """`30m`, `600s`, `2h` (seconds) or `1e15flops` (FLOPs)."""
+    m = re.fullmatch(r"\s*([0-9.eE+-]+)\s*(s|m|h|flops)\s*", text or "")
+    if not m:
+        raise ValueError(f"--budget {text!r}: expected a number with a unit: 600s, 30m, 2h or 1e15flops")
+    try:
+        value = float(m.group(1))
+    except ValueError as e:
+        raise ValueError(f"--budget {text!r}: {m.group(1)!r} is not a number") from e
+    if not value > 0:
+        raise ValueError(f"--budget {text!r}: must be > 0")
+    return (value, "FLOPs") if m.group(2) == "flops" else (value * UNITS[m.group(2)], "s")
+
+
+def parse_target(question: str, text: str | None) -> dict[str, float]:
+    if question == "bits":
+        try:
+            value = float(text or "")
+        except ValueError:
+            raise ValueError(f"--target {text!r}: the bits question needs a total-bit budget, e.g. --target 3e6") from None
+        if not value > 0:
+            raise ValueError(f"--target {text!r}: a total-bit budget > 0")
+        return {"budget_bits": value}
+    out: dict[str, float] = {}
+    for part in (text or "").split(","):
+        key, _, val = part.partition("=")
+        if key.strip() not in ("n_params", "bits") or not val:
+            raise ValueError(f"--target {text!r}: the size question needs n_params=N[,bits=k], e.g. n_params=2e6,bits=4")
+        out[key.strip()] = float(val)
+    if "n_params" not in out or not out["n_params"] > 0:
+        raise ValueError(f"--target {text!r}: n_params=N (> 0) is required")
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ksir-plan", description=__doc__.split("\n\n")[0])
+    p.add_argument("sources", nargs="+", help="result record folders, files or globs (as ksir-fit takes them)")
+    p.add_argument("--question", choices=QUESTIONS, default="bits")
+    p.add_argument("--target", help="bits: a total-bit budget (3e6); size: n_params=N[,bits=k]")
+    p.add_argument("--budget", required=True, help="what the batch may cost: 600s, 30m, 2h or 1e15flops")
+    p.add_argument("--sizes", help="candidate sizes of the family, comma-separated (default: all)")
+    p.add_argument("--max-size", help="largest candidate size (a size name)")
+    p.add_argument("--bits", help="candidate bit-widths, comma-separated (default: those already fitted)")
+    p.add_argument("--dtype", help="the scheme's data type (default: the most common in the runs)")
+    p.add_argument("--vocab-size", type=int, default=257, help="to count parameters of unrun own-family sizes")
+    p.add_argument("--bootstrap", type=int, default=200)
+    p.add_argument("--draws", type=int, default=256, help="fantasised outcomes per candidate")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-runs", type=int)
+    p.add_argument("--name", help="preset name: conf/experiment/plan_<name>.yaml (default: the question)")
+    p.add_argument("--experiment", help="the experiment whose settings the planned runs share (e.g. demo)")
+    p.add_argument("--out", default="outputs/plan")
+    p.add_argument("--conf", help="folder of the preset's config group experiment/ (default: <out>/conf)")
+    return p
+
+
+def _fail(msg: str) -> int:
+    print(f"ksir-plan: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        budget, unit = parse_budget(args.budget)
+        target = parse_target(args.question, args.target) if args.question != "compute" else {}
+    except ValueError as e:
+        return _fail(str(e))
+    if args.question == "compute":
+        return _fail("--question compute is not built yet (issue 29): use bits or size")
+    if args.bootstrap < 20 or args.draws < 16:
+        return _fail("--bootstrap needs >= 20 replicates and --draws >= 16 to value a run")
+    try:
+        runs = load_runs(args.sources)
+    except (FileNotFoundError, ValueError) as e:
+        return _fail(str(e))
+    runs = runs[runs.get("job", "quantize") == "quantize"] if "job" in runs else runs
+    if runs.empty:
+        return _fail(f"no post-training runs in {args.sources}")
+    try:
+        families = sorted(set(runs["family"].dropna()))
+        if len(families) != 1:
+            raise ValueError(f"the runs mix families {families}: plan one family at a time")
+        runs = scheme_runs(runs, args.dtype)
+        cands = candidate_space(runs, families[0], args)
+        existing = set(runs["size"].astype(str))
+        problem = bits_problem(runs, target.get("budget_bits"), candidates_nk=cands, existing_bases=existing,
+                               n_boot=args.bootstrap, seed=args.seed, target_n=target.get("n_params"),
+                               target_k=target.get("bits"))
+    except ValueError as e:
+        return _fail(str(e))
+    if problem.unit != unit:
+        return _fail(f"--budget {args.budget}: these records " + ("measured wall time: give seconds (600s, 30m, 2h)"
+                     if problem.unit == "s" else "have no wall time: give FLOPs (e.g. 1e15flops)"))
+    cheapest = min(c.cost + c.base_cost for c in problem.candidates)
+    if cheapest > budget:
+        return _fail(f"--budget {args.budget}: too small for any candidate run (the cheapest costs {cheapest:.3g} {unit})")
+    batch = greedy_batch(problem.pred, problem.target, problem.candidates, budget, problem.sigma,
+                         categorical=problem.categorical, draws=args.draws, seed=args.seed, max_runs=args.max_runs)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = args.name or args.question
+    conf = Path(args.conf) if args.conf else out / "conf"
+    try:
+        preset = None if not batch["picks"] else write_preset(conf, name, [problem.candidates[p["index"]] for p in batch["picks"]], args.experiment,
+                              scheme_settings(runs))
+    except ValueError as e:
+        return _fail(str(e))
+    report = summary(problem, batch, args, unit, preset, conf, name)
+    (out / "plan.json").write_text(json.dumps(report, indent=2, default=float))
+    (out / "plan.md").write_text("\n".join(markdown(report)) + "\n")
+    draw(problem, batch, runs, out / "plan.png")
+    print("\n".join(markdown(report)))
+    print(f"\noutputs in {out}: plan.md, plan.json, plan.png" + (f"; preset {preset}" if preset else ""))
+    return 0
+
+
+def load_runs(sources: list[str]) -> Any:
+    """Records (folders, files, globs) and runs tables (csv / jsonl / parquet, ksir-fit's --table format)."""
+    import pandas as pd
+
+    from analysis.collect import load_records, load_table
+
+    tables = [s for s in sources if Path(s).suffix in (".csv", ".jsonl", ".json", ".parquet") and Path(s).is_file()
+              and not Path(s).name.startswith(("q-", "t-"))]
+    parts = [load_table(t).runs for t in tables]
+    rest = [s for s in sources if s not in tables]
+    if rest:
+        parts.append(load_records(rest).runs)
+    return pd.concat(parts, ignore_index=True)
+
+
+def candidate_space(runs: Any, family: str, args: argparse.Namespace) -> list[tuple[str, float, float]]:
+    """(size, n_params, k) not run yet, from the family's sizes and the asked bit-widths."""
+    from ksir.families import get_family
+
+    fam = get_family(family)
+    names = fam.size_names
+    if args.sizes:
+        asked = [s.strip() for s in args.sizes.split(",") if s.strip()]
+        bad = [s for s in asked if s not in names]
+        if bad:
+            raise ValueError(f"--sizes {','.join(bad)}: not a size of {family} ({', '.join(names)})")
+        names = [s for s in names if s in asked]
+    if args.max_size:
+        if args.max_size not in fam.size_names:
+            raise ValueError(f"--max-size {args.max_size}: not a size of {family} ({', '.join(fam.size_names)})")
+        names = names[:names.index(args.max_size) + 1] if args.max_size in names else names
+    ks = sorted({float(k) for k in runs["bits"] if float(k) < 16}) if not args.bits else \
+        [float(k) for k in args.bits.split(",")]
+    known = runs.groupby(runs["size"].astype(str))["n_params"].median().to_dict()
+    done = {(str(s), float(k)) for s, k in zip(runs["size"], runs["bits"], strict=True)}
+    out = []
+    for size in names:
+        n = known.get(size)
+        if n is None:
+            n = own_params(fam, size, args.vocab_size) if fam.kind == "own" else None
+        if n is None:
+            continue
+        out += [(size, float(n), k) for k in ks if (size, k) not in done]
+    return out
+
+
+def own_params(fam: Any, size: str, vocab: int) -> float:
+    """Parameters of an own-family size, counted on a model built on the meta device (no memory)."""
+    from ksir import startup
+
+    startup.keep_kernel_libraries_lazy()  # transformers without the kernel libraries it would import for nothing
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ksir.families import count_params, own_config
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(own_config(fam, size, vocab))
+    return float(count_params(model)[0])
+
+
+def scheme_settings(runs: Any) -> dict[str, Any]:
+    """The quant settings the planned runs take from the scheme that was fitted (data type, grid, method)."""
+    q = runs[runs["bits"].astype(float) < 16]
+    out: dict[str, Any] = {}
+    for col in ("dtype", "granularity", "blocksize", "method"):
+        if col in q and q[col].notna().any():
+            v = q[col].dropna().iloc[0]
+            out[col] = int(v) if col == "blocksize" else str(v)
+    return out
+
+
+def write_preset(conf: Path, name: str, picks: list[Any], experiment: str | None,
+                 quant: dict[str, Any] | None = None) -> Path:
+    """conf/experiment/plan_<name>.yaml: one sweep over the picked points (plan.point), each job reading its
+    size and k from plan.points; the named experiment's settings without its own sweep."""
+    import yaml
+
+    body: dict[str, Any] = {}
+    defaults: list[Any] = []
+    if experiment:
+        from ksir.config import CONF_DIR
+
+        src = Path(CONF_DIR) / "experiment" / f"{experiment}.yaml"
+        if not src.is_file():
+            raise ValueError(f"--experiment {experiment}: no conf/experiment/{experiment}.yaml")
+        base = yaml.safe_load(src.read_text()) or {}
+        defaults = list(base.pop("defaults", []))
+        (base.get("hydra") or {}).get("sweeper", {}).pop("params", None)
+        body.update({k: v for k, v in base.items() if k != "out_dir"})
+    points = {f"p{i}": {"size": c.extra["size"], "bits": c.bits} for i, c in enumerate(picks)}
+    body["job"] = "quantize"
+    body["plan"] = {"point": "p0", "points": points}
+    body.setdefault("model", {})["size"] = "${plan.points.${plan.point}.size}"
+    body.setdefault("quant", {}).update({**(quant or {}), "bits": "${plan.points.${plan.point}.bits}"})
+    body.setdefault("hydra", {}).setdefault("sweeper", {})["params"] = {"plan.point": ",".join(points)}
+    if defaults:
+        body = {"defaults": defaults, **body}
+    path = conf / "experiment" / f"plan_{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("# @package _global_\n# Written by ksir-plan: one job per planned point (plan.md says why each).\n"
+                    + yaml.safe_dump(body, sort_keys=False))
+    return path
+
+
+def summary(problem: Any, batch: dict, args: argparse.Namespace, unit: str, preset: Path | None, conf: Path,
+            name: str) -> dict[str, Any]:
+    cands = problem.candidates
+    rows = []
+    before = batch["spread_now"]
+    for p in batch["picks"]:
+        c = cands[p["index"]]
+        pr = problem.pred[:, p["index"]]
+        rows.append({"size": c.extra["size"], "n_params": c.n_params, "bits": c.bits, "cost": p["cost"],
+                     "new_base": c.base_cost > 0 and p["cost"] > c.cost + c.base_cost / 2, "spread_after": p["spread_after"],
+                     "why": f"the fit's replicates disagree there by {np.std(pr):.3g} (sd of predicted loss; "
+                            f"measurement noise {problem.sigma:.2g}); measuring it takes the target's spread from "
+                            f"{before:.3g} to {p['spread_after']:.3g}"})
+        before = p["spread_after"]
+    t = problem.target
+    now: dict[str, Any]
+    if problem.categorical:
+        vals, counts = np.unique(t, return_counts=True)
+        now = {f"{v:g}": float(c / len(t)) for v, c in zip(vals, counts, strict=True)}
+    else:
+        now = {"median": float(np.median(t)), "ci95": [float(x) for x in np.percentile(t, [2.5, 97.5])]}
+    return {"question": args.question, "target": problem.describe, "budget": args.budget, "unit": unit,
+            "now": now, "spread_now": batch["spread_now"], "spread_after": batch["spread_after"],
+            "cost": batch["cost"], "runs": rows, "noise": problem.sigma, "replicates": int(problem.pred.shape[0]),
+            "candidates": len(cands), "seed": args.seed, "preset": str(preset) if preset else None,
+            "launch": f"ksir-run -m --config-dir {conf} experiment=plan_{name}" if preset else None}
+
+
+def markdown(r: dict[str, Any]) -> list[str]:
+    spread = "Gini impurity of the best k" if r["question"] == "bits" else "variance"
+    lines = [f"# ksir-plan: {r['target']}", "",
+             f"Today ({r['replicates']} bootstrap replicates of the fit): {json.dumps(r['now'])}; spread ({spread}) "
+             f"{r['spread_now']:.4g}. Expected after the batch: {r['spread_after']:.4g}, for {r['cost']:.3g} {r['unit']}"
+             f" of {r['budget']} ({len(r['runs'])} runs chosen from {r['candidates']} candidates).", "",
+             "| # | size | k | cost | new base model | spread after | why |", "|---|---|---|---|---|---|---|"]
+    for i, row in enumerate(r["runs"], 1):
+        lines.append(f"| {i} | {row['size']} | {row['bits']:g} | {row['cost']:.3g} {r['unit']} | "
+                     f"{'yes' if row['new_base'] else 'no'} | {row['spread_after']:.4g} | {row['why']} |")
+    if not r["runs"]:
+        lines.append("| - | | | | | | no candidate run narrows the target within the budget |")
+    lines += ["", f"Launch: `{r['launch']}`" if r["launch"] else "Nothing to launch: no preset written."]
+    return lines
+
+
+def draw(problem: Any, batch: dict, runs: Any, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for k, fit in sorted(problem.fits.items()):
+        g = runs[runs["bits"].astype(float) == k]
+        xs = np.geomspace(g["total_bits"].min() / 3, g["total_bits"].max() * 10, 60)
+        line = ax.plot(xs, fit.predict({"total_bits": xs}), lw=1, label=f"{k:g}-bit")[0]
+        ax.scatter(g["total_bits"], g["val_loss"], s=10, color=line.get_color())
+    for p in batch["picks"]:
+        c = problem.candidates[p["index"]]
+        tb = c.n_params * float((runs["total_bits"] / runs["n_params"])[runs["bits"].astype(float) == c.bits].median())
+        ax.axvline(tb, color="k", lw=0.6, ls=":")
+    ax.set_xscale("log")
+    ax.set_xlabel("total model bits")
+    ax.set_ylabel("validation loss")
+    ax.set_title("current fit; dotted: planned runs", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
