@@ -198,6 +198,31 @@ def measurement_noise(runs, groups: dict, fits: dict) -> float:
     return max(float(np.sqrt(np.mean(resid ** 2))), 1e-4)
 
 
+def fit_bits(runs, n_boot: int, seed: int, need: int = 2) -> tuple[dict, dict, dict]:
+    """Per-k power laws L_k(total bits) with bootstrap replicates: (runs per k, fits, aligned replicates per k)."""
+    from analysis.fit import FitResult, aligned_replicates, fit_laws
+    from analysis.settings import FitSettings
+
+    groups = {float(k): g for k, g in runs.groupby(runs["bits"].astype(float))}
+    fitted = fit_laws(groups, "power_bits", "val_loss", FitSettings(n_boot=n_boot, seed=seed, holdout=0))
+    fits = {k: f for k, f in fitted.items() if isinstance(f, FitResult)}
+    if len(fits) < need:
+        why = "; ".join(f"{k:g} bits: {e}" for k, e in fitted.items() if not isinstance(e, FitResult))
+        raise ValueError(f"too few bit-widths have a fitted curve to plan from ({len(fits)}): {why or 'no runs'}")
+    al = aligned_replicates(list(fits.values()))
+    if al is None:
+        raise ValueError("the fits have no bootstrap replicates to plan from (use --bootstrap 100 or more)")
+    S, ok = al
+    return groups, fits, {k: f.boot[:S][ok] for k, f in fits.items()}
+
+
+def best_k(fits: dict, reps: dict, budget_bits: float) -> np.ndarray:
+    """Each replicate's k with the lowest predicted loss at a total-bit budget ([S])."""
+    ks = sorted(fits)
+    pb = np.stack([fits[k].predict({"total_bits": [budget_bits]}, reps[k])[:, 0] for k in ks], axis=1)
+    return np.array(ks)[np.argmin(np.where(np.isfinite(pb), pb, np.inf), axis=1)]
+
+
 def bits_problem(runs, budget_bits: float | None, *, candidates_nk: list[tuple[str, float, float]],
                  existing_bases: set[str], n_boot: int = 200, seed: int = 0, target_n: float | None = None,
                  target_k: float | None = None) -> Problem:
@@ -205,27 +230,13 @@ def bits_problem(runs, budget_bits: float | None, *, candidates_nk: list[tuple[s
     `target_k` bits), from per-k power laws L_k(total bits) and their bootstrap replicates.
 
     candidates_nk: (size name, n_params, k) of the runs that could be added."""
-    from analysis.fit import FitResult, aligned_replicates, fit_laws
-    from analysis.settings import FitSettings
-
-    groups = {float(k): g for k, g in runs.groupby(runs["bits"].astype(float))}
-    fitted = fit_laws(groups, "power_bits", "val_loss", FitSettings(n_boot=n_boot, seed=seed, holdout=0))
-    fits = {k: f for k, f in fitted.items() if isinstance(f, FitResult)}
-    if len(fits) < (2 if target_n is None else 1):
-        why = "; ".join(f"{k:g} bits: {e}" for k, e in fitted.items() if not isinstance(e, FitResult))
-        raise ValueError(f"too few bit-widths have a fitted curve to plan from ({len(fits)}): {why or 'no runs'}")
-    al = aligned_replicates(list(fits.values()))
-    if al is None:
-        raise ValueError("the fits have no bootstrap replicates to plan from (use --bootstrap 100 or more)")
-    S, ok = al
-    reps = {k: f.boot[:S][ok] for k, f in fits.items()}
+    groups, fits, reps = fit_bits(runs, n_boot, seed, need=2 if target_n is None else 1)
     bpp = bits_per_param(runs)
     sigma = measurement_noise(runs, groups, fits)
     cm = cost_model(runs)
     ks = sorted(fits)
     if target_n is None:
-        pb = np.stack([fits[k].predict({"total_bits": [budget_bits]}, reps[k])[:, 0] for k in ks], axis=1)
-        target = np.array(ks)[np.argmin(np.where(np.isfinite(pb), pb, np.inf), axis=1)]
+        target = best_k(fits, reps, budget_bits)
         describe, categorical = f"the best k at {budget_bits:.3g} total bits", True
     else:
         k = float(target_k if target_k is not None else max(ks))

@@ -1,0 +1,151 @@
+"""Does ksir-plan pick the runs that matter? A backtest on a complete runs table (issue 29, point 5).
+
+Start from the smallest sizes of a finished study, then add the rest batch by batch in three orders: ksir-plan's
+(analysis.plan: expected narrowing of the target per unit of cost), random (averaged over seeds) and the grid
+order a study runs in (size by size, smallest first). After each batch the per-k laws are refitted; the target is
+the best k at a total-bit budget, judged against the full table's answer: the share of bootstrap replicates that
+agree with it (accuracy) and the Gini impurity of the replicates' best k (interval width), against the compute
+spent (the planner's own cost model for every order: measured evaluation seconds, training at 6 N D). Prints the
+curves and, per order, the compute to first reach the full table's own agreement; the ratio is the claim.
+
+    python benchmarks/bench_plan.py                      # kbit_own_family's committed runs (int, block 64)
+    python benchmarks/bench_plan.py --table T.csv --start xs,s,ms --target 1e7 --rounds 6 --figure plan.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from analysis.plan import best_k, bits_problem, cost_model, fit_bits, greedy_batch, scheme_runs  # noqa: E402
+
+
+def answer(runs: pd.DataFrame, budget_bits: float, n_boot: int, seed: int) -> tuple[float, np.ndarray]:
+    """(the most frequent best k over the fit's replicates, every replicate's best k)."""
+    _, fits, reps = fit_bits(runs, n_boot, seed)
+    target = best_k(fits, reps, budget_bits)
+    vals, counts = np.unique(target, return_counts=True)
+    return float(vals[np.argmax(counts)]), target
+
+
+def _pool(full: pd.DataFrame, known: pd.DataFrame) -> list[tuple[str, float]]:
+    have = {(str(s), float(k)) for s, k in zip(known["size"], known["bits"], strict=True)}
+    return sorted({(str(s), float(k)) for s, k in zip(full["size"], full["bits"], strict=True)} - have)
+
+
+def _cost(full: pd.DataFrame, known: pd.DataFrame, picks: list[tuple[str, float]]) -> float:
+    cm = cost_model(full)
+    n = full.groupby(full["size"].astype(str))["n_params"].median()
+    bases = set(known["size"].astype(str))
+    total = 0.0
+    for size, _ in picks:
+        total += 2 * n[size] * cm["eval_tokens"] * cm["s_per_flop"]
+        if size not in bases:
+            total += 6 * n[size] * cm["tokens_per_param"] * n[size] * cm["s_per_train_flop"]
+            bases.add(size)
+    return total
+
+
+def run_order(full: pd.DataFrame, start: list[str], order: str, budget_bits: float, truth: float, per_round: float,
+              rounds: int, n_boot: int, seed: int) -> list[dict]:
+    known = full[full["size"].astype(str).isin(start)]
+    rng = np.random.default_rng(seed)
+    spent, rows = 0.0, []
+    sizes = list(dict.fromkeys(full.sort_values("n_params")["size"].astype(str)))
+    for r in range(rounds + 1):
+        _, reps = answer(known, budget_bits, n_boot, seed)
+        share = float(np.mean(reps == truth))
+        vals = np.unique(reps, return_counts=True)[1] / len(reps)
+        rows.append({"round": r, "cost": spent, "agree": share, "gini": float(1 - (vals ** 2).sum()), "runs": len(known)})
+        pool = _pool(full, known)
+        if r == rounds or not pool:
+            break
+        if order == "planned":
+            n = full.groupby(full["size"].astype(str))["n_params"].median()
+            cands = [(s, float(n[s]), k) for s, k in pool]
+            pb = bits_problem(known, budget_bits, candidates_nk=cands, existing_bases=set(known["size"].astype(str)),
+                              n_boot=n_boot, seed=seed)
+            batch = greedy_batch(pb.pred, pb.target, pb.candidates, per_round, pb.sigma, categorical=True,
+                                 draws=128, seed=seed)
+            picks = [(pb.candidates[p["index"]].extra["size"], pb.candidates[p["index"]].bits) for p in batch["picks"]]
+            if not picks:  # nothing narrows the target: spend the round on the cheapest run left
+                picks = [min(pool, key=lambda c: _cost(full, known, [c]))]
+        else:
+            ordered = [pool[i] for i in rng.permutation(len(pool))] if order == "random" else \
+                sorted(pool, key=lambda c: (sizes.index(c[0]), c[1]))
+            picks = []
+            for c in ordered:
+                if _cost(full, known, [*picks, c]) > per_round and picks:
+                    break
+                picks.append(c)
+        spent += _cost(full, known, picks)
+        add = full[[(str(s), float(k)) in set(picks) for s, k in zip(full["size"], full["bits"], strict=True)]]
+        known = pd.concat([known, add])
+    return rows
+
+
+def reach(rows: list[dict], level: float) -> float | None:
+    return next((r["cost"] for r in rows if r["agree"] >= level), None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--table", default=str(ROOT / "experiments/kbit_own_family/claims_runs.csv"))
+    p.add_argument("--start", default="xs,s,ms")
+    p.add_argument("--target", type=float, default=1e7, help="total-bit budget of the best-k question")
+    p.add_argument("--round-cost", type=float, default=1800.0, help="seconds per batch")
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--bootstrap", type=int, default=100)
+    p.add_argument("--random-seeds", type=int, default=3)
+    p.add_argument("--figure")
+    a = p.parse_args(argv)
+    full = scheme_runs(pd.read_csv(a.table))
+    start = a.start.split(",")
+    truth, reps = answer(full, a.target, a.bootstrap, 0)
+    level = float(np.mean(reps == truth))
+    print(f"full table: {len(full)} runs; best k at {a.target:.3g} total bits = {truth:g} "
+          f"({level:.0%} of replicates); start: sizes {a.start}; {a.round_cost:g} s per batch")
+    curves = {"planned": run_order(full, start, "planned", a.target, truth, a.round_cost, a.rounds, a.bootstrap, 0),
+              "grid": run_order(full, start, "grid", a.target, truth, a.round_cost, a.rounds, a.bootstrap, 0)}
+    rand = [run_order(full, start, "random", a.target, truth, a.round_cost, a.rounds, a.bootstrap, s)
+            for s in range(a.random_seeds)]
+    curves["random"] = rand[0]
+    print("| order | round | cost (s) | runs | agree with full table | Gini |\n|---|---|---|---|---|---|")
+    for name, rows in curves.items():
+        for r in rows:
+            print(f"| {name} | {r['round']} | {r['cost']:.0f} | {r['runs']} | {r['agree']:.2f} | {r['gini']:.3f} |")
+    goal = min(level, 0.95)
+    got = {name: reach(rows, goal) for name, rows in curves.items()}
+    rand_reach = [reach(rows, goal) for rows in rand]
+    got["random"] = float(np.mean([x for x in rand_reach if x is not None])) if all(x is not None for x in rand_reach) \
+        else None
+    print(f"\ncompute to reach {goal:.0%} agreement with the full table's answer: " +
+          ", ".join(f"{k} {v:.0f} s" if v is not None else f"{k} never" for k, v in got.items()))
+    if got["planned"] is not None and got["grid"]:
+        print(f"ratio planned / grid: {got['planned'] / got['grid']:.2f} (goal: <= 0.5)")
+    if a.figure:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(5.5, 3.5))
+        for name, rows in curves.items():
+            ax.plot([r["cost"] for r in rows], [r["agree"] for r in rows], marker="o", label=name)
+        ax.set_xlabel("compute spent (s, planner's cost model)")
+        ax.set_ylabel("share of replicates with the full table's k*")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(a.figure, dpi=120)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
