@@ -69,7 +69,8 @@ def learn_attention_scales(model: torch.nn.Module, teacher: torch.nn.Module, q: 
     finally:
         for n, p in model.named_parameters():
             p.requires_grad_(flags.get(n, True))
-    if any(not torch.equal(w, dict(model.named_parameters())[n].detach()) for n, w in before.items()):
+    now = dict(model.named_parameters())
+    if any(not torch.equal(w, now[n].detach()) for n, w in before.items()):
         raise RuntimeError("learning k-SIR scales changed a weight: only alpha and beta may train")
     return {"attention_steps": a.steps, "attention_tokens": info["train_tokens"],
             "attention_time_s": info.get("train_time_s")}

@@ -300,12 +300,13 @@ class QuantConfig(WeightFormat):
 
     @property
     def unquantized(self) -> bool:
-        """The 16-bit baseline: nothing changes the weights, the activations or the KV cache."""
+        """The 16-bit baseline: nothing changes the weights, the activations, the KV cache or attention."""
         return not (self.weights_quantized or self.act.on or self.kv.on or self.attention.on)
 
     @property
     def needs_calibration(self) -> bool:
-        """GPTQ, activation-based outliers and whitened low-rank corrections need calibration token ids."""
+        """GPTQ, activation-based outliers, whitened low-rank corrections, static activation scales, SmoothQuant,
+        per-layer allocations, AWQ and k-SIR attention need calibration token ids."""
         if self.unquantized:
             return False
         if (self.act.on and self.act.scales == "static") or self.smooth.method == "smoothquant" or self.attention.on:
