@@ -174,7 +174,7 @@ def candidate_space(runs: Any, family: str, args: argparse.Namespace) -> list[tu
     if args.max_size:
         if args.max_size not in fam.size_names:
             raise ValueError(f"--max-size {args.max_size}: not a size of {family} ({', '.join(fam.size_names)})")
-        names = names[:names.index(args.max_size) + 1] if args.max_size in names else names
+        names = [s for s in names if fam.size_names.index(s) <= fam.size_names.index(args.max_size)]
     ks = sorted({float(k) for k in runs["bits"] if float(k) < 16}) if not args.bits else \
         [float(k) for k in args.bits.split(",")]
     known = runs.groupby(runs["size"].astype(str))["n_params"].median().to_dict()
