@@ -260,3 +260,40 @@ def bits_problem(runs, budget_bits: float | None, *, candidates_nk: list[tuple[s
     keep = np.isfinite(pred).all(axis=1) & np.isfinite(target)
     return Problem(pred[keep], target[keep], categorical, sigma, cands, describe, fits,
                    unit="s" if cm["s_per_flop"] else "FLOPs")
+
+
+def log_n_opt(params: np.ndarray, flops: float) -> np.ndarray:
+    """log N_opt at C FLOPs for Chinchilla parameter rows [..., (a, b, e, alpha, beta)] (Approach 3's closed form,
+    as analysis.headline.compute_optimal)."""
+    a, b, _, alpha, beta = (params[..., i] for i in range(5))
+    with np.errstate(all="ignore"):
+        return (np.log(alpha) + a - np.log(beta) - b) / (alpha + beta) + beta / (alpha + beta) * np.log(flops / 6)
+
+
+def compute_problem(runs, flops: float, candidates_nd: list[tuple[str, float, float]], *, n_boot: int = 200,
+                    seed: int = 0) -> Problem:
+    """The compute question: the compute-optimal N at `flops` (its log, per bootstrap replicate of Chinchilla's
+    law). Candidates are training runs (label, N, D), each costing 6 N D FLOPs."""
+    from analysis.fit import FitError, fit_law
+    from analysis.settings import FitSettings
+
+    try:
+        fit = fit_law(runs, "chinchilla", "val_loss", FitSettings(n_boot=n_boot, seed=seed, holdout=0))
+    except FitError as e:
+        raise ValueError(f"Chinchilla's law cannot be fitted on these runs: {e}") from None
+    reps = fit.boot_ok()
+    if len(reps) < 2:
+        raise ValueError("the fit has no bootstrap replicates to plan from (use --bootstrap 100 or more)")
+    target = log_n_opt(reps, flops)
+    resid = runs["val_loss"].to_numpy(float) - fit.predict(runs)
+    sigma = max(float(np.sqrt(np.mean(resid ** 2))), 1e-4)
+    cands, cols = [], []
+    for label, n, d in candidates_nd:
+        cands.append(Candidate(n, 16.0, cost=6 * n * d, base=label, label=label, extra={"size": label, "tokens": d}))
+        cols.append(fit.predict({"n_params": [n], "train_tokens": [d]}, reps)[:, 0])
+    if not cands:
+        raise ValueError("no candidate run: every (N, D) asked for is run already")
+    pred = np.stack(cols, axis=1)
+    keep = np.isfinite(pred).all(axis=1) & np.isfinite(target)
+    return Problem(pred[keep], target[keep], False, sigma, cands, f"log N_opt at {flops:.3g} FLOPs",
+                   {"chinchilla": fit}, unit="FLOPs")

@@ -24,7 +24,16 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from analysis.plan import best_k, bits_problem, cost_model, fit_bits, greedy_batch, scheme_runs  # noqa: E402
+from analysis.plan import (  # noqa: E402
+    best_k,
+    bits_problem,
+    compute_problem,
+    cost_model,
+    fit_bits,
+    greedy_batch,
+    log_n_opt,
+    scheme_runs,
+)
 
 
 def answer(runs: pd.DataFrame, budget_bits: float, n_boot: int, seed: int) -> tuple[float, np.ndarray]:
@@ -91,6 +100,84 @@ def run_order(full: pd.DataFrame, start: list[str], order: str, budget_bits: flo
     return rows
 
 
+def compute_answer(runs: pd.DataFrame, flops: float, n_boot: int, seed: int) -> tuple[float, np.ndarray]:
+    """(log N_opt of the point fit, every replicate's log N_opt) of Chinchilla's law at `flops`."""
+    from analysis.fit import fit_law
+    from analysis.settings import FitSettings
+
+    fit = fit_law(runs, "chinchilla", "val_loss", FitSettings(n_boot=n_boot, seed=seed, holdout=0))
+    return float(log_n_opt(fit.vector(), flops)), log_n_opt(fit.boot_ok(), flops)
+
+
+def run_compute_order(full: pd.DataFrame, start: pd.Series, order: str, flops: float, truth: float,
+                      per_round: float, rounds: int, n_boot: int, seed: int) -> list[dict]:
+    """One order on a table of training runs: each pick reveals one run (its measured loss) for 6 N D FLOPs."""
+    known, pool = full[start], full[~start]
+    rng = np.random.default_rng(seed)
+    spent, rows = 0.0, []
+    for r in range(rounds + 1):
+        point, reps = compute_answer(known, flops, n_boot, seed)
+        lo, hi = np.percentile(reps[np.isfinite(reps)], [2.5, 97.5])
+        rows.append({"round": r, "cost": spent, "error": abs(point - truth), "width": float(hi - lo),
+                     "runs": len(known)})
+        if r == rounds or pool.empty:
+            break
+        if order == "planned":
+            cands = [(str(i), float(x.n_params), float(x.train_tokens)) for i, x in pool.iterrows()]
+            pb = compute_problem(known, flops, cands, n_boot=n_boot, seed=seed)
+            batch = greedy_batch(pb.pred, pb.target, pb.candidates, per_round, pb.sigma, categorical=False,
+                                 draws=128, seed=seed)
+            idx = [pool.index[p["index"]] for p in batch["picks"]] or [pool["train_flops"].idxmin()]
+        else:
+            ordered = pool.index[rng.permutation(len(pool))] if order == "random" else \
+                pool.sort_values(["train_flops", "n_params"]).index
+            idx, cost = [], 0.0
+            for i in ordered:
+                if cost + pool.at[i, "train_flops"] > per_round and idx:
+                    break
+                idx.append(i)
+                cost += pool.at[i, "train_flops"]
+        spent += float(pool.loc[idx, "train_flops"].sum())
+        known, pool = pd.concat([known, pool.loc[idx]]), pool.drop(idx)
+    return rows
+
+
+def compute_main(a: argparse.Namespace) -> int:
+    from analysis.collect import load_table
+
+    full = load_table(a.table, {"Model Size": "n_params", "Training FLOP": "train_flops", "loss": "val_loss"}).runs
+    full = full[full["val_loss"] < 5].reset_index(drop=True)  # Epoch's exclusion (experiments/chinchilla_epoch)
+    start = full["train_flops"] <= full["train_flops"].quantile(a.start_share)  # the cheapest runs are known
+    truth, reps = compute_answer(full, a.flops, a.bootstrap, 0)
+    lo, hi = np.percentile(reps, [2.5, 97.5])
+    goal = (hi - lo) / 2
+    print(f"full table: {len(full)} runs, {full['train_flops'].sum():.3g} FLOPs; log N_opt at {a.flops:.3g} FLOPs = "
+          f"{truth:.3f} (N_opt {np.exp(truth):.3g}), 95% CI half-width {goal:.3f}; start: the cheapest "
+          f"{a.start_share:.0%} of the runs ({int(start.sum())} runs, {full.loc[start, 'train_flops'].sum():.3g} FLOPs)")
+    per_round = a.round_flops or float(full["train_flops"].sum()) / 8
+    curves = {name: run_compute_order(full, start, name, a.flops, truth, per_round, a.rounds, a.bootstrap, 0)
+              for name in ("planned", "grid")}
+    rand = [run_compute_order(full, start, "random", a.flops, truth, per_round, a.rounds, a.bootstrap, s)
+            for s in range(a.random_seeds)]
+    curves["random"] = rand[0]
+    print("| order | round | FLOPs spent | runs | |log N_opt - full| | 95% width |\n|---|---|---|---|---|---|")
+    for name, rows in curves.items():
+        for r in rows:
+            print(f"| {name} | {r['round']} | {r['cost']:.3g} | {r['runs']} | {r['error']:.3f} | {r['width']:.3f} |")
+
+    def first(rows: list[dict]) -> float | None:
+        return next((r["cost"] for r in rows if r["error"] <= goal), None)
+
+    got = {k: first(v) for k, v in curves.items()}
+    rr = [first(v) for v in rand]
+    got["random"] = float(np.mean(rr)) if all(x is not None for x in rr) else None
+    print("\nFLOPs to get within the full table's 95% half-width of its answer: " +
+          ", ".join(f"{k} {v:.3g}" if v is not None else f"{k} never" for k, v in got.items()))
+    if got["planned"] is not None and got["grid"]:
+        print(f"ratio planned / grid: {got['planned'] / got['grid']:.2f} (goal: <= 0.5)")
+    return 0
+
+
 def reach(rows: list[dict], level: float) -> float | None:
     return next((r["cost"] for r in rows if r["agree"] >= level), None)
 
@@ -105,7 +192,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bootstrap", type=int, default=100)
     p.add_argument("--random-seeds", type=int, default=3)
     p.add_argument("--figure")
+    p.add_argument("--question", choices=("bits", "compute"), default="bits")
+    p.add_argument("--flops", type=float, default=5.76e23, help="compute question: the FLOP budget (Chinchilla's)")
+    p.add_argument("--start-share", type=float, default=0.3, help="compute question: share of the cheapest runs known")
+    p.add_argument("--round-flops", type=float, help="compute question: FLOPs per batch (default: 1/8 of the table)")
     a = p.parse_args(argv)
+    if a.question == "compute":
+        if a.table.endswith("kbit_own_family/claims_runs.csv"):
+            a.table = str(ROOT / "experiments/chinchilla_epoch/data/svg_extracted_data.csv")
+        return compute_main(a)
     full = scheme_runs(pd.read_csv(a.table))
     start = a.start.split(",")
     truth, reps = answer(full, a.target, a.bootstrap, 0)
