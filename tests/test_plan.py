@@ -157,3 +157,22 @@ def test_ksir_plan_as_a_process_says_what_is_wrong_in_one_line(tmp_path):
     r = run_cli("ksir-plan", "nowhere", "--budget", "3 parsecs", cwd=tmp_path, timeout=120)
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
         "ksir-plan: error: --budget '3 parsecs': expected a number with a unit: 600s, 30m, 2h or 1e15flops"]
+
+
+def test_the_compute_question_targets_the_reports_compute_optimal_size():
+    """log N_opt per replicate is the report's compute-optimal N (analysis.headline), and a training run's cost is
+    6 N D; the Chinchilla table Epoch extracted."""
+    from analysis.collect import load_table
+    from analysis.headline import compute_optimal
+    from analysis.plan import compute_problem, log_n_opt
+    from ksir.config import CONF_DIR
+
+    t = load_table(Path(CONF_DIR).parent / "experiments/chinchilla_epoch/data/svg_extracted_data.csv",
+                   {"Model Size": "n_params", "Training FLOP": "train_flops", "loss": "val_loss"}).runs
+    t = t[t["val_loss"] < 5]
+    pb = compute_problem(t, 5.76e23, [("a", 1e9, 2e10), ("b", 7e10, 1.4e12)], n_boot=30)
+    fit = pb.fits["chinchilla"]
+    row = compute_optimal(fit, np.array([5.76e23]))[0]
+    assert np.exp(log_n_opt(fit.vector(), 5.76e23)) == pytest.approx(row["n_opt"], rel=1e-9)
+    assert [c.cost for c in pb.candidates] == pytest.approx([6 * 1e9 * 2e10, 6 * 7e10 * 1.4e12])
+    assert pb.pred.shape == (len(pb.target), 2) and not pb.categorical
