@@ -10,7 +10,8 @@ today's spread, is what the run is worth; divided by its cost, its rank. A batch
 fantasies (common random numbers), so a run that would tell what an earlier pick tells is worth little, and a
 base model shared by several post-training runs is paid once.
 
-The spread is the Gini impurity 1 - sum_k p_k^2 for a categorical target (k*) and the variance for a number.
+The spread is the Gini impurity 1 - sum_k p_k^2 for a categorical target (k*), valued on reweighted particles,
+and the variance for a number, valued with the replicates taken as jointly Gaussian (`gaussian_spread`).
 """
 
 from __future__ import annotations
@@ -75,6 +76,21 @@ def expected_spread(pred: np.ndarray, target: np.ndarray, chosen: Sequence[int],
     return float(spread(target, w, categorical).mean())
 
 
+def gaussian_spread(pred: np.ndarray, target: np.ndarray, chosen: Sequence[int], sigma: float) -> float:
+    """The target's variance after measuring the chosen candidates, with the replicates' predictions and target
+    taken as jointly Gaussian (the ensemble's covariances; the linearised design criterion): Var(t) - c^T
+    (C + sigma^2 I)^-1 c. Used for a numeric target: unlike reweighted particles it does not collapse onto a few
+    replicates when the noise is small next to their spread."""
+    t = target - target.mean()
+    var = float(np.mean(t ** 2))
+    if not len(chosen):
+        return var
+    y = pred[:, list(chosen)] - pred[:, list(chosen)].mean(axis=0)
+    cyy = y.T @ y / len(t) + sigma ** 2 * np.eye(y.shape[1])
+    cty = y.T @ t / len(t)
+    return max(var - float(cty @ np.linalg.solve(cyy, cty)), 0.0)
+
+
 def _batch_cost(chosen: Sequence[int], cands: Sequence[Candidate]) -> float:
     bases = {cands[i].base: cands[i].base_cost for i in chosen}
     return sum(cands[i].cost for i in chosen) + sum(bases.values())
@@ -89,8 +105,13 @@ def greedy_batch(pred: np.ndarray, target: np.ndarray, cands: Sequence[Candidate
     if sigma <= 0 or not np.isfinite(sigma):
         raise ValueError(f"the measurement noise must be a positive number, got {sigma}")
     fant = Fantasies.draw(pred.shape[0], pred.shape[1], draws, seed)
+
+    def after_runs(idx: list[int]) -> float:
+        return expected_spread(pred, target, idx, sigma, fant, True) if categorical else \
+            gaussian_spread(pred, target, idx, sigma)
+
     chosen: list[int] = []
-    now = expected_spread(pred, target, chosen, sigma, fant, categorical)
+    now = after_runs(chosen)
     start, picks = now, []
     while max_runs is None or len(chosen) < max_runs:
         paid = _batch_cost(chosen, cands)
@@ -101,7 +122,7 @@ def greedy_batch(pred: np.ndarray, target: np.ndarray, cands: Sequence[Candidate
             extra = _batch_cost([*chosen, c], cands) - paid
             if paid + extra > budget or extra <= 0:
                 continue
-            after = expected_spread(pred, target, [*chosen, c], sigma, fant, categorical)
+            after = after_runs([*chosen, c])
             score = (now - after) / extra
             if best is None or score > best[0] + 1e-15:
                 best = (score, c, extra, after)

@@ -176,3 +176,14 @@ def test_the_compute_question_targets_the_reports_compute_optimal_size():
     assert np.exp(log_n_opt(fit.vector(), 5.76e23)) == pytest.approx(row["n_opt"], rel=1e-9)
     assert [c.cost for c in pb.candidates] == pytest.approx([6 * 1e9 * 2e10, 6 * 7e10 * 1.4e12])
     assert pb.pred.shape == (len(pb.target), 2) and not pb.categorical
+
+
+def test_a_numeric_target_gets_the_gaussian_posterior_variance():
+    """Target theta ~ N(0, 1) measured once with noise sigma: posterior variance sigma^2 / (1 + sigma^2); twice:
+    sigma^2 / (2 + sigma^2) (the textbook normal update, from the replicates' covariances)."""
+    from analysis.plan import gaussian_spread
+
+    theta = np.random.default_rng(0).standard_normal(20000)
+    pred = np.stack([theta, theta], axis=1)
+    for chosen, n in (([0], 1), ([0, 1], 2)):
+        assert gaussian_spread(pred, theta, chosen, 0.5) == pytest.approx(0.25 / (n + 0.25), rel=0.03)
