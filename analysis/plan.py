@@ -310,7 +310,8 @@ def compute_problem(runs, flops: float, candidates_nd: list[tuple[str, float, fl
     sigma = max(float(np.sqrt(np.mean(resid ** 2))), 1e-4)
     cands, cols = [], []
     for label, n, d in candidates_nd:
-        cands.append(Candidate(n, 16.0, cost=6 * n * d, base=label, label=label, extra={"size": label, "tokens": d}))
+        cands.append(Candidate(n, 16.0, cost=6 * n * d, base=label, label=label,
+                               extra={"size": label.split("@")[0], "tokens_per_param": d / n}))
         cols.append(fit.predict({"n_params": [n], "train_tokens": [d]}, reps)[:, 0])
     if not cands:
         raise ValueError("no candidate run: every (N, D) asked for is run already")

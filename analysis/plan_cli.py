@@ -2,6 +2,7 @@
 
     ksir-plan outputs/demo/results --question bits --target 3e6 --budget 10m --experiment demo
     ksir-plan outputs/demo/results --question size --target n_params=2e6,bits=4 --budget 5m
+    ksir-plan outputs/train/results --question compute --target 1e15 --budget 2h --tokens-per-param 10,40
 
 Fits the runs (per-k power laws with bootstrap replicates), values every candidate run (a size x k not run yet,
 from the family's sizes) by how much it is expected to narrow the target (analysis.plan), and writes the chosen
@@ -14,6 +15,7 @@ current fit) and a Hydra preset that launches the batch as is:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import sys
@@ -22,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from analysis.plan import QUESTIONS, bits_problem, greedy_batch, scheme_runs
+from analysis.plan import QUESTIONS, bits_problem, compute_problem, cost_model, greedy_batch, scheme_runs
 
 UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -42,6 +44,14 @@ def parse_budget(text: str) -> tuple[float, str]:
 
 
 def parse_target(question: str, text: str | None) -> dict[str, float]:
+    if question == "compute":
+        try:
+            value = float(text or "")
+        except ValueError:
+            raise ValueError(f"--target {text!r}: the compute question needs a FLOP budget, e.g. --target 1e15") from None
+        if not value > 0:
+            raise ValueError(f"--target {text!r}: a FLOP budget > 0")
+        return {"flops": value}
     if question == "bits":
         try:
             value = float(text or "")
@@ -71,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-size", help="largest candidate size (a size name)")
     p.add_argument("--bits", help="candidate bit-widths, comma-separated (default: those already fitted)")
     p.add_argument("--dtype", help="the scheme's data type (default: the most common in the runs)")
+    p.add_argument("--tokens-per-param", help="compute question: candidate D / N, comma-separated (default 5,10,20,40,80)")
     p.add_argument("--vocab-size", type=int, default=257, help="to count parameters of unrun own-family sizes")
     p.add_argument("--bootstrap", type=int, default=200)
     p.add_argument("--draws", type=int, default=256, help="fantasised outcomes per candidate")
@@ -92,30 +103,37 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         budget, unit = parse_budget(args.budget)
-        target = parse_target(args.question, args.target) if args.question != "compute" else {}
+        target = parse_target(args.question, args.target)
     except ValueError as e:
         return _fail(str(e))
-    if args.question == "compute":
-        return _fail("--question compute is not built yet (issue 29): use bits or size")
     if args.bootstrap < 20 or args.draws < 16:
         return _fail("--bootstrap needs >= 20 replicates and --draws >= 16 to value a run")
     try:
         runs = load_runs(args.sources)
     except (FileNotFoundError, ValueError) as e:
         return _fail(str(e))
-    runs = runs[runs.get("job", "quantize") == "quantize"] if "job" in runs else runs
+    job = "train" if args.question == "compute" else "quantize"
+    runs = runs[runs["job"] == job] if "job" in runs else runs
     if runs.empty:
-        return _fail(f"no post-training runs in {args.sources}")
+        return _fail(f"no {'training' if job == 'train' else 'post-training'} runs in {args.sources}")
     try:
         families = sorted(set(runs["family"].dropna()))
         if len(families) != 1:
             raise ValueError(f"the runs mix families {families}: plan one family at a time")
-        runs = scheme_runs(runs, args.dtype)
-        cands = candidate_space(runs, families[0], args)
-        existing = set(runs["size"].astype(str))
-        problem = bits_problem(runs, target.get("budget_bits"), candidates_nk=cands, existing_bases=existing,
-                               n_boot=args.bootstrap, seed=args.seed, target_n=target.get("n_params"),
-                               target_k=target.get("bits"))
+        if args.question == "compute":
+            problem = compute_problem(runs, target["flops"], train_candidates(runs, families[0], args),
+                                      n_boot=args.bootstrap, seed=args.seed)
+            problem.unit = "s" if cost_model(runs)["s_per_train_flop"] else "FLOPs"
+            if problem.unit == "s":
+                rate = cost_model(runs)["s_per_train_flop"]
+                problem.candidates = [dataclasses.replace(c, cost=c.cost * rate) for c in problem.candidates]
+        else:
+            runs = scheme_runs(runs, args.dtype)
+            cands = candidate_space(runs, families[0], args)
+            existing = set(runs["size"].astype(str))
+            problem = bits_problem(runs, target.get("budget_bits"), candidates_nk=cands, existing_bases=existing,
+                                   n_boot=args.bootstrap, seed=args.seed, target_n=target.get("n_params"),
+                                   target_k=target.get("bits"))
     except ValueError as e:
         return _fail(str(e))
     if problem.unit != unit:
@@ -190,6 +208,21 @@ def candidate_space(runs: Any, family: str, args: argparse.Namespace) -> list[tu
     return out
 
 
+def train_candidates(runs: Any, family: str, args: argparse.Namespace) -> list[tuple[str, float, float]]:
+    """(label, N, D) training runs not run yet: the family's sizes x --tokens-per-param."""
+    sizes = candidate_space(runs.assign(bits=16.0), family, argparse.Namespace(**{**vars(args), "bits": "16"}))
+    tpps = [float(x) for x in (args.tokens_per_param or "5,10,20,40,80").split(",")]
+    done = {(str(s), round(float(d) / float(n), 3)) for s, n, d in zip(runs["size"], runs["n_params"],
+                                                                      runs["train_tokens"], strict=True)}
+    out = []
+    for size, n, _ in sizes + [(s, float(n), 16.0) for s, n in runs.groupby(runs["size"].astype(str))["n_params"]
+                                                                  .median().items()]:
+        for tpp in tpps:
+            if (size, round(tpp, 3)) not in done and (f"{size}@{tpp:g}", n, n * tpp) not in out:
+                out.append((f"{size}@{tpp:g}", n, n * tpp))
+    return out
+
+
 def own_params(fam: Any, size: str, vocab: int) -> float:
     """Parameters of an own-family size, counted on a model built on the meta device (no memory)."""
     from ksir import startup
@@ -234,11 +267,16 @@ def write_preset(conf: Path, name: str, picks: list[Any], experiment: str | None
         defaults = list(base.pop("defaults", []))
         (base.get("hydra") or {}).get("sweeper", {}).pop("params", None)
         body.update({k: v for k, v in base.items() if k != "out_dir"})
-    points = {f"p{i}": {"size": c.extra["size"], "bits": c.bits} for i, c in enumerate(picks)}
-    body["job"] = "quantize"
+    train = any("tokens_per_param" in c.extra for c in picks)
+    points = {f"p{i}": {"size": c.extra["size"], **({"tokens_per_param": c.extra["tokens_per_param"]} if train
+                                                    else {"bits": c.bits})} for i, c in enumerate(picks)}
+    body["job"] = "train" if train else "quantize"
     body["plan"] = {"point": "p0", "points": points}
     body.setdefault("model", {})["size"] = "${plan.points.${plan.point}.size}"
-    body.setdefault("quant", {}).update({**(quant or {}), "bits": "${plan.points.${plan.point}.bits}"})
+    if train:
+        body.setdefault("trainer", {})["tokens_per_param"] = "${plan.points.${plan.point}.tokens_per_param}"
+    else:
+        body.setdefault("quant", {}).update({**(quant or {}), "bits": "${plan.points.${plan.point}.bits}"})
     body.setdefault("hydra", {}).setdefault("sweeper", {})["params"] = {"plan.point": ",".join(points)}
     if defaults:
         body = {"defaults": defaults, **body}
@@ -258,6 +296,7 @@ def summary(problem: Any, batch: dict, args: argparse.Namespace, unit: str, pres
         c = cands[p["index"]]
         pr = problem.pred[:, p["index"]]
         rows.append({"size": c.extra["size"], "n_params": c.n_params, "bits": c.bits, "cost": p["cost"],
+                     "tokens_per_param": c.extra.get("tokens_per_param"),
                      "new_base": c.base_cost > 0 and p["cost"] > c.cost + c.base_cost / 2, "spread_after": p["spread_after"],
                      "why": f"the fit's replicates disagree there by {np.std(pr):.3g} (sd of predicted loss; "
                             f"measurement noise {problem.sigma:.2g}); measuring it takes the target's spread from "
@@ -283,9 +322,10 @@ def markdown(r: dict[str, Any]) -> list[str]:
              f"Today ({r['replicates']} bootstrap replicates of the fit): {json.dumps(r['now'])}; spread ({spread}) "
              f"{r['spread_now']:.4g}. Expected after the batch: {r['spread_after']:.4g}, for {r['cost']:.3g} {r['unit']}"
              f" of {r['budget']} ({len(r['runs'])} runs chosen from {r['candidates']} candidates).", "",
-             "| # | size | k | cost | new base model | spread after | why |", "|---|---|---|---|---|---|---|"]
+             "| # | size | k (or D/N) | cost | new base model | spread after | why |", "|---|---|---|---|---|---|---|"]
     for i, row in enumerate(r["runs"], 1):
-        lines.append(f"| {i} | {row['size']} | {row['bits']:g} | {row['cost']:.3g} {r['unit']} | "
+        what = f"D/N {row['tokens_per_param']:g}" if row.get("tokens_per_param") else f"{row['bits']:g}"
+        lines.append(f"| {i} | {row['size']} | {what} | {row['cost']:.3g} {r['unit']} | "
                      f"{'yes' if row['new_base'] else 'no'} | {row['spread_after']:.4g} | {row['why']} |")
     if not r["runs"]:
         lines.append("| - | | | | | | no candidate run narrows the target within the budget |")
@@ -300,6 +340,19 @@ def draw(problem: Any, batch: dict, runs: Any, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
+    if "chinchilla" in problem.fits:  # the compute question: runs and planned runs by training FLOPs
+        ax.scatter(6 * runs["n_params"] * runs["train_tokens"], runs["val_loss"], s=10, label="runs")
+        for p in batch["picks"]:
+            c = problem.candidates[p["index"]]
+            ax.axvline(6 * c.n_params * c.n_params * c.extra["tokens_per_param"], color="k", lw=0.6, ls=":")
+        ax.set_xscale("log")
+        ax.set_xlabel("training FLOPs (6 N D)")
+        ax.set_ylabel("validation loss")
+        ax.set_title("runs; dotted: planned runs", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return
     for k, fit in sorted(problem.fits.items()):
         g = runs[runs["bits"].astype(float) == k]
         xs = np.geomspace(g["total_bits"].min() / 3, g["total_bits"].max() * 10, 60)

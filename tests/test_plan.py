@@ -121,7 +121,7 @@ def test_a_plan_is_ranked_by_value_per_cost_reproducible_and_launches_as_is(smal
     assert after == sorted(after, reverse=True)  # every pick narrows the target further
     assert {x["size"] for x in runs} <= {"l", "xl"}  # the runs not in the table; xl is the largest asked for
     assert sum(x["new_base"] for x in runs) == len({x["size"] for x in runs})  # a base model is paid once
-    assert (tmp_path / "a" / "plan.png").stat().st_size > 5_000 and "| # | size | k |" in \
+    assert (tmp_path / "a" / "plan.png").stat().st_size > 5_000 and "| # | size | k (or D/N) |" in \
         (tmp_path / "a" / "plan.md").read_text()
     assert _plan(small_table, tmp_path / "b").returncode == 0  # same seed, same plan
     assert json.loads((tmp_path / "b" / "plan.json").read_text())["runs"] == runs
@@ -187,3 +187,39 @@ def test_a_numeric_target_gets_the_gaussian_posterior_variance():
     pred = np.stack([theta, theta], axis=1)
     for chosen, n in (([0], 1), ([0, 1], 2)):
         assert gaussian_spread(pred, theta, chosen, 0.5) == pytest.approx(0.25 / (n + 0.25), rel=0.03)
+
+
+def test_the_compute_question_plans_training_runs_that_launch_as_is(tmp_path):
+    """Train runs of the own family drawn from Chinchilla's law (sizes xs..xl at 5, 20 and 80 tokens per
+    parameter): the plan adds training runs (a size x D/N not run), and its preset is a train sweep whose jobs
+    have the keys of the same jobs written by hand."""
+    import json
+
+    import pandas as pd
+
+    from ksir.config import compose_spec
+    from ksir.identity import run_key
+    from tests.helpers import run_here
+
+    rng = np.random.default_rng(0)
+    n = {"xs": 8.6e4, "s": 1.4e5, "ms": 2.0e5, "m": 2.5e5, "l": 4.9e5, "xl": 9.2e5}
+    rows = [{"family": "llama", "size": s, "job": "train", "n_params": v, "train_tokens": v * tpp, "seed": 0,
+             "val_loss": (1.7 + 400 * v ** -0.34 + 1800 * (v * tpp) ** -0.37) * np.exp(rng.normal(0, 0.004)),
+             "bits": 16.0, "total_bits": 16 * v, "train_time_s": 6 * v * v * tpp * 1e-10}
+            for s, v in n.items() for tpp in (5, 20, 80)]
+    pd.DataFrame(rows).to_csv(tmp_path / "train.csv", index=False)
+    r = run_here("ksir-plan", str(tmp_path / "train.csv"), "--question", "compute", "--target", "1e13", "--budget",
+                 "2h", "--max-size", "xl", "--tokens-per-param", "10,40", "--bootstrap", "40", "--out",
+                 str(tmp_path / "p"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    plan = json.loads((tmp_path / "p" / "plan.json").read_text())
+    assert plan["runs"] and plan["unit"] == "s" and plan["spread_after"] < plan["spread_now"]
+    assert all(x["tokens_per_param"] in (10, 40) for x in plan["runs"])
+    d = run_here("ksir-run", "-m", "--config-dir", str(tmp_path / "p" / "conf"), "experiment=plan_compute",
+                 "dry_run=true", f"out_dir={tmp_path / 'o'}", cwd=tmp_path)
+    assert d.returncode == 0, d.stderr[-2000:]
+    keys = {ln.split()[0] for ln in d.stdout.splitlines() if ln.strip().startswith("t-")}
+    by_hand = {run_key(compose_spec(["job=train", f"model.size={x['size']}",
+                                     f"trainer.tokens_per_param={x['tokens_per_param']:g}", f"out_dir={tmp_path / 'o'}"]))
+               for x in plan["runs"]}
+    assert keys == by_hand
