@@ -108,6 +108,11 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(e))
     if args.bootstrap < 20 or args.draws < 16:
         return _fail("--bootstrap needs >= 20 replicates and --draws >= 16 to value a run")
+    if args.experiment:
+        from ksir.config import CONF_DIR
+
+        if not (Path(CONF_DIR) / "experiment" / f"{args.experiment}.yaml").is_file():
+            return _fail(f"--experiment {args.experiment}: no conf/experiment/{args.experiment}.yaml")
     try:
         runs = load_runs(args.sources)
     except (FileNotFoundError, ValueError) as e:
@@ -148,11 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     name = args.name or args.question
     conf = Path(args.conf) if args.conf else out / "conf"
-    try:
-        preset = None if not batch["picks"] else write_preset(conf, name, [problem.candidates[p["index"]] for p in batch["picks"]], args.experiment,
-                              scheme_settings(runs))
-    except ValueError as e:
-        return _fail(str(e))
+    picks = [problem.candidates[p["index"]] for p in batch["picks"]]
+    preset = write_preset(conf, name, picks, args.experiment, scheme_settings(runs)) if picks else None
     report = summary(problem, batch, args, unit, preset, conf, name)
     (out / "plan.json").write_text(json.dumps(report, indent=2, default=float))
     (out / "plan.md").write_text("\n".join(markdown(report)) + "\n")
@@ -260,10 +262,7 @@ def write_preset(conf: Path, name: str, picks: list[Any], experiment: str | None
     if experiment:
         from ksir.config import CONF_DIR
 
-        src = Path(CONF_DIR) / "experiment" / f"{experiment}.yaml"
-        if not src.is_file():
-            raise ValueError(f"--experiment {experiment}: no conf/experiment/{experiment}.yaml")
-        base = yaml.safe_load(src.read_text()) or {}
+        base = yaml.safe_load((Path(CONF_DIR) / "experiment" / f"{experiment}.yaml").read_text()) or {}
         defaults = list(base.pop("defaults", []))
         (base.get("hydra") or {}).get("sweeper", {}).pop("params", None)
         body.update({k: v for k, v in base.items() if k != "out_dir"})

@@ -143,6 +143,7 @@ def test_a_plan_is_ranked_by_value_per_cost_reproducible_and_launches_as_is(smal
     (["--budget", "1e15flops"], "give seconds"),
     (["--question", "size", "--target", "n_params=1e6,bits=7"], "no fitted curve at that k"),
     (["--sizes", "xxl"], "not a size of llama"),
+    (["--experiment", "nope"], "no conf/experiment/nope.yaml"),
 ])
 def test_bad_input_is_one_line_before_any_plan(small_table, tmp_path, extra, needle):
     r = _plan(small_table, tmp_path / "p", *extra)
