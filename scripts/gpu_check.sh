@@ -17,12 +17,13 @@ BIN=$(dirname "$PY")
 
 # name | limit (s) | command
 PARTS=(
-  "pytest-gpu|150|$PY -m pytest -m gpu -q -p no:cacheprovider --timeout 140 --junitxml \$OUT/pytest-gpu.xml"
-  "bench-quant|80|$PY benchmarks/bench_quant.py --reps 3"
+  "pytest-gpu|140|$PY -m pytest -m gpu -q -p no:cacheprovider --timeout 130 --junitxml \$OUT/pytest-gpu.xml"
+  "bench-quant|75|$PY benchmarks/bench_quant.py --reps 3"
   "bench-train|90|$PY benchmarks/bench_train.py --preset 150m --steps 40 --warmup 10 --json \$OUT/bench_train.json"
-  "bench-deploy|120|$PY benchmarks/bench_deploy.py --preset 1b --repeats 3 --json \$OUT/bench_deploy.json"
-  "study-kbit_pythia|60|$BIN/ksir-repro kbit_pythia --smoke --with trainer=gpu --out \$OUT/kbit_pythia"
-  "study-deploy_pythia|60|$BIN/ksir-repro deploy_pythia --smoke --with trainer=gpu --out \$OUT/deploy_pythia"
+  "bench-deploy|115|$PY benchmarks/bench_deploy.py --preset 1b --repeats 3 --json \$OUT/bench_deploy.json"
+  "study-kbit_pythia|50|$BIN/ksir-repro kbit_pythia --smoke --with trainer=gpu --out \$OUT/kbit_pythia"
+  "study-deploy_pythia|55|$BIN/ksir-repro deploy_pythia --smoke --with trainer=gpu --out \$OUT/deploy_pythia"
+  "study-precision_qwen|40|$BIN/ksir-repro precision_qwen --smoke --with trainer=gpu --out \$OUT/precision_qwen"
 )
 
 if [[ "${1:-}" == "--plan" ]]; then
