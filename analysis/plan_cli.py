@@ -43,23 +43,22 @@ def parse_budget(text: str) -> tuple[float, str]:
     return (value, "FLOPs") if m.group(2) == "flops" else (value * UNITS[m.group(2)], "s")
 
 
+def _positive(text: str | None, what: str, example: str) -> float:
+    """--target as one number > 0, or the one-line error naming the question's quantity."""
+    try:
+        value = float(text or "")
+    except ValueError:
+        raise ValueError(f"--target {text!r}: {what}, e.g. --target {example}") from None
+    if not value > 0:
+        raise ValueError(f"--target {text!r}: {what.split(' needs ')[-1]} > 0")
+    return value
+
+
 def parse_target(question: str, text: str | None) -> dict[str, float]:
     if question == "compute":
-        try:
-            value = float(text or "")
-        except ValueError:
-            raise ValueError(f"--target {text!r}: the compute question needs a FLOP budget, e.g. --target 1e15") from None
-        if not value > 0:
-            raise ValueError(f"--target {text!r}: a FLOP budget > 0")
-        return {"flops": value}
+        return {"flops": _positive(text, "the compute question needs a FLOP budget", "1e15")}
     if question == "bits":
-        try:
-            value = float(text or "")
-        except ValueError:
-            raise ValueError(f"--target {text!r}: the bits question needs a total-bit budget, e.g. --target 3e6") from None
-        if not value > 0:
-            raise ValueError(f"--target {text!r}: a total-bit budget > 0")
-        return {"budget_bits": value}
+        return {"budget_bits": _positive(text, "the bits question needs a total-bit budget", "3e6")}
     out: dict[str, float] = {}
     for part in (text or "").split(","):
         key, _, val = part.partition("=")

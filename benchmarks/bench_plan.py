@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -155,11 +156,8 @@ def compute_main(a: argparse.Namespace) -> int:
           f"{truth:.3f} (N_opt {np.exp(truth):.3g}), 95% CI half-width {goal:.3f}; start: the cheapest "
           f"{a.start_share:.0%} of the runs ({int(start.sum())} runs, {full.loc[start, 'train_flops'].sum():.3g} FLOPs)")
     per_round = a.round_flops or float(full["train_flops"].sum()) / 8
-    curves = {name: run_compute_order(full, start, name, a.flops, truth, per_round, a.rounds, a.bootstrap, 0)
-              for name in ("planned", "grid")}
-    rand = [run_compute_order(full, start, "random", a.flops, truth, per_round, a.rounds, a.bootstrap, s)
-            for s in range(a.random_seeds)]
-    curves["random"] = rand[0]
+    curves, rand = run_orders(lambda order, seed: run_compute_order(full, start, order, a.flops, truth, per_round,
+                                                                     a.rounds, a.bootstrap, seed), a.random_seeds)
     print("| order | round | FLOPs spent | runs | |log N_opt - full| | 95% width |\n|---|---|---|---|---|---|")
     for name, rows in curves.items():
         for r in rows:
@@ -176,6 +174,14 @@ def compute_main(a: argparse.Namespace) -> int:
     if got["planned"] is not None and got["grid"]:
         print(f"ratio planned / grid: {got['planned'] / got['grid']:.2f} (goal: <= 0.5)")
     return 0
+
+
+def run_orders(run: Callable[[str, int], list[dict]], random_seeds: int) -> tuple[dict, list]:
+    """The planned and grid orders (seed 0) and `random_seeds` random ones; curves['random'] is the first."""
+    curves = {order: run(order, 0) for order in ("planned", "grid")}
+    rand = [run("random", s) for s in range(random_seeds)]
+    curves["random"] = rand[0]
+    return curves, rand
 
 
 def reach(rows: list[dict], level: float) -> float | None:
@@ -207,11 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     level = float(np.mean(reps == truth))
     print(f"full table: {len(full)} runs; best k at {a.target:.3g} total bits = {truth:g} "
           f"({level:.0%} of replicates); start: sizes {a.start}; {a.round_cost:g} s per batch")
-    curves = {"planned": run_order(full, start, "planned", a.target, truth, a.round_cost, a.rounds, a.bootstrap, 0),
-              "grid": run_order(full, start, "grid", a.target, truth, a.round_cost, a.rounds, a.bootstrap, 0)}
-    rand = [run_order(full, start, "random", a.target, truth, a.round_cost, a.rounds, a.bootstrap, s)
-            for s in range(a.random_seeds)]
-    curves["random"] = rand[0]
+    curves, rand = run_orders(lambda order, seed: run_order(full, start, order, a.target, truth, a.round_cost,
+                                                             a.rounds, a.bootstrap, seed), a.random_seeds)
     print("| order | round | cost (s) | runs | agree with full table | Gini |\n|---|---|---|---|---|---|")
     for name, rows in curves.items():
         for r in rows:
