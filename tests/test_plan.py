@@ -224,3 +224,32 @@ def test_the_compute_question_plans_training_runs_that_launch_as_is(tmp_path):
                                      f"trainer.tokens_per_param={x['tokens_per_param']:g}", f"out_dir={tmp_path / 'o'}"]))
                for x in plan["runs"]}
     assert keys == by_hand
+
+
+def test_the_shipped_multi_family_table_is_the_attributed_file_and_backtests():
+    """Gadre et al.'s over-training grid (from Choshen et al.'s dataset): the file is the one its attribution
+    names, each corpus gives its grid of runs at 6 N D FLOPs, and a planned round on it runs."""
+    import hashlib
+    import importlib.util
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    folder = root / "benchmarks/data/gadre_overtrain"
+    want = re.search(r"sha256\s+`([0-9a-f]{64})`", (folder / "ATTRIBUTION.md").read_text()).group(1)
+    assert hashlib.sha256((folder / "overtrain_downstreams.csv").read_bytes()).hexdigest() == want
+    spec = importlib.util.spec_from_file_location("bench_plan", root / "benchmarks/bench_plan.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    sizes = {}
+    for corpus, n in (("c4", 34), ("rpj", 35), ("rw", 35)):
+        full, start, _ = bench.compute_table(f"gadre-{corpus}", 0.3)
+        assert len(full) == n and int(start.sum()) == 24
+        assert np.allclose(full["train_flops"], 6 * full["n_params"] * full["train_tokens"])
+        sizes[corpus] = sorted(full["n_params"].unique())
+    assert sizes["c4"] == sizes["rpj"] == sizes["rw"] and len(sizes["c4"]) == 6
+    full, start, _ = bench.compute_table("gadre-rpj", 0.3)
+    truth, _ = bench.compute_answer(full, float(full["train_flops"].max()), 20, 0)
+    rows = bench.run_compute_order(full, start, "planned", float(full["train_flops"].max()), truth, 1.5e20, 1, 20, 0)
+    assert rows[0]["runs"] == 24 and rows[1]["runs"] > 24 and 0 < rows[1]["cost"] <= 1.5e20
+    with pytest.raises(SystemExit, match="gadre-<corpus>"):
+        bench.compute_table("gadre-pile", 0.3)
