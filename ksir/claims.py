@@ -627,7 +627,8 @@ def _lr_transfer(claim: Mapping[str, Any], report: Mapping[str, Any], runs: pd.D
 def _composition(claim: Mapping[str, Any], report: Mapping[str, Any], runs: pd.DataFrame) -> Verdict:
     """Kumar et al.: the precisions' effects compose (N_eff is a product of one factor per precision). Per seed,
     their law fitted on that seed's single-axis runs (`analysis.compose`) predicts the seed's mixed runs; the
-    mean absolute relative error per seed, its t interval over seeds, below the declared margin."""
+    mean absolute relative error per seed, its t interval over seeds, below the declared margin. Where a seed's
+    fit is unidentified, the error is reported but not judged (inconclusive, naming why)."""
     from analysis.compose import mixed_holdout
     from analysis.fit import FitError
     from analysis.settings import FitSettings
@@ -639,18 +640,28 @@ def _composition(claim: Mapping[str, Any], report: Mapping[str, Any], runs: pd.D
     if sel.empty:
         return Verdict(None, INCONCLUSIVE, f"not measurable here: no runs of {dict(claim.get('where') or {})}")
     seeds = _replicates(sel)
-    errors = []
+    errors, unidentified = [], {}
     for seed in sorted(seeds.unique()):
         try:
-            errors.append(mixed_holdout(sel[seeds == seed], metric, FitSettings(n_boot=0))["mean_abs_rel_error"])
+            held = mixed_holdout(sel[seeds == seed], metric, FitSettings(n_boot=0))
         except FitError as e:
             return Verdict(None, INCONCLUSIVE, f"not measurable here: seed {seed}: {e}")
+        errors.append(held["mean_abs_rel_error"])
+        fit_verdict = held["fit"].get("verdict") or {}
+        if fit_verdict.get("status") == "unidentified":
+            for why in fit_verdict.get("reasons") or ["unidentified"]:
+                unidentified.setdefault(why, []).append(seed)
     m = claim["_margin"]["value"]
     point, what = float(np.mean(errors)), "mean |relative error| of the mixed runs predicted from single-axis runs"
     ci = t_interval(np.array(errors), SUPERIORITY_LEVEL)
     if ci is None:
         return Verdict(point, INCONCLUSIVE, f"{what} = {point:.4g} from {len(errors)} seed: no interval (needs >= 2 "
                        "seeds)", replicates=len(errors))
+    if unidentified:  # an error from a law the seed's runs cannot identify says nothing about composing
+        why = "; ".join(f"{w} (seed {', '.join(map(str, s))})" for w, s in unidentified.items())
+        return Verdict(point, INCONCLUSIVE, f"{what} = {point:.4g}, 95% CI [{ci[0]:.4g}, {ci[1]:.4g}] over "
+                       f"{len(errors)} seeds, not judged: the law fitted on the single-axis runs is unidentified: {why}",
+                       interval=ci, level=SUPERIORITY_LEVEL, replicates=len(errors))
     verdict = HOLDS if ci[1] < m else FAILS if ci[0] > m else INCONCLUSIVE
     return Verdict(point, verdict, f"{what} = {point:.4g}, 95% CI [{ci[0]:.4g}, {ci[1]:.4g}] over {len(errors)} seeds "
                    f"(claim: < {m:g})", interval=ci, level=SUPERIORITY_LEVEL, replicates=len(errors))

@@ -149,6 +149,21 @@ def test_the_composition_claim_fits_each_seed_and_tests_its_error_against_the_ma
     assert no_margin.verdict == "inconclusive" and "needs a declared margin" in no_margin.reason
 
 
+def test_the_composition_claim_does_not_judge_a_law_its_seeds_cannot_identify(tmp_path):
+    """Three sizes per seed (the law's size dependence needs four): the per-seed fits are unidentified, so the
+    measured error is reported with its interval but the verdict is inconclusive and says why, even where the
+    error is far above the margin (before: "fails" from fits that cannot be trusted)."""
+    from ksir.claims import evaluate
+
+    precision_table(tmp_path / "t.csv", 0.05)
+    runs = pd.read_csv(tmp_path / "t.csv")
+    runs = runs[runs["n_params"].isin(sorted(runs["n_params"].unique())[:3])]
+    v = evaluate({"id": "c", "kind": "composition", "margin": "compose"}, {}, runs,
+                 {"compose": {"value": 0.01, "source": "test"}})
+    assert v.verdict == "inconclusive" and v.ksir > 0.03 and v.interval[0] > 0.01 and v.replicates == 2
+    assert "unidentified" in v.reason and "3 distinct n_params values" in v.reason and "seed 0, 1" in v.reason
+
+
 def test_mixed_runs_with_a_blank_precision_are_predicted(tmp_path):
     """A mixed run that leaves a precision blank (k-bit weights and activations, KV bits never set) is one of the
     configurations predicted, not dropped by the grouping (before: no row, and a crash on the empty errors)."""
