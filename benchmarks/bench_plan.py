@@ -207,7 +207,7 @@ def compute_main(a: argparse.Namespace) -> int:
         if got["planned"] is not None and got["grid"]:
             print(f"ratio planned / grid: {got['planned'] / got['grid']:.2f} (goal: <= 0.5)")
     if a.figure:
-        _figure(a.figure, curves, "error", "|log N_opt - full table's|", "compute spent (training FLOPs)", goal)
+        _figure(a.figure, curves, "error", "|log N_opt - full table's|", f"training FLOPs spent ({a.table})", goal)
     return 0
 
 
@@ -226,9 +226,11 @@ def _figure(path: str, curves: dict, key: str, ylabel: str, xlabel: str, goal: f
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
-    for name, rows in curves.items():
-        ax.plot([max(r["cost"], 1e-9) for r in rows], [r[key] for r in rows], marker="o", label=name)
-    ax.axhline(goal, color="0.5", lw=0.8, ls="--", label="goal")
+    for name, rows in curves.items():  # round 0 (nothing spent) left out: compute is on a log axis
+        spent = [r for r in rows if r["cost"] > 0]
+        ax.plot([r["cost"] for r in spent], [r[key] for r in spent], marker="o", label=name, alpha=0.8)
+    ax.axhline(goal, color="0.5", lw=0.8, ls="--", label="full table's level")
+    ax.set_xscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.legend()
