@@ -320,14 +320,22 @@ def bits_headline(cands: list[Candidate], curves: list[Curve], budgets: np.ndarr
 # ---- "compute" and "size" ------------------------------------------------------------------------------
 
 
+def log_n_opt(params: np.ndarray, flops: np.ndarray | float) -> np.ndarray:
+    """log N_opt at C FLOPs for Chinchilla parameter rows [..., (a, b, e, alpha, beta)] (log A, log B, log E and
+    the exponents): log G + a log(C/6) with a = beta / (alpha + beta), G = (alpha A / (beta B))^(1/(alpha+beta))
+    (Hoffmann et al. 2022, Approach 3). `flops` broadcasts against params[..., 0]."""
+    a, b, _, alpha, beta = np.moveaxis(np.asarray(params), -1, 0)
+    with np.errstate(all="ignore"):
+        return (np.log(alpha) + a - np.log(beta) - b) / (alpha + beta) + beta / (alpha + beta) * np.log(flops / 6)
+
+
 def compute_optimal(fit: FitResult, flops: np.ndarray) -> list[dict[str, Any]]:
-    """N_opt = G (C/6)^a, D_opt = (C/6) / N_opt with a = beta / (alpha + beta), G = (alpha A / (beta B))^(1/(alpha+beta))
-    (Hoffmann et al. 2022, Approach 3), with bootstrap intervals."""
+    """N_opt (`log_n_opt`) and D_opt = (C/6) / N_opt (Hoffmann et al. 2022, Approach 3), with bootstrap
+    intervals."""
 
     def nd(p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         a, b, e, alpha, beta = (p[..., i:i + 1] for i in range(5))
-        g = np.exp((np.log(alpha) + a - np.log(beta) - b) / (alpha + beta))
-        n = g * (flops / 6) ** (beta / (alpha + beta))
+        n = np.exp(log_n_opt(p[..., None, :], flops))
         d = flops / 6 / n
         loss = np.exp(e) + np.exp(a) * n ** -alpha + np.exp(b) * d ** -beta
         return n, d, loss

@@ -283,19 +283,12 @@ def bits_problem(runs, budget_bits: float | None, *, candidates_nk: list[tuple[s
                    unit="s" if cm["s_per_flop"] else "FLOPs")
 
 
-def log_n_opt(params: np.ndarray, flops: float) -> np.ndarray:
-    """log N_opt at C FLOPs for Chinchilla parameter rows [..., (a, b, e, alpha, beta)] (Approach 3's closed form,
-    as analysis.headline.compute_optimal)."""
-    a, b, _, alpha, beta = (params[..., i] for i in range(5))
-    with np.errstate(all="ignore"):
-        return (np.log(alpha) + a - np.log(beta) - b) / (alpha + beta) + beta / (alpha + beta) * np.log(flops / 6)
-
-
 def compute_problem(runs, flops: float, candidates_nd: list[tuple[str, float, float]], *, n_boot: int = 200,
                     seed: int = 0) -> Problem:
     """The compute question: the compute-optimal N at `flops` (its log, per bootstrap replicate of Chinchilla's
     law). Candidates are training runs (label, N, D), each costing 6 N D FLOPs."""
     from analysis.fit import FitError, fit_law
+    from analysis.headline import log_n_opt
     from analysis.settings import FitSettings
 
     try:

@@ -127,9 +127,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.question == "compute":
             problem = compute_problem(runs, target["flops"], train_candidates(runs, families[0], args),
                                       n_boot=args.bootstrap, seed=args.seed)
-            problem.unit = "s" if cost_model(runs)["s_per_train_flop"] else "FLOPs"
-            if problem.unit == "s":
-                rate = cost_model(runs)["s_per_train_flop"]
+            rate = cost_model(runs)["s_per_train_flop"]  # measured seconds per training FLOP, where records have them
+            problem.unit = "s" if rate else "FLOPs"
+            if rate:
                 problem.candidates = [dataclasses.replace(c, cost=c.cost * rate) for c in problem.candidates]
         else:
             runs = scheme_runs(runs, args.dtype)

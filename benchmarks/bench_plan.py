@@ -29,6 +29,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from analysis.headline import log_n_opt  # noqa: E402
 from analysis.plan import (  # noqa: E402
     best_k,
     bits_problem,
@@ -36,7 +37,6 @@ from analysis.plan import (  # noqa: E402
     cost_model,
     fit_bits,
     greedy_batch,
-    log_n_opt,
     scheme_runs,
 )
 

@@ -657,11 +657,11 @@ def _composition(claim: Mapping[str, Any], report: Mapping[str, Any], runs: pd.D
     if ci is None:
         return Verdict(point, INCONCLUSIVE, f"{what} = {point:.4g} from {len(errors)} seed: no interval (needs >= 2 "
                        "seeds)", replicates=len(errors))
+    measured = f"{what} = {point:.4g}, 95% CI [{ci[0]:.4g}, {ci[1]:.4g}] over {len(errors)} seeds"
     if unidentified:  # an error from a law the seed's runs cannot identify says nothing about composing
         why = "; ".join(f"{w} (seed {', '.join(map(str, s))})" for w, s in unidentified.items())
-        return Verdict(point, INCONCLUSIVE, f"{what} = {point:.4g}, 95% CI [{ci[0]:.4g}, {ci[1]:.4g}] over "
-                       f"{len(errors)} seeds, not judged: the law fitted on the single-axis runs is unidentified: {why}",
-                       interval=ci, level=SUPERIORITY_LEVEL, replicates=len(errors))
-    verdict = HOLDS if ci[1] < m else FAILS if ci[0] > m else INCONCLUSIVE
-    return Verdict(point, verdict, f"{what} = {point:.4g}, 95% CI [{ci[0]:.4g}, {ci[1]:.4g}] over {len(errors)} seeds "
-                   f"(claim: < {m:g})", interval=ci, level=SUPERIORITY_LEVEL, replicates=len(errors))
+        verdict, reason = INCONCLUSIVE, f"{measured}, not judged: the law fitted on the single-axis runs is unidentified: {why}"
+    else:
+        verdict = HOLDS if ci[1] < m else FAILS if ci[0] > m else INCONCLUSIVE
+        reason = f"{measured} (claim: < {m:g})"
+    return Verdict(point, verdict, reason, interval=ci, level=SUPERIORITY_LEVEL, replicates=len(errors))

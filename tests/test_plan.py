@@ -164,8 +164,8 @@ def test_the_compute_question_targets_the_reports_compute_optimal_size():
     """log N_opt per replicate is the report's compute-optimal N (analysis.headline), and a training run's cost is
     6 N D; the Chinchilla table Epoch extracted."""
     from analysis.collect import load_table
-    from analysis.headline import compute_optimal
-    from analysis.plan import compute_problem, log_n_opt
+    from analysis.headline import compute_optimal, log_n_opt
+    from analysis.plan import compute_problem
     from ksir.config import CONF_DIR
 
     t = load_table(Path(CONF_DIR).parent / "experiments/chinchilla_epoch/data/svg_extracted_data.csv",
