@@ -121,7 +121,7 @@ def _build(spec: JobSpec, run: JobRun) -> dict[str, Any]:
     qat = spec.qat
     cache = spec.paths.cache_dir
     docs = load_documents(spec.data, cache)
-    tok = build_tokenizer(spec.data.tokenizer, docs["train"]["text"])
+    tok = build_tokenizer(spec.data.tokenizer, docs["train"]["text"], cache_dir=cache, corpus=docs["train"]._fingerprint)
     data = load_token_data(docs, tok, spec.data.seq_len, cache)
     data.eval_blocks(spec.eval.sequences)  # too few validation blocks fails here, before any training
     torch.manual_seed(spec.seed)

@@ -43,7 +43,8 @@ def test_invalid_value_in_a_sweep_fails_before_the_first_job(tmp_path):
 
 def test_end_to_end_sweep_then_fit(tmp_path, cache_dir):
     out = tmp_path / "sweep"
-    r = run_cli("ksir-run", "-m", "experiment=tiny", f"out_dir={out}", f"paths.cache={cache_dir}", cwd=tmp_path)
+    r = run_cli("ksir-run", "-m", "experiment=tiny", "trainer.min_steps=40", "trainer.max_steps=40", f"out_dir={out}",
+                f"paths.cache={cache_dir}", cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     recs = [read_record(p) for p in iter_record_files(out / "results")]
     quant = [x for x in recs if x["job"] == "quantize"]
@@ -78,7 +79,7 @@ def test_end_to_end_sweep_then_fit(tmp_path, cache_dir):
         else:
             assert x["total_bits"] < 16 * x["n_params"]
     # Quantization changed every model, and the 16-bit job reproduces its base model's own evaluation.
-    # (Whether 2 bits cost loss is not asserted: these 100-step models are barely trained, and
+    # (Whether 2 bits cost loss is not asserted: these 40-step models are barely trained, and
     # 2-bit noise can even help them; the demo's longer-trained models show the cost.)
     by = {(x["size"], x["bits"]): x["metrics"]["val_loss"] for x in quant}
     base = {x["size"]: x["metrics"]["val_loss"] for x in train}
@@ -104,7 +105,7 @@ def test_end_to_end_sweep_then_fit(tmp_path, cache_dir):
     fit = json.loads((fit_dir / "fit.json").read_text())
     curves = {s["group"]["bits"]: s for s in fit["laws"]["power_bits"]}
     assert set(curves) == {2.0, 4.0, 16.0} and all(s["goodness_of_fit"]["n"] == 4 for s in curves.values())
-    # Whether these curves fall with size is not asserted: 100-step models are barely trained, and on some
+    # Whether these curves fall with size is not asserted: 40-step models are barely trained, and on some
     # CPUs their loss rises with size (kernels differ by instruction set). What must hold on any machine:
     # every fitted law carries a verdict that explains anything short of "ok" and lists the parameters
     # sitting on a bound, and the headline trusts only a law whose every fit is "ok".
@@ -123,7 +124,8 @@ def test_end_to_end_sweep_then_fit(tmp_path, cache_dir):
     assert (fit_dir / "bit_scaling.png").stat().st_size > 10_000
 
     # Relaunching the same sweep skips every finished job.
-    r = run_here("ksir-run", "-m", "experiment=tiny", f"out_dir={out}", f"paths.cache={cache_dir}", cwd=tmp_path)
+    r = run_here("ksir-run", "-m", "experiment=tiny", "trainer.min_steps=40", "trainer.max_steps=40", f"out_dir={out}",
+                 f"paths.cache={cache_dir}", cwd=tmp_path)
     assert r.returncode == 0 and "0 done, 12 skipped, 0 failed" in r.stdout
 
 

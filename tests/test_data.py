@@ -37,6 +37,31 @@ def test_byte_tokenizer_roundtrips_and_blocks_are_fixed(cache_dir):
         d1.eval_blocks(10**7)
 
 
+@pytest.mark.parametrize("vocab", [257, 300])
+def test_the_cached_tokenizer_is_the_trained_one_and_is_trained_once(tmp_path, cache_dir, vocab, monkeypatch):
+    """A train job reads its byte-level BPE from the cache after the first: the same tokenizer (its full state,
+    hence its fingerprint and every token block), trained once per corpus and vocabulary."""
+    from ksir.data import blocks, tokenizer
+
+    docs = load_documents(EMB, cache_dir)
+    spec, texts, corpus = TokenizerSpec("bytes", vocab), docs["train"]["text"], docs["train"]._fingerprint
+    trained = build_tokenizer(spec, texts)
+    first = build_tokenizer(spec, texts, cache_dir=tmp_path, corpus=corpus)
+    assert first.backend_tokenizer.to_str() == trained.backend_tokenizer.to_str()
+    assert len(list(tmp_path.glob("tokenizer-*.json"))) == 1
+    calls = []
+    real = tokenizer.train_byte_bpe
+    monkeypatch.setattr(tokenizer, "train_byte_bpe", lambda *a: calls.append(a) or real(*a))
+    again = build_tokenizer(spec, texts, cache_dir=tmp_path, corpus=corpus)
+    assert calls == [] and blocks.tokenizer_fingerprint(again) == blocks.tokenizer_fingerprint(trained)
+    text = "héllo wörld\n\tdef f(): return 1"
+    assert again(text)["input_ids"] == trained(text)["input_ids"] and len(again) == len(trained) == vocab
+    assert (again.eos_token, again.pad_token, again.bos_token) == (trained.eos_token, trained.pad_token,
+                                                                  trained.bos_token)
+    build_tokenizer(spec, texts, cache_dir=tmp_path, corpus=corpus + "x")  # another corpus: its own entry
+    assert len(calls) == 1 and len(list(tmp_path.glob("tokenizer-*.json"))) == 2
+
+
 @pytest.mark.parametrize("fmt", ["txt", "jsonl", "parquet"])
 def test_local_files_go_through_the_same_datasets_path(tmp_path, cache_dir, fmt):
     docs = [f"document number {i} " + "lorem ipsum " * 30 for i in range(40)]

@@ -86,14 +86,16 @@ def test_every_study_smoke_runs_end_to_end(name, tmp_path, shared_checkpoints, c
     _check_smoke(name, out, stdout, before)
 
 
-def test_demo_smoke_through_the_real_commands_has_the_seed_level_intervals_of_its_runs(tmp_path):
-    """The demo's smoke (two seeds) as a user runs it: ksir-repro as a process, each sweep a ksir-run process.
+def test_demo_smoke_through_the_real_commands_has_the_seed_level_intervals_of_its_runs(tmp_path, shared_checkpoints):
+    """The demo's smoke (two seeds) as a user runs it: ksir-repro as a process, each sweep a ksir-run process,
+    the base models shared with the other studies' smokes (`--checkpoints`: seed 0's are trained already).
     Its 8-bit claim's numbers recomputed by hand from the runs it committed to its output folder (paired by
     size and seed; the t interval over the two seeds, 90% for equivalence)."""
     from scipy import stats
 
     out, before = tmp_path / "out", _mtimes("demo")
-    r = run_cli("ksir-repro", "demo", "--smoke", "--out", str(out), cwd=tmp_path, timeout=300)
+    r = run_cli("ksir-repro", "demo", "--smoke", "--out", str(out), "--checkpoints", str(shared_checkpoints),
+                cwd=tmp_path, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     data = _check_smoke("demo", out, r.stdout, before)
     runs = pd.read_csv(out / "claims_runs.csv")

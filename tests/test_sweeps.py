@@ -170,3 +170,47 @@ def test_relaunch_skips_a_job_finished_on_wandb_when_online(tiny_cfg, trained_ti
     # An unfinished remote run is no reason to skip.
     FakeRun.state = "crashed"
     assert tracking.finished_remote_run(cfg.logger, key, api=FakeApi()) is None
+
+
+def test_in_process_jobs_get_the_config_hydra_composes(tmp_path, monkeypatch):
+    """In-process jobs' configs come from the sweeper's composition once per distinct base; every job of a sweep
+    that mixes config-group choices, plain values, a value that interpolations read (out_dir) and a `hydra.*`
+    override gets exactly what Hydra's own `load_sweep_config` composes: the hydra node (overrides,
+    override_dirname, sweep subdir), the struct flags and the resolved values."""
+    from hydra.core.plugins import Plugins
+    from hydra.core.utils import JobReturn, JobStatus
+    from omegaconf import OmegaConf
+
+    Plugins.instance()  # Hydra's plugin scan executes the plugin modules again: patch what it loaded
+    import hydra._internal.core_plugins.basic_launcher as basic
+
+    import hydra_plugins.ksir_sweeper as ks
+    from ksir.spec import plain_config
+
+    pairs, real = [], ks._JobConfigs.load_sweep_config
+
+    def both(self, master, overrides):
+        fast = self.sweeper.job_config(master, overrides)
+        pairs.append((list(overrides), fast, self.loader.load_sweep_config(master, list(overrides))))
+        return real(self, master, overrides)
+
+    def no_job(hydra_context, task_function, config, job_dir_key, job_subdir_key):
+        ret = JobReturn(overrides=list(config.hydra.overrides.task), cfg=config, hydra_cfg=None)
+        ret.status, ret.return_value = JobStatus.COMPLETED, {"status": "done", "run_key": "x"}
+        return ret
+
+    monkeypatch.setattr(ks._JobConfigs, "load_sweep_config", both)
+    monkeypatch.setattr(basic, "run_job", no_job)
+    r = run_here("ksir-run", "-m", "job=quantize", "model.size=xs,s", "quant=rtn,gptq", "quant.bits=2,4",
+                 "seed=0,1", "logger=none", f"out_dir={tmp_path}",
+                 "hydra.job.config.override_dirname.item_sep=+", *TINY[:4], cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert len(pairs) == 4 + 16  # the train wave (2 sizes x 2 seeds), then the 16 quantize jobs
+    assert sum(fast is not None for _, fast, _ in pairs) >= 16  # composed fast, not handed back to Hydra
+    for overrides, fast, hydra in pairs:
+        if fast is None:
+            continue
+        assert OmegaConf.to_container(fast, resolve=False) == OmegaConf.to_container(hydra, resolve=False), overrides
+        assert plain_config(fast) == plain_config(hydra), overrides
+        assert OmegaConf.is_struct(fast) and OmegaConf.is_struct(hydra) and not OmegaConf.is_readonly(fast.hydra)
+        assert fast.hydra.job.override_dirname == hydra.hydra.job.override_dirname != ""

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import re
@@ -28,7 +29,7 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import CompactHydraException
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from ksir import preflight
 from ksir.cli import STUDY_ENV, SWEEP_START_ENV, SWEEP_TOTAL_ENV, validated
@@ -104,11 +105,68 @@ def interpolation_sources(cfg: Any) -> frozenset[str]:
     return frozenset(INTERPOLATED.findall(json.dumps(OmegaConf.to_container(cfg, resolve=False))))
 
 
+class _JobConfigs:
+    """Hydra's config loader as an in-process launcher sees it: `load_sweep_config` (one call per job, 0.3-0.5 s
+    of defaults-tree composition each, the largest cost of a short job after the imports) is the sweeper's
+    `job_config`, which composes once per distinct base; everything else is Hydra's."""
+
+    def __init__(self, loader: Any, sweeper: ValidatingSweeper):
+        self.loader, self.sweeper = loader, sweeper
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.loader, name)
+
+    def load_sweep_config(self, master_config: Any, sweep_overrides: list[str]) -> Any:
+        cfg = self.sweeper.job_config(master_config, sweep_overrides)
+        return cfg if cfg is not None else self.loader.load_sweep_config(master_config, sweep_overrides)
+
+
 class ValidatingSweeper(BasicSweeper):
     _specs: dict[tuple[str, ...], JobSpec]
     _bases: dict[tuple[str, ...], tuple[dict[str, Any], frozenset[str]]]
+    _job_bases: dict[tuple[str, ...], tuple[Any, frozenset[str]]]
     _parsed: dict[str, Any]
     _sources: frozenset[str]
+
+    def setup(self, *, hydra_context: Any, task_function: Any, config: Any) -> None:
+        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        self._job_bases = {}
+        if isinstance(self.launcher, BasicLauncher):  # jobs in this process: their configs composed by job_config
+            self.launcher.hydra_context = dataclasses.replace(
+                hydra_context, config_loader=_JobConfigs(hydra_context.config_loader, self))
+
+    def job_config(self, master: Any, overrides: Sequence[str]) -> Any:
+        """A job's full config (hydra node included) as Hydra's `load_sweep_config` composes it, or None where
+        only Hydra can say. Hydra composes once per distinct base (config-group choices, `hydra.*`, the values
+        that interpolations read); the job's plain values are set on a copy by Hydra's own override step, and
+        the fields Hydra derives from the job's overrides (`hydra.overrides.task`, `override_dirname`) are
+        derived the same way. tests/test_sweeps.py compares every job of a varied sweep with Hydra's config."""
+        from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
+
+        assert self.hydra_context is not None
+        parsed = [self._parse(o) for o in overrides]
+        fast = [o for o in parsed if self._is_plain(o, self._sources)]
+        keys = [o.key_or_group for o in parsed]
+        if not fast or len(set(keys)) < len(keys):
+            return None
+        rest = tuple(o.input_line for o in parsed if o not in fast)
+        if rest not in self._job_bases:
+            base = self.hydra_context.config_loader.load_sweep_config(master, list(rest))
+            self._job_bases[rest] = (base, interpolation_sources(OmegaConf.masked_copy(
+                base, [k for k in base if k != "hydra"])))
+        base, sources = self._job_bases[rest]
+        if not all(self._is_plain(o, sources) for o in fast):
+            return None
+        cfg = copy.deepcopy(base)
+        ConfigLoaderImpl._apply_overrides_to_config(fast, cfg)
+        task = [o for o in parsed if not o.is_hydra_override()]
+        with open_dict(cfg.hydra):
+            cfg.hydra.overrides.task = [o.input_line for o in task]
+            dirname = cfg.hydra.job.config.override_dirname
+            cfg.hydra.job.override_dirname = get_overrides_dirname(
+                overrides=task, kv_sep=dirname.kv_sep, item_sep=dirname.item_sep, exclude_keys=dirname.exclude_keys)
+        OmegaConf.copy_cache(from_config=master, to_config=cfg)
+        return cfg
 
     def compose(self, overrides: Sequence[str]) -> dict[str, Any]:
         """The job's resolved config as Hydra composes it, fast. Hydra composes (and OmegaConf resolves) once
@@ -247,7 +305,7 @@ class ValidatingSweeper(BasicSweeper):
     def sweep(self, arguments: list[str]) -> Any:
         """BasicSweeper.sweep, plus pre-flight validation, dependency waves, progress and a summary table."""
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
-        self._specs, self._bases, self._parsed = {}, {}, {}
+        self._specs, self._bases, self._parsed, self._job_bases = {}, {}, {}, {}
         # Keys that interpolations read in the config as composed from the command line (`hydra.*` overrides
         # apply to every composition, so no composition without this sweep's launcher may be tried).
         self._sources = interpolation_sources(OmegaConf.masked_copy(self.config, [k for k in self.config
