@@ -31,6 +31,8 @@ Kinds (one `@claim_kind` entry each: the fields it reads and its evaluation):
 - `correlation`: Pearson r between two columns, equivalence to the paper's within `margin` (Fisher z).
 - `bound`: a deterministic measured column (bytes, packed minus simulated loss) inside [min, max] for every run.
 - `lr_transfer`: the best shared learning rate's worst penalty against each size's own best, below `margin`.
+- `composition`: Kumar et al.'s law fitted on single-axis runs predicts the mixed runs, per seed, below `margin`.
+- `plan_reach`: ksir-plan's loop reaches the grid's k* with at most `margin` of the grid's compute (FLOPs).
 """
 
 from __future__ import annotations
@@ -665,3 +667,78 @@ def _composition(claim: Mapping[str, Any], report: Mapping[str, Any], runs: pd.D
         verdict = HOLDS if ci[1] < m else FAILS if ci[0] > m else INCONCLUSIVE
         reason = f"{measured} (claim: < {m:g})"
     return Verdict(point, verdict, reason, interval=ci, level=SUPERIORITY_LEVEL, replicates=len(errors))
+
+
+def run_flops(runs: pd.DataFrame) -> float:
+    """The compute a set of post-training runs stands for: each distinct base model (size, seed) trained once
+    (6 N D) and each run's evaluation (2 N per evaluated token); machine-independent, so a claim on it
+    reproduces anywhere."""
+    n = pd.to_numeric(runs["n_params"], errors="coerce")
+    bases = runs.assign(_n=n, _d=pd.to_numeric(runs["train_tokens"], errors="coerce")).drop_duplicates(
+        ["size", REPLICATE] if REPLICATE in runs else ["size"])
+    train = float((6 * bases["_n"] * bases["_d"]).sum())
+    return train + float((2 * n * pd.to_numeric(runs["eval_tokens"], errors="coerce")).sum())
+
+
+@claim_kind("plan_reach", ("where", "budget_bits", "share", "bootstrap", "seed"))
+def _plan_reach(claim: Mapping[str, Any], report: Mapping[str, Any], runs: pd.DataFrame) -> Verdict:
+    """ksir-plan's loop against the grid. The runs carry `plan_round` (0: the loop's starting runs, r: chosen in
+    round r, empty: run by the grid only). The grid's k* at `budget_bits` is the best k of most bootstrap
+    replicates of its per-k laws (`analysis.plan`, the fits ksir-plan itself makes); the loop reaches it when
+    >= `share` of its own fit's replicates agree. Measured: the loop's compute when it first reaches the answer
+    over the grid's (`run_flops`), against the declared margin. FLOPs are exact; the replicates' share carries
+    the fits' uncertainty, so there is no interval."""
+    from analysis.plan import best_k, fit_bits
+
+    if claim.get("_margin") is None:
+        return Verdict(None, INCONCLUSIVE, "a plan_reach claim needs a declared margin (margin: <name>)")
+    sel = _select(runs, claim.get("where") or {})
+    if sel.empty or "plan_round" not in sel:
+        return Verdict(None, INCONCLUSIVE, "not measurable here: the runs have no plan rounds (plan_round)")
+    budget, need = float(claim["budget_bits"]), float(claim.get("share", AGREE))
+    n_boot, seed = int(claim.get("bootstrap", 200)), int(claim.get("seed", 0))
+    replicates = int(sel[REPLICATE].nunique()) if REPLICATE in sel else 1
+    if replicates < 2:  # the planner's noise model and the fits' replicates need seed-to-seed scatter
+        return Verdict(None, INCONCLUSIVE, f"{replicates} seed: needs >= 2 seeds (the loop's noise is the seeds' "
+                       "scatter)", replicates=replicates)
+
+    def answer(d: pd.DataFrame) -> np.ndarray | None:
+        try:
+            _, fits, reps = fit_bits(d, n_boot, seed)
+        except ValueError:
+            return None
+        return best_k(fits, reps, budget)
+
+    grid = answer(sel)
+    if grid is None:
+        return Verdict(None, INCONCLUSIVE, "not measurable here: the grid's runs fit no per-k laws")
+    values, counts = np.unique(grid, return_counts=True)
+    k_grid, grid_share = float(values[np.argmax(counts)]), float(counts.max() / len(grid))
+    grid_flops = run_flops(sel)
+    rounds = pd.to_numeric(sel["plan_round"], errors="coerce")
+    path, reached = [], None
+    for r in sorted(rounds.dropna().unique()):
+        sub = sel[rounds <= r]
+        ks = answer(sub)
+        share = float(np.mean(ks == k_grid)) if ks is not None else 0.0
+        path.append({"round": int(r), "runs": len(sub), "flops": run_flops(sub), "share": share})
+        if reached is None and share >= need:
+            reached = path[-1]
+    trail = "; ".join(f"round {p['round']}: {p['runs']} runs, {p['flops'] / grid_flops:.0%} of the grid's FLOPs, "
+                      f"{p['share']:.0%} agree" for p in path)
+    head = (f"the grid ({len(sel)} runs, {grid_flops:.3g} FLOPs) gives k* = {k_grid:g} at {budget:g} bits in "
+            f"{grid_share:.0%} of {len(grid)} replicates")
+    extra = {"path": path, "k_grid": k_grid, "grid_share": grid_share, "grid_flops": grid_flops}
+    if grid_share < need:
+        return Verdict(None, INCONCLUSIVE, f"{head}: the grid itself does not settle the answer (needs {need:.0%}); "
+                       + trail, replicates=replicates, extra=extra)
+    m = claim["_margin"]["value"]
+    if reached is None:
+        last = path[-1]["flops"] / grid_flops if path else float("nan")
+        return Verdict(None, FAILS, f"{head}; the planned runs never reach {need:.0%} agreement ({trail}; "
+                       f"{last:.0%} of the grid's FLOPs spent)", replicates=replicates, extra=extra)
+    ratio = reached["flops"] / grid_flops
+    verdict = HOLDS if ratio <= m else FAILS
+    return Verdict(ratio, verdict, f"{head}; the planned runs reach it at round {reached['round']} with "
+                   f"{ratio:.3g} of the grid's FLOPs (claim: <= {m:g}): {trail}", replicates=replicates,
+                   extra=extra)

@@ -40,6 +40,8 @@ from ksir import quiet
 from ksir.paths import REPO_ROOT
 
 STUDIES = REPO_ROOT / "experiments"
+PLAN_KEYS = ("start", "rounds", "args", "run_with")
+PLAN_DIR, ROUNDS_FILE = "plan", "rounds.json"  # <out>/plan/: the loop's records; which round ran each job
 CLAIMS_DOC = REPO_ROOT / "docs" / "studies.md"  # the table of every study's committed claims
 MARKERS = ("<!-- studies:start (ksir-repro --table) -->", "<!-- studies:end -->")
 
@@ -67,6 +69,9 @@ class Study:
     # Smoke runs of hub families without a hub: random-weight copies of the architecture, one per size
     # ({model_type, sizes: {size: config overrides}}); each smoke sweep then runs once per size on its copy.
     local_copies: dict[str, Any] = field(default_factory=dict)
+    # ksir-plan's loop beside the grid (`run_plan`): {start: [sweeps], rounds: R, args: [ksir-plan options],
+    # run_with: [overrides of every planned sweep], smoke: {the same keys, for --smoke}}.
+    plan: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def load(cls, name: str) -> Study:
@@ -81,6 +86,13 @@ class Study:
             raise StudyError(f"{path}: unknown key(s) {unknown} (allowed: {sorted(known)})")
         from ksir.claims import check
 
+        plan = raw.get("plan") or {}
+        for part in (plan, plan.get("smoke") or {}):
+            bad = sorted(set(part) - set(PLAN_KEYS) - ({"smoke"} if part is plan else set()))
+            if bad:
+                raise StudyError(f"{path}: unknown plan key(s) {bad} (allowed: {list(PLAN_KEYS)} and smoke)")
+        if plan and not all(k in plan for k in ("start", "rounds", "args")):
+            raise StudyError(f"{path}: plan needs start (sweeps), rounds and args (ksir-plan's options)")
         for margin, m in (raw.get("margins") or {}).items():
             if not isinstance(m, dict) or "value" not in m or not m.get("source"):
                 raise StudyError(f"{path}: margins.{margin} needs a value and its source")
@@ -130,28 +142,78 @@ def run_sweeps(study: Study, out: Path, smoke: bool, checkpoints: Path | None = 
     """Each sweep through the real CLI (`ksir-run -m`, a process of its own, or with `in_process` the same
     entry point called in this process: no second start-up); finished jobs are skipped by their identity, and
     base models already in `checkpoints` (shared between studies) are not trained again."""
-    exe = Path(sys.executable).with_name("ksir-run")
     sweeps = study.smoke_sweeps if smoke else study.sweeps
     if smoke and study.local_copies:
         copies = local_copies(study, out)  # one folder per size: model.checkpoint names the mirror
         mirror = next(iter(copies.values())).parent
         sweeps = [[*a, f"model.size={','.join(copies)}", f"model.checkpoint={mirror}"] for a in sweeps]
+    for args in sweeps:
+        sweep(study, out, [*args, *(extra or []), *([f"paths.checkpoints={checkpoints}"] if checkpoints else [])],
+              in_process)
+
+
+def sweep(study: Study, out: Path, args: list[str], in_process: bool) -> None:
+    """`ksir-run -m ARGS out_dir=OUT`, as a study runs it (in this process with `in_process`)."""
+    cmd = [str(Path(sys.executable).with_name("ksir-run")), "-m", *args, f"out_dir={out}"]
+    print(f"[{study.name}] {' '.join(cmd[1:])}", flush=True)
     saved = os.environ.get("KSIR_IN_STUDY")
     os.environ["KSIR_IN_STUDY"] = "1"  # ksir.cli.STUDY_ENV (not imported here: ksir-repro --list stays light)
     try:
-        for args in sweeps:
-            cmd = [str(exe), "-m", *args, *(extra or []), f"out_dir={out}",
-                   *([f"paths.checkpoints={checkpoints}"] if checkpoints else [])]
-            print(f"[{study.name}] {' '.join(cmd[1:])}", flush=True)
-            code = _ksir_run_here(cmd[1:]) if in_process else subprocess.run(cmd).returncode
-            if code != 0:
-                raise StudyError(f"sweep {' '.join(args)} exited {code} (see its output above; records in "
-                                 f"{out}/results)")
+        code = _ksir_run_here(cmd[1:]) if in_process else subprocess.run(cmd).returncode
     finally:
         if saved is None:
             os.environ.pop("KSIR_IN_STUDY", None)
         else:
             os.environ["KSIR_IN_STUDY"] = saved
+    if code != 0:
+        raise StudyError(f"sweep {' '.join(args)} exited {code} (see its output above; records in {out}/results)")
+
+
+def plan_settings(study: Study, smoke: bool) -> dict[str, Any]:
+    plan = {k: v for k, v in study.plan.items() if k != "smoke"}
+    return {**plan, **(study.plan.get("smoke") or {})} if smoke else plan
+
+
+def run_plan(study: Study, out: Path, smoke: bool, checkpoints: Path | None = None, extra: list[str] | None = None,
+             in_process: bool = False) -> None:
+    """ksir-plan's loop, beside the grid, in <out>/plan/: its starting sweeps, then each round ksir-plan fits the
+    records so far and chooses the next runs, and ksir-run runs the preset it wrote; base models are shared with
+    the grid. <out>/plan/rounds.json keeps the round that first ran each job (a relaunch keeps it: finished jobs
+    are skipped, and ksir-plan, seeded, chooses the same runs from the same records)."""
+    from ksir.records import iter_record_files, read_record
+
+    ps = plan_settings(study, smoke)
+    home = out / PLAN_DIR
+    home.mkdir(parents=True, exist_ok=True)
+    shared = [*(extra or []), f"paths.checkpoints={checkpoints or out / 'checkpoints'}"]
+    path = home / ROUNDS_FILE
+    rounds: dict[str, int] = json.loads(path.read_text()) if path.exists() else {}
+
+    def run(args: list[str], r: int) -> None:
+        sweep(study, home, [*args, *shared], in_process)
+        for f in iter_record_files(home / "results"):
+            rounds.setdefault(read_record(f)["run_key"], r)
+        path.write_text(json.dumps(rounds, indent=1, sort_keys=True))
+
+    for args in ps["start"]:
+        run(list(args), 0)
+    for r in range(1, int(ps["rounds"]) + 1):
+        name, where = f"{study.name}_r{r}", home / f"round{r}"
+        argv = [str(home / "results"), *map(str, ps["args"]), "--name", name, "--out", str(where)]
+        print(f"[{study.name}] round {r}: ksir-plan {' '.join(argv)}", flush=True)
+        if in_process:
+            from analysis.plan_cli import main as plan_main
+
+            code = plan_main(argv)
+        else:
+            code = subprocess.run([str(Path(sys.executable).with_name("ksir-plan")), *argv]).returncode
+        if code != 0:
+            raise StudyError(f"round {r}: ksir-plan exited {code} (see its output above)")
+        preset = where / "conf" / "experiment" / f"plan_{name}.yaml"
+        if not preset.exists():
+            print(f"[{study.name}] round {r}: ksir-plan chose no run (nothing left narrows the answer)", flush=True)
+            break
+        run(["--config-dir", str(where / "conf"), f"experiment=plan_{name}", *map(str, ps.get("run_with") or [])], r)
 
 
 def _ksir_run_here(argv: list[str]) -> int:
@@ -182,6 +244,8 @@ def collect(study: Study, out: Path) -> Any:
         runs = load_records([out / "results"], metric=fit.get("metric", "val_loss"))
         if fit.get("runs") != "trained":
             runs.runs = quantized_only(runs.runs)  # as ksir-fit does
+    if study.plan:
+        runs.runs = with_plan_rounds(runs.runs, out)
     for col, n in (fit.get("exclude_largest") or {}).items():
         df = runs.runs
         drop = df[col].nlargest(int(n)).index
@@ -190,6 +254,26 @@ def collect(study: Study, out: Path) -> Any:
                          for _, r in df.loc[drop].iterrows()]
         runs.runs = df.drop(index=drop).reset_index(drop=True)
     return runs
+
+
+def with_plan_rounds(runs: pd.DataFrame, out: Path) -> pd.DataFrame:
+    """The grid's runs with `plan_round`: the round of the plan's loop that ran the same job (0: its start;
+    empty: the grid's only). A planned run the grid does not have is an error: the claim compares subsets of
+    one grid."""
+    from analysis.cli import quantized_only
+    from analysis.collect import load_records
+
+    path = out / PLAN_DIR / ROUNDS_FILE
+    if not path.exists():
+        raise StudyError(f"{path}: the plan's loop has not run (no rounds.json)")
+    rounds = json.loads(path.read_text())
+    planned = quantized_only(load_records([out / PLAN_DIR / "results"]).runs)
+    missing = sorted(set(planned["run_key"]) - set(runs["run_key"]))
+    if missing:
+        raise StudyError(f"{len(missing)} planned run(s) are not in the grid (e.g. {missing[0]}): the plan's "
+                         "candidates must be jobs of the grid")
+    keys = set(planned["run_key"])
+    return runs.assign(plan_round=[rounds.get(k) if k in keys else None for k in runs["run_key"]])
 
 
 def fit_args(study: Study, smoke: bool) -> dict[str, Any]:
@@ -315,6 +399,8 @@ def reproduce(study: Study, out: Path, smoke: bool, checkpoints: Path | None = N
     overrides go to every sweep (e.g. a GPU-scale version of a CPU study)."""
     t0 = time.perf_counter()
     run_sweeps(study, out, smoke, checkpoints, extra, in_process)
+    if study.plan:
+        run_plan(study, out, smoke, checkpoints, extra, in_process)
     runs = collect(study, out)
     print(runs.report())
     table = out / "claims_runs.csv"

@@ -253,3 +253,45 @@ def test_the_shipped_multi_family_table_is_the_attributed_file_and_backtests():
     assert rows[0]["runs"] == 24 and rows[1]["runs"] > 24 and 0 < rows[1]["cost"] <= 1.5e20
     with pytest.raises(SystemExit, match="gadre-<corpus>"):
         bench.compute_table("gadre-pile", 0.3)
+
+
+def test_the_plan_claim_compares_the_loops_compute_at_the_grids_answer_with_the_grids():
+    """plan_reach on kbit_own_family's committed runs (int, block 64), with the loop's rounds set by hand: start
+    from the four smallest sizes, round 1 adds l at seed 0, round 2 xl. FLOPs are 6 N D per base model (size,
+    seed) plus 2 N per evaluated token, by hand; the grid's answer is its replicates' most frequent k*, and the
+    loop reaches it at the first round whose own fit agrees in >= 95% of replicates."""
+    import pandas as pd
+
+    from analysis.plan import best_k, fit_bits
+    from ksir.claims import evaluate, run_flops
+    from ksir.repro import STUDIES
+
+    runs = pd.read_csv(STUDIES / "kbit_own_family" / "claims_runs.csv")
+    grid = runs[runs["method"].isin(["rtn", "none"]) & runs["dtype"].isin(["int", "none"])
+                & (runs["granularity"].eq("block") | runs["granularity"].isna())].reset_index(drop=True)
+    assert len(grid) == 6 * 7 * 3
+    start = grid["size"].isin(["xs", "s", "ms", "m"])
+    grid["plan_round"] = np.where(start, 0, np.where((grid["seed"] == 0) & (grid["size"] == "l"), 1,
+                                                     np.where((grid["seed"] == 0) & (grid["size"] == "xl"), 2, np.nan)))
+    bases = grid.drop_duplicates(["size", "seed"])
+    by_hand = float((6 * bases["n_params"] * bases["train_tokens"]).sum() + (2 * grid["n_params"] * grid["eval_tokens"]).sum())
+    assert run_flops(grid) == pytest.approx(by_hand, rel=1e-12)
+    claim = {"id": "c", "text": "t", "kind": "plan_reach", "margin": "m", "budget_bits": 1e7, "share": 0.95,
+             "bootstrap": 60, "seed": 0}
+    for limit in (0.5, 1.0):
+        v = evaluate(claim, {}, grid, {"m": {"value": limit, "source": "test"}})
+        ks = best_k(*fit_bits(grid, 60, 0)[1:], 1e7)
+        values, counts = np.unique(ks, return_counts=True)
+        assert v.extra["k_grid"] == values[np.argmax(counts)] and v.extra["grid_flops"] == pytest.approx(by_hand)
+        path = v.extra["path"]
+        assert [p["round"] for p in path] == [0, 1, 2] and [p["runs"] for p in path] == [84, 91, 98]
+        assert path[1]["flops"] == pytest.approx(run_flops(grid[grid["plan_round"] <= 1]))
+        reached = next((p for p in path if p["share"] >= 0.95), None)
+        if reached is None:
+            assert v.verdict == "fails" and v.ksir is None and "never reach" in v.reason
+        else:
+            assert v.ksir == pytest.approx(reached["flops"] / by_hand)
+            assert v.verdict == ("holds" if v.ksir <= limit else "fails"), (v.ksir, limit)
+        assert v.replicates == 3
+    one_seed = evaluate(claim, {}, grid[grid["seed"] == 0], {"m": {"value": 0.5, "source": "test"}})
+    assert one_seed.verdict == "inconclusive" and "needs >= 2 seeds" in one_seed.reason
