@@ -309,3 +309,25 @@ def test_a_misspelt_claim_field_is_refused_when_the_study_loads(tmp_path, monkey
     monkeypatch.setattr(repro, "STUDIES", tmp_path)
     with pytest.raises(repro.StudyError, match=r"claims\[0\] \(g\): unknown field\(s\) \['True', 'below'\] for kind gap"):
         repro.Study.load("bad")
+
+
+def test_plan_rounds_join_the_grid_by_run_key_and_a_run_off_the_grid_is_one_line(tmp_path, monkeypatch):
+    """The grid's runs get the round of the plan's loop that ran the same job; a planned run the grid lacks
+    stops the study (its claim compares subsets of one grid), naming the run."""
+    import types
+
+    import analysis.collect
+
+    grid = pd.DataFrame({"run_key": ["q-a", "q-b", "q-c"], "job": "quantize", "regime": "ptq"})
+    planned = grid.iloc[:2].copy()
+    monkeypatch.setattr(analysis.collect, "load_records", lambda paths: types.SimpleNamespace(runs=planned))
+    (tmp_path / "plan").mkdir()
+    (tmp_path / "plan" / "rounds.json").write_text(json.dumps({"q-a": 0, "q-b": 2, "t-x": 0}))
+    got = repro.with_plan_rounds(grid, tmp_path)
+    assert got["plan_round"].tolist()[:2] == [0, 2] and pd.isna(got["plan_round"].iloc[2])
+    planned = pd.concat([planned, pd.DataFrame({"run_key": ["q-z"], "job": "quantize", "regime": "ptq"})])
+    with pytest.raises(repro.StudyError, match="1 planned run.* not in the grid .e.g. q-z"):
+        repro.with_plan_rounds(grid, tmp_path)
+    (tmp_path / "plan" / "rounds.json").unlink()
+    with pytest.raises(repro.StudyError, match="has not run"):
+        repro.with_plan_rounds(grid, tmp_path)
