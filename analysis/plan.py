@@ -12,6 +12,11 @@ base model shared by several post-training runs is paid once.
 
 The spread is the Gini impurity 1 - sum_k p_k^2 for a categorical target (k*), valued on reweighted particles,
 and the variance for a number, valued with the replicates taken as jointly Gaussian (`gaussian_spread`).
+
+The particles of the bits and size questions are the per-k laws' replicates and, with equal prior mass, the
+replicates of every joint law L(N, k) that the runs identify well (`JOINT_LAWS`, a fit whose verdict is "ok";
+`laws=` names them instead): where two laws that fit today's runs part, a run that tells them apart is worth
+what it settles, and the answer's spread holds their disagreement.
 """
 
 from __future__ import annotations
@@ -152,6 +157,7 @@ class Problem:
     describe: str  # the target in words
     fits: dict = field(default_factory=dict)  # k -> FitResult (the current fit)
     unit: str = "FLOPs"
+    laws: dict = field(default_factory=dict)  # law -> its particles' slice of pred/target, and why others are out
 
 
 def scheme_runs(runs, dtype: str | None = None, method: str | None = None):
@@ -244,11 +250,38 @@ def best_k(fits: dict, reps: dict, budget_bits: float) -> np.ndarray:
     return np.array(ks)[np.argmin(np.where(np.isfinite(pb), pb, np.inf), axis=1)]
 
 
+JOINT_LAWS = ("precision", "efficiency")  # L(N, k) laws whose replicates join the per-k laws' as particles
+
+
+def joint_law_particles(runs, names: Sequence[str] | None, n_boot: int, seed: int) -> tuple[dict, dict]:
+    """({law: FitResult} whose replicates join the particles, {law: why not}) for the joint laws: `names`, or
+    None for every joint law whose fit is identified and good."""
+    from analysis.fit import FitError, fit_law
+    from analysis.settings import FitSettings
+
+    fits, out = {}, {}
+    for name in (JOINT_LAWS if names is None else names):
+        try:
+            fit = fit_law(runs, name, "val_loss", FitSettings(n_boot=n_boot, seed=seed, holdout=0))
+        except FitError as e:
+            out[name] = str(e).splitlines()[0]
+            continue
+        status = fit.verdict().get("status")
+        if names is None and status != "ok":
+            out[name] = f"its fit is {status}"
+        elif len(fit.boot_ok()) < 2:
+            out[name] = "no bootstrap replicates"
+        else:
+            fits[name] = fit
+    return fits, out
+
+
 def bits_problem(runs, budget_bits: float | None, *, candidates_nk: list[tuple[str, float, float]],
                  existing_bases: set[str], n_boot: int = 200, seed: int = 0, target_n: float | None = None,
-                 target_k: float | None = None) -> Problem:
+                 target_k: float | None = None, laws: Sequence[str] | None = None) -> Problem:
     """The bits question (k* at `budget_bits`) or the size question (the loss at `target_n` parameters and
-    `target_k` bits), from per-k power laws L_k(total bits) and their bootstrap replicates.
+    `target_k` bits), from per-k power laws L_k(total bits) and their bootstrap replicates, joined by the joint
+    laws' (`joint_law_particles`; `laws=()` for the per-k laws alone).
 
     candidates_nk: (size name, n_params, k) of the runs that could be added."""
     groups, fits, reps = fit_bits(runs, n_boot, seed, need=2 if target_n is None else 1)
@@ -277,10 +310,30 @@ def bits_problem(runs, budget_bits: float | None, *, candidates_nk: list[tuple[s
         cols.append(fits[float(k)].predict({"total_bits": [n * bpp.get(float(k), float(k))]}, reps[float(k)])[:, 0])
     if not cands:
         raise ValueError("no candidate run: every (size, k) asked for is run already or has no fitted curve")
-    pred = np.stack(cols, axis=1)
-    keep = np.isfinite(pred).all(axis=1) & np.isfinite(target)
-    return Problem(pred[keep], target[keep], categorical, sigma, cands, describe, fits,
-                   unit="s" if cm["s_per_flop"] else "FLOPs")
+    sets = {"power_bits": (np.stack(cols, axis=1), target)}
+    joint, left_out = joint_law_particles(runs, laws, n_boot, seed) if laws != () else ({}, {})
+    for name, fit in joint.items():
+        r = fit.boot_ok()
+        cand_pred = fit.predict({"n_params": [c.n_params for c in cands], "bits": [c.bits for c in cands]}, r)
+        if target_n is None:  # each replicate's best k at the budget: N = budget / bits per parameter of each k
+            at = fit.predict({"n_params": [budget_bits / bpp.get(k, k) for k in ks], "bits": ks}, r)
+            t = np.array(ks)[np.argmin(np.where(np.isfinite(at), at, np.inf), axis=1)]
+        else:
+            t = fit.predict({"n_params": [target_n], "bits": [k]}, r)[:, 0]
+        sets[name] = (cand_pred, t)
+    kept = {}
+    for name, (pr, t) in sets.items():
+        ok = np.isfinite(pr).all(axis=1) & np.isfinite(t)
+        kept[name] = (pr[ok], t[ok])
+    per_law = min(len(t) for _, t in kept.values())  # equal prior mass: as many particles from every law
+    if len(kept) > 1 and per_law < 2:
+        raise ValueError(f"too few converged replicates to plan from ({per_law} in one law)")
+    pred = np.concatenate([pr[:per_law] for pr, _ in kept.values()]) if len(kept) > 1 else kept["power_bits"][0]
+    target = np.concatenate([t[:per_law] for _, t in kept.values()]) if len(kept) > 1 else kept["power_bits"][1]
+    spans = {name: (i * per_law, (i + 1) * per_law) for i, name in enumerate(kept)} if len(kept) > 1 else \
+        {"power_bits": (0, len(target))}
+    return Problem(pred, target, categorical, sigma, cands, describe, fits,
+                   unit="s" if cm["s_per_flop"] else "FLOPs", laws={"particles": spans, "left_out": left_out})
 
 
 def compute_problem(runs, flops: float, candidates_nd: list[tuple[str, float, float]], *, n_boot: int = 200,

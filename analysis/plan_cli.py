@@ -70,6 +70,21 @@ def parse_target(question: str, text: str | None) -> dict[str, float]:
     return out
 
 
+def parse_laws(text: str | None) -> tuple[str, ...] | None:
+    """--laws: None (the joint laws the runs identify well), () for 'none', or the named joint laws."""
+    from analysis.plan import JOINT_LAWS
+
+    if text is None:
+        return None
+    names = tuple(x.strip() for x in text.split(",") if x.strip())
+    if names == ("none",):
+        return ()
+    bad = [x for x in names if x not in JOINT_LAWS]
+    if bad or not names:
+        raise ValueError(f"--laws {text!r}: expected 'none' or joint laws from {', '.join(JOINT_LAWS)}")
+    return names
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ksir-plan", description=__doc__.split("\n\n")[0])
     p.add_argument("sources", nargs="+", help="result record folders, files or globs (as ksir-fit takes them)")
@@ -82,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", help="the scheme's data type (default: the most common in the runs)")
     p.add_argument("--tokens-per-param", help="compute question: candidate D / N, comma-separated (default 5,10,20,40,80)")
     p.add_argument("--vocab-size", type=int, default=257, help="to count parameters of unrun own-family sizes")
+    p.add_argument("--laws", help="bits and size questions: the joint laws L(N, k) whose replicates join the per-k "
+                   "laws' (precision, efficiency; 'none': the per-k laws alone; default: those the runs identify well)")
     p.add_argument("--bootstrap", type=int, default=200)
     p.add_argument("--draws", type=int, default=256, help="fantasised outcomes per candidate")
     p.add_argument("--seed", type=int, default=0)
@@ -107,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(e))
     if args.bootstrap < 20 or args.draws < 16:
         return _fail("--bootstrap needs >= 20 replicates and --draws >= 16 to value a run")
+    try:
+        laws = parse_laws(args.laws)
+    except ValueError as e:
+        return _fail(str(e))
     if args.experiment:
         from ksir.config import CONF_DIR
 
@@ -137,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             existing = set(runs["size"].astype(str))
             problem = bits_problem(runs, target.get("budget_bits"), candidates_nk=cands, existing_bases=existing,
                                    n_boot=args.bootstrap, seed=args.seed, target_n=target.get("n_params"),
-                                   target_k=target.get("bits"))
+                                   target_k=target.get("bits"), laws=laws)
     except ValueError as e:
         return _fail(str(e))
     if problem.unit != unit:
@@ -297,8 +318,8 @@ def summary(problem: Any, batch: dict, args: argparse.Namespace, unit: str, pres
                      "tokens_per_param": c.extra.get("tokens_per_param"),
                      "new_base": c.base_cost > 0 and p["cost"] > c.cost + c.base_cost / 2, "spread_after": p["spread_after"],
                      "why": f"the fit's replicates disagree there by {np.std(pr):.3g} (sd of predicted loss; "
-                            f"measurement noise {problem.sigma:.2g}); measuring it takes the target's spread from "
-                            f"{before:.3g} to {p['spread_after']:.3g}"})
+                            f"measurement noise {problem.sigma:.2g}){_laws_apart(problem, pr)}; measuring it takes "
+                            f"the target's spread from {before:.3g} to {p['spread_after']:.3g}"})
         before = p["spread_after"]
     t = problem.target
     now: dict[str, Any]
@@ -307,11 +328,29 @@ def summary(problem: Any, batch: dict, args: argparse.Namespace, unit: str, pres
         now = {f"{v:g}": float(c / len(t)) for v, c in zip(vals, counts, strict=True)}
     else:
         now = {"median": float(np.median(t)), "ci95": [float(x) for x in np.percentile(t, [2.5, 97.5])]}
+    laws = {}
+    for law, (a, b) in (problem.laws.get("particles") or {}).items():
+        part = t[a:b]
+        if problem.categorical:
+            vals, counts = np.unique(part, return_counts=True)
+            laws[law] = {f"{v:g}": float(c / len(part)) for v, c in zip(vals, counts, strict=True)}
+        else:
+            laws[law] = {"median": float(np.median(part))}
     return {"question": args.question, "target": problem.describe, "budget": args.budget, "unit": unit,
-            "now": now, "spread_now": batch["spread_now"], "spread_after": batch["spread_after"],
+            "now": now, "laws": laws, "laws_left_out": problem.laws.get("left_out") or {}, "spread_now": batch["spread_now"], "spread_after": batch["spread_after"],
             "cost": batch["cost"], "runs": rows, "noise": problem.sigma, "replicates": int(problem.pred.shape[0]),
             "candidates": len(cands), "seed": args.seed, "preset": str(preset) if preset else None,
             "launch": f"ksir-run -m --config-dir {conf} experiment=plan_{name}" if preset else None}
+
+
+def _laws_apart(problem: Any, pr: np.ndarray) -> str:
+    """Where several laws are the particles: how far apart their mean predictions are at a run."""
+    spans = problem.laws.get("particles") or {}
+    if len(spans) < 2:
+        return ""
+    means = {law: float(np.mean(pr[a:b])) for law, (a, b) in spans.items()}
+    return f"; the laws' means part by {max(means.values()) - min(means.values()):.3g} (" + ", ".join(
+        f"{law} {m:.4g}" for law, m in means.items()) + ")"
 
 
 def markdown(r: dict[str, Any]) -> list[str]:
@@ -320,6 +359,10 @@ def markdown(r: dict[str, Any]) -> list[str]:
              f"Today ({r['replicates']} bootstrap replicates of the fit): {json.dumps(r['now'])}; spread ({spread}) "
              f"{r['spread_now']:.4g}. Expected after the batch: {r['spread_after']:.4g}, for {r['cost']:.3g} {r['unit']}"
              f" of {r['budget']} ({len(r['runs'])} runs chosen from {r['candidates']} candidates).", "",
+             *(["Laws whose replicates are the particles (equal prior mass): " + "; ".join(
+                 f"{law} {json.dumps(v)}" for law, v in r.get("laws", {}).items())
+                + "".join(f"; not {law}: {why}" for law, why in (r.get("laws_left_out") or {}).items()) + ".", ""]
+               if r.get("laws") else []),
              "| # | size | k (or D/N) | cost | new base model | spread after | why |", "|---|---|---|---|---|---|---|"]
     for i, row in enumerate(r["runs"], 1):
         what = f"D/N {row['tokens_per_param']:g}" if row.get("tokens_per_param") else f"{row['bits']:g}"

@@ -68,7 +68,7 @@ def _cost(full: pd.DataFrame, known: pd.DataFrame, picks: list[tuple[str, float]
 
 
 def run_order(full: pd.DataFrame, start: list[str], order: str, budget_bits: float, truth: float, per_round: float,
-              rounds: int, n_boot: int, seed: int) -> list[dict]:
+              rounds: int, n_boot: int, seed: int, laws: tuple[str, ...] | None = ()) -> list[dict]:
     known = full[full["size"].astype(str).isin(start)]
     rng = np.random.default_rng(seed)
     spent, rows = 0.0, []
@@ -85,7 +85,7 @@ def run_order(full: pd.DataFrame, start: list[str], order: str, budget_bits: flo
             n = full.groupby(full["size"].astype(str))["n_params"].median()
             cands = [(s, float(n[s]), k) for s, k in pool]
             pb = bits_problem(known, budget_bits, candidates_nk=cands, existing_bases=set(known["size"].astype(str)),
-                              n_boot=n_boot, seed=seed)
+                              n_boot=n_boot, seed=seed, laws=laws)
             batch = greedy_batch(pb.pred, pb.target, pb.candidates, per_round, pb.sigma, categorical=True,
                                  draws=128, seed=seed)
             picks = [(pb.candidates[p["index"]].extra["size"], pb.candidates[p["index"]].bits) for p in batch["picks"]]
@@ -253,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--random-seeds", type=int, default=3)
     p.add_argument("--figure")
     p.add_argument("--question", choices=("bits", "compute"), default="bits")
+    p.add_argument("--laws", default="none", help="bits question: joint laws whose replicates join the planner's "
+                   "particles (ksir-plan's --laws; default here: none, the per-k laws alone, as before)")
     p.add_argument("--flops", type=float, help="compute question: the FLOP budget (default: Chinchilla's 5.76e23, else the table's "
                    "largest run)")
     p.add_argument("--start-share", type=float, default=0.3, help="compute question: share of the cheapest runs known")
@@ -268,8 +270,11 @@ def main(argv: list[str] | None = None) -> int:
     level = float(np.mean(reps == truth))
     print(f"full table: {len(full)} runs; best k at {a.target:.3g} total bits = {truth:g} "
           f"({level:.0%} of replicates); start: sizes {a.start}; {a.round_cost:g} s per batch")
+    from analysis.plan_cli import parse_laws
+
+    laws = parse_laws(a.laws)
     curves, rand = run_orders(lambda order, seed: run_order(full, start, order, a.target, truth, a.round_cost,
-                                                             a.rounds, a.bootstrap, seed), a.random_seeds)
+                                                             a.rounds, a.bootstrap, seed, laws), a.random_seeds)
     print("| order | round | cost (s) | runs | agree with full table | Gini |\n|---|---|---|---|---|---|")
     for name, rows in curves.items():
         for r in rows:

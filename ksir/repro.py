@@ -177,10 +177,11 @@ def plan_settings(study: Study, smoke: bool) -> dict[str, Any]:
 def run_plan(study: Study, out: Path, smoke: bool, checkpoints: Path | None = None, extra: list[str] | None = None,
              in_process: bool = False) -> None:
     """ksir-plan's loop, beside the grid, in <out>/plan/: its starting sweeps, then each round ksir-plan fits the
-    records so far and chooses the next runs, and ksir-run runs the preset it wrote; base models are shared with
-    the grid. <out>/plan/rounds.json keeps the round that first ran each job (a relaunch keeps it: finished jobs
-    are skipped, and ksir-plan, seeded, chooses the same runs from the same records)."""
-    from ksir.records import iter_record_files, read_record
+    records of the rounds before it and chooses the next runs, and ksir-run runs the preset it wrote; base models
+    are shared with the grid. <out>/plan/rounds.json keeps the round that first ran each job, so a relaunch
+    replays the loop: each round's ksir-plan (seeded) reads the same records as before and chooses the same
+    runs, which are skipped as finished."""
+    from ksir.records import iter_record_files, read_record, record_path
 
     ps = plan_settings(study, smoke)
     home = out / PLAN_DIR
@@ -199,8 +200,11 @@ def run_plan(study: Study, out: Path, smoke: bool, checkpoints: Path | None = No
         run(list(args), 0)
     for r in range(1, int(ps["rounds"]) + 1):
         name, where = f"{study.name}_r{r}", home / f"round{r}"
-        argv = [str(home / "results"), *map(str, ps["args"]), "--name", name, "--out", str(where)]
-        print(f"[{study.name}] round {r}: ksir-plan {' '.join(argv)}", flush=True)
+        before = [str(f) for k, done_in in sorted(rounds.items())
+                  if done_in < r and (f := record_path(home / "results", k)).exists()]
+        argv = [*before, *map(str, ps["args"]), "--name", name, "--out", str(where)]
+        print(f"[{study.name}] round {r}: ksir-plan <the {len(before)} records of rounds 0-{r - 1}> "
+              f"{' '.join(argv[len(before):])}", flush=True)
         if in_process:
             from analysis.plan_cli import main as plan_main
 

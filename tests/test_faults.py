@@ -135,19 +135,29 @@ def test_corrupt_hub_family_checkpoint_is_one_line(tmp_path, trained_tiny):
     assert "model.checkpoint" in lines[0] and "corrupt" in lines[0] and str(w) in lines[0]
 
 
-def test_two_identical_sweeps_at_once_train_each_model_once(tmp_path, cache_dir):
-    args = ["-m", "job=train", "model.size=xs", "seed=0,1", *TINY, "trainer.max_steps=80", "trainer.min_steps=80",
-            "logger=none", f"out_dir={tmp_path}", f"paths.cache={cache_dir}"]
+def test_two_sweeps_at_once_in_one_out_dir_train_each_model_once_and_keep_their_summaries(tmp_path, cache_dir):
+    """Two sweeps start at once in one out_dir, both with seed=0 first (the same job at the same moment), then
+    seed=1 and seed=2: each model is trained by exactly one of them (the other skips seed 0), and each sweep
+    keeps its own summary of its own jobs in the shared multirun folder (summary.txt is the last finished)."""
+    args = ["job=train", "model.size=xs", *TINY, "trainer.max_steps=80", "trainer.min_steps=80", "logger=none",
+            f"out_dir={tmp_path}", f"paths.cache={cache_dir}"]
     env = {**os.environ, "WANDB_MODE": "offline"}
-    procs = [subprocess.Popen([str(BIN / "ksir-run"), *args, f"hydra.sweep.dir={tmp_path}/multirun{i}"], cwd=tmp_path,
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    procs = [subprocess.Popen([str(BIN / "ksir-run"), "-m", *args, f"seed=0,{i}"], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in (1, 2)]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     trained = sum(o.count("[train] llama-xs: N=") for o in outs)
-    assert trained == 2, outs  # two models, each trained by exactly one of the two sweeps
-    assert sum(o.count("done already, skipped") for o in outs) == 2
+    assert trained == 3, outs  # three models, each trained by exactly one of the two sweeps
+    assert sum(o.count("done already, skipped") for o in outs) == 1
     recs = [read_record(p) for p in records.iter_record_files(tmp_path / "results")]
-    assert len(recs) == 2 and all(r["status"] == "done" and r["resumed_from_step"] is None for r in recs)
+    assert len(recs) == 3 and all(r["status"] == "done" and r["resumed_from_step"] is None for r in recs)
+    key = {r["seed"]: r["run_key"] for r in recs}
+    summaries = sorted((tmp_path / "multirun").glob("summary-*.txt"))
+    texts = [s.read_text() for s in summaries]
+    keys = {frozenset(w for w in t.split() if w.startswith("t-")) for t in texts}  # each summary: its own jobs
+    assert len(summaries) == 2 and all("sweep: 2 jobs" in t for t in texts)
+    assert keys == {frozenset({key[0], key[1]}), frozenset({key[0], key[2]})}
+    assert (tmp_path / "multirun" / "summary.txt").read_text() in texts
 
 
 def test_ctrl_c_ends_a_sweep_with_its_table_and_exit_130(tmp_path, cache_dir):

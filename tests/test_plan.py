@@ -295,3 +295,73 @@ def test_the_plan_claim_compares_the_loops_compute_at_the_grids_answer_with_the_
         assert v.replicates == 3
     one_seed = evaluate(claim, {}, grid[grid["seed"] == 0], {"m": {"value": 0.5, "source": "test"}})
     assert one_seed.verdict == "inconclusive" and "needs >= 2 seeds" in one_seed.reason
+
+
+def _precision_law_runs(seed: int = 0):
+    """Runs drawn from Kumar et al.'s law L = E + A (N (1 - exp(-k / gamma)))^-alpha with seed noise: 6 sizes x
+    k in {2, 3, 4, 16} x 3 seeds, with the total bits of int block-64 (k + 16/64 bits per parameter)."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for size, n in zip(("xs", "s", "ms", "m", "l", "xl"), np.geomspace(1e5, 1e6, 6), strict=True):
+        for k in (2.0, 3.0, 4.0, 16.0):
+            for s in range(3):
+                loss = 1.5 + 40 * (n * (1 - np.exp(-k / 1.2))) ** -0.35 + rng.normal(0, 0.004)
+                rows.append({"family": "llama", "size": size, "n_params": n, "bits": k, "seed": s, "val_loss": loss,
+                             "total_bits": n * (k + (0.25 if k < 16 else 0.0)), "dtype": "int", "method": "rtn",
+                             "blocksize": 64, "train_tokens": 4 * n, "eval_tokens": 16256, "job": "quantize"})
+    return pd.DataFrame(rows)
+
+
+def test_joint_laws_join_the_particles_with_equal_mass_and_their_own_answers():
+    """The bits question's particles: the per-k laws' replicates and, as many, the precision law's; each law's
+    slice holds its own predictions at the candidates and its own best k at the budget (N = budget / bits per
+    parameter of each k), recomputed here from its fit; 'none' keeps the per-k laws alone, and by default a joint
+    law joins only when its fit is identified and good."""
+    from analysis.fit import fit_law
+    from analysis.plan import bits_per_param, bits_problem
+    from analysis.settings import FitSettings
+
+    runs = _precision_law_runs()
+    cands = [("big", 3e6, 2.0), ("big", 3e6, 3.0), ("big", 3e6, 4.0)]
+    kw = dict(candidates_nk=cands, existing_bases=set(), n_boot=40, seed=0)
+    alone = bits_problem(runs, 3e6, laws=(), **kw)
+    both = bits_problem(runs, 3e6, laws=("precision",), **kw)
+    spans = both.laws["particles"]
+    assert set(spans) == {"power_bits", "precision"} and alone.laws["particles"].keys() == {"power_bits"}
+    (a0, a1), (b0, b1) = spans["power_bits"], spans["precision"]
+    assert a0 == 0 and a1 == b0 and b1 - b0 == a1 - a0 == both.pred.shape[0] // 2 and both.pred.shape[1] == 3
+    np.testing.assert_array_equal(both.pred[a0:a1], alone.pred[:a1])  # the per-k slice is the per-k laws' own
+    fit = fit_law(runs, "precision", "val_loss", FitSettings(n_boot=40, seed=0, holdout=0))
+    r = fit.boot_ok()[: b1 - b0]
+    np.testing.assert_allclose(both.pred[b0:b1], fit.predict({"n_params": [3e6] * 3, "bits": [2.0, 3.0, 4.0]}, r))
+    bpp = bits_per_param(runs)
+    ks = [2.0, 3.0, 4.0, 16.0]
+    at = fit.predict({"n_params": [3e6 / bpp[k] for k in ks], "bits": ks}, r)
+    np.testing.assert_array_equal(both.target[b0:b1], np.array(ks)[np.argmin(at, axis=1)])
+    default = bits_problem(runs, 3e6, **kw)
+    status = fit.verdict()["status"]
+    assert ("precision" in default.laws["particles"]) == (status == "ok"), (status, default.laws)
+    if status != "ok":
+        assert default.laws["left_out"]["precision"] == f"its fit is {status}"
+
+
+def test_ksir_plan_names_its_laws_and_refuses_an_unknown_one(tmp_path, capsys):
+    import json
+
+    from analysis.plan_cli import main
+
+    table = tmp_path / "runs.csv"
+    _precision_law_runs().to_csv(table, index=False)
+    args = [str(table), "--question", "size", "--target", "n_params=3e6,bits=4", "--budget", "1e30flops", "--bootstrap", "30",
+            "--draws", "32", "--sizes", "2xl", "--out", str(tmp_path / "p")]
+    assert main([*args, "--laws", "chinchilla"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--laws 'chinchilla': expected 'none' or joint laws from precision, efficiency" in err[0]
+    assert main([*args, "--laws", "precision"]) == 0
+    plan = json.loads((tmp_path / "p" / "plan.json").read_text())
+    assert set(plan["laws"]) == {"power_bits", "precision"} and plan["replicates"] % 2 == 0
+    assert all(set(v) == {"median"} for v in plan["laws"].values())  # a numeric target: each law's median
+    assert "Laws whose replicates are the particles (equal prior mass): power_bits" in (tmp_path / "p" / "plan.md").read_text()
+    assert plan["runs"] and all("the laws' means part by" in r["why"] for r in plan["runs"])

@@ -331,3 +331,32 @@ def test_plan_rounds_join_the_grid_by_run_key_and_a_run_off_the_grid_is_one_line
     (tmp_path / "plan" / "rounds.json").unlink()
     with pytest.raises(repro.StudyError, match="has not run"):
         repro.with_plan_rounds(grid, tmp_path)
+
+
+def test_each_round_of_the_plan_reads_only_the_records_of_the_rounds_before_it(tmp_path, monkeypatch):
+    """A relaunched loop replays itself: round r's ksir-plan gets the records that rounds 0..r-1 ran, never a later
+    round's (before: it read the whole folder, so a relaunch planned round 1 from round 2's runs too)."""
+    import analysis.plan_cli
+    from ksir.records import SCHEMA_VERSION
+
+    study = repro.Study.load("plan_own_family")
+    results = tmp_path / "plan" / "results"
+    results.mkdir(parents=True)
+    for key in ("q-a", "q-b", "q-c"):
+        (results / f"{key}.json").write_text(json.dumps({"schema": SCHEMA_VERSION, "run_key": key}))
+    (tmp_path / "plan" / "rounds.json").write_text(json.dumps({"q-a": 0, "q-b": 1, "q-c": 2}))
+    seen = {}
+
+    def plan(argv):
+        r = int(argv[argv.index("--name") + 1].rsplit("_r", 1)[1])
+        seen[r] = sorted(Path(a).name for a in argv if a.endswith(".json"))
+        preset = Path(argv[argv.index("--out") + 1]) / "conf" / "experiment" / f"plan_{study.name}_r{r}.yaml"
+        preset.parent.mkdir(parents=True)
+        preset.write_text("# @package _global_\n")
+        return 0
+
+    monkeypatch.setattr(repro, "sweep", lambda *a, **k: None)  # the jobs ran before: nothing new
+    monkeypatch.setattr(analysis.plan_cli, "main", plan)
+    repro.run_plan(study, tmp_path, smoke=False, in_process=True)
+    assert seen == {1: ["q-a.json"], 2: ["q-a.json", "q-b.json"], 3: ["q-a.json", "q-b.json", "q-c.json"]}
+    assert json.loads((tmp_path / "plan" / "rounds.json").read_text()) == {"q-a": 0, "q-b": 1, "q-c": 2}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import BIN, TINY, run_cli, run_here
+from .helpers import TINY, run_cli, run_here
 
 
 def _one_line(r: subprocess.CompletedProcess) -> str:
@@ -72,23 +72,6 @@ def test_identical_values_collapse_into_one_job_and_the_plan_says_so(tmp_path, c
     assert "[sweep] 2 jobs validated" in r.stdout and "2 jobs planned" not in r.stdout
     planned = [ln for ln in r.stdout.splitlines() if ln.startswith("  q-") or ln.startswith("  t-")]
     assert len(planned) == 3 and len({ln.split()[0] for ln in planned}) == 3  # 1 train + 2 distinct quantize jobs
-
-
-def test_concurrent_sweeps_in_one_out_dir_each_keep_their_summary(tmp_path, trained_tiny):
-    base = ["-m", "job=quantize", f"model.checkpoint={trained_tiny.checkpoint}", *TINY, "logger=none",
-            f"out_dir={tmp_path}"]
-    env = {**os.environ, "WANDB_MODE": "offline"}
-    procs = [subprocess.Popen([str(BIN / "ksir-run"), *base, f"quant.bits={bits}"], cwd=tmp_path, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for bits in ("3,5", "4,6")]
-    outs = [p.communicate(timeout=600)[0] for p in procs]
-    assert all(p.returncode == 0 for p in procs), outs
-    summaries = sorted((tmp_path / "multirun").glob("summary-*.txt"))
-    assert len(summaries) == 2
-    texts = [s.read_text() for s in summaries]
-    keys = [{w for w in t.split() if w.startswith("q-")} for t in texts]
-    assert all(len(k) == 2 for k in keys) and not keys[0] & keys[1]  # each sweep's own two jobs
-    assert all("sweep: 2 jobs" in t for t in texts)
-    assert (tmp_path / "multirun" / "summary.txt").read_text() in texts
 
 
 def test_out_dir_with_a_tilde_is_the_home_folder(tmp_path, trained_tiny, monkeypatch):
