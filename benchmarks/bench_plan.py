@@ -49,26 +49,42 @@ def answer(runs: pd.DataFrame, budget_bits: float, n_boot: int, seed: int) -> tu
     return float(vals[np.argmax(counts)]), target
 
 
-def _pool(full: pd.DataFrame, known: pd.DataFrame) -> list[tuple[str, float]]:
-    have = {(str(s), float(k)) for s, k in zip(known["size"], known["bits"], strict=True)}
-    return sorted({(str(s), float(k)) for s, k in zip(full["size"], full["bits"], strict=True)} - have)
+def _pool(full: pd.DataFrame, known: pd.DataFrame, by_seed: bool = False) -> list[tuple]:
+    """What is left to run: (size, k) configurations, or with `by_seed` single runs (size, k, seed)."""
+    cols = ["size", "bits", "seed"] if by_seed else ["size", "bits"]
+
+    def keys(d: pd.DataFrame) -> set[tuple]:
+        return {(str(r[0]), float(r[1]), *([int(r[2])] if by_seed else [])) for r in d[cols].itertuples(index=False)}
+
+    return sorted(keys(full) - keys(known))
 
 
-def _cost(full: pd.DataFrame, known: pd.DataFrame, picks: list[tuple[str, float]]) -> float:
+def _cost(full: pd.DataFrame, known: pd.DataFrame, picks: list[tuple]) -> float:
+    """Seconds of the cost model: each run's evaluation, plus each base model not trained yet: per size, or per
+    (size, seed) when the picks are single runs."""
     cm = cost_model(full)
     n = full.groupby(full["size"].astype(str))["n_params"].median()
-    bases = set(known["size"].astype(str))
+    by_seed = bool(picks) and len(picks[0]) == 3
+    bases = {(str(s), int(d)) for s, d in zip(known["size"], known["seed"], strict=True)} if by_seed else \
+        set(known["size"].astype(str))
     total = 0.0
-    for size, _ in picks:
+    for pick in picks:
+        size = pick[0]
+        base = (size, pick[2]) if by_seed else size
         total += 2 * n[size] * cm["eval_tokens"] * cm["s_per_flop"]
-        if size not in bases:
+        if base not in bases:
             total += 6 * n[size] * cm["tokens_per_param"] * n[size] * cm["s_per_train_flop"]
-            bases.add(size)
+            bases.add(base)
     return total
 
 
 def run_order(full: pd.DataFrame, start: list[str], order: str, budget_bits: float, truth: float, per_round: float,
-              rounds: int, n_boot: int, seed: int, laws: tuple[str, ...] | None = ()) -> list[dict]:
+              rounds: int, n_boot: int, seed: int, laws: tuple[str, ...] | None = (), one_seed: bool = False) -> list[dict]:
+    """One order's path from the start sizes: after each batch, the share of the fit's replicates that give the
+    full table's answer. By default a pick adds every seed of a (size, k) and a base model costs once per size.
+    With `one_seed`, a pick is one run and a base model costs once per (size, seed), as ksir-plan proposes runs:
+    the planner's picks run at the lowest seed not run yet, the grid goes seed by seed (every size and k at seed 0
+    first, then seed 1, ...), and random draws single runs."""
     known = full[full["size"].astype(str).isin(start)]
     rng = np.random.default_rng(seed)
     spent, rows = 0.0, []
@@ -78,29 +94,38 @@ def run_order(full: pd.DataFrame, start: list[str], order: str, budget_bits: flo
         share = float(np.mean(reps == truth))
         vals = np.unique(reps, return_counts=True)[1] / len(reps)
         rows.append({"round": r, "cost": spent, "agree": share, "gini": float(1 - (vals ** 2).sum()), "runs": len(known)})
-        pool = _pool(full, known)
+        pool = _pool(full, known, one_seed)
         if r == rounds or not pool:
             break
         if order == "planned":
             n = full.groupby(full["size"].astype(str))["n_params"].median()
-            cands = [(s, float(n[s]), k) for s, k in pool]
-            pb = bits_problem(known, budget_bits, candidates_nk=cands, existing_bases=set(known["size"].astype(str)),
-                              n_boot=n_boot, seed=seed, laws=laws)
-            batch = greedy_batch(pb.pred, pb.target, pb.candidates, per_round, pb.sigma, categorical=True,
-                                 draws=128, seed=seed)
-            picks = [(pb.candidates[p["index"]].extra["size"], pb.candidates[p["index"]].bits) for p in batch["picks"]]
+            configs = sorted({c[:2] for c in pool} - ({(str(s), float(k)) for s, k in zip(known["size"], known["bits"],
+                                                                                         strict=True)} if one_seed else set()))
+            cands = [(s, float(n[s]), k) for s, k in configs]
+            picks = []
+            if cands:
+                pb = bits_problem(known, budget_bits, candidates_nk=cands, existing_bases=set(known["size"].astype(str)),
+                                  n_boot=n_boot, seed=seed, laws=laws)
+                batch = greedy_batch(pb.pred, pb.target, pb.candidates, per_round, pb.sigma, categorical=True,
+                                     draws=128, seed=seed)
+                picks = [(pb.candidates[p["index"]].extra["size"], pb.candidates[p["index"]].bits) for p in batch["picks"]]
+                if one_seed:  # each picked configuration at its lowest seed not run yet
+                    picks = [min(c for c in pool if c[:2] == pick) for pick in picks]
             if not picks:  # nothing narrows the target: spend the round on the cheapest run left
                 picks = [min(pool, key=lambda c: _cost(full, known, [c]))]
         else:
             ordered = [pool[i] for i in rng.permutation(len(pool))] if order == "random" else \
-                sorted(pool, key=lambda c: (sizes.index(c[0]), c[1]))
+                sorted(pool, key=lambda c: (*(c[2:] if one_seed else ()), sizes.index(c[0]), c[1]))
             picks = []
             for c in ordered:
                 if _cost(full, known, [*picks, c]) > per_round and picks:
                     break
                 picks.append(c)
         spent += _cost(full, known, picks)
-        add = full[[(str(s), float(k)) in set(picks) for s, k in zip(full["size"], full["bits"], strict=True)]]
+        cols = ["size", "bits", "seed"] if one_seed else ["size", "bits"]
+        chosen = set(picks)
+        add = full[[(str(x[0]), float(x[1]), *([int(x[2])] if one_seed else [])) in chosen
+                    for x in full[cols].itertuples(index=False)]]
         known = pd.concat([known, add])
     return rows
 
@@ -253,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--random-seeds", type=int, default=3)
     p.add_argument("--figure")
     p.add_argument("--question", choices=("bits", "compute"), default="bits")
+    p.add_argument("--one-seed", action="store_true", help="bits question: a pick is one run (ksir-plan's unit) and a "
+                   "base model costs once per (size, seed); the grid goes seed by seed (default: a pick adds every "
+                   "seed of a configuration, and a base costs once per size)")
     p.add_argument("--laws", default="none", help="bits question: joint laws whose replicates join the planner's "
                    "particles (ksir-plan's --laws; default here: none, the per-k laws alone, as before)")
     p.add_argument("--flops", type=float, help="compute question: the FLOP budget (default: Chinchilla's 5.76e23, else the table's "
@@ -274,7 +302,8 @@ def main(argv: list[str] | None = None) -> int:
 
     laws = parse_laws(a.laws)
     curves, rand = run_orders(lambda order, seed: run_order(full, start, order, a.target, truth, a.round_cost,
-                                                             a.rounds, a.bootstrap, seed, laws), a.random_seeds)
+                                                             a.rounds, a.bootstrap, seed, laws, a.one_seed),
+                              a.random_seeds)
     print("| order | round | cost (s) | runs | agree with full table | Gini |\n|---|---|---|---|---|---|")
     for name, rows in curves.items():
         for r in rows:
