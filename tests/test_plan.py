@@ -365,3 +365,32 @@ def test_ksir_plan_names_its_laws_and_refuses_an_unknown_one(tmp_path, capsys):
     assert all(set(v) == {"median"} for v in plan["laws"].values())  # a numeric target: each law's median
     assert "Laws whose replicates are the particles (equal prior mass): power_bits" in (tmp_path / "p" / "plan.md").read_text()
     assert plan["runs"] and all("the laws' means part by" in r["why"] for r in plan["runs"])
+
+
+def test_the_one_seed_backtest_prices_each_seeds_base_and_the_grid_goes_seed_by_seed():
+    """bench_plan --one-seed: a pick is one run and a base model costs once per (size, seed), by hand from the cost
+    model (the default accounting prices a size once, whatever its seeds); the grid order's first batch is seed 0
+    of the next size at every k."""
+    import importlib.util
+
+    import pandas as pd
+
+    from analysis.plan import cost_model, scheme_runs
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("bench_plan", root / "benchmarks/bench_plan.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    full = scheme_runs(pd.read_csv(root / KBIT))
+    known = full[full["size"].isin(["xs", "s", "ms", "m"])]
+    cm, n = cost_model(full), full.groupby("size")["n_params"].median()
+    base = 6 * n["l"] * cm["tokens_per_param"] * n["l"] * cm["s_per_train_flop"]
+    run = 2 * n["l"] * cm["eval_tokens"] * cm["s_per_flop"]
+    assert bench._cost(full, known, [("l", 2.0, 0), ("l", 3.0, 0)]) == pytest.approx(base + 2 * run)
+    assert bench._cost(full, known, [("l", 2.0, 0), ("l", 2.0, 1), ("l", 2.0, 2)]) == pytest.approx(3 * base + 3 * run)
+    assert bench._cost(full, known, [("l", 2.0), ("l", 3.0)]) == pytest.approx(base + 2 * run)
+    pool = bench._pool(full, known, by_seed=True)
+    assert len(pool) == 2 * 7 * 3 and ("xl", 16.0, 2) in pool
+    rows = bench.run_order(full, ["xs", "s", "ms", "m"], "grid", 1e7, 3.0, 1.01 * (base + 7 * run), 1, 20, 0,
+                           one_seed=True)
+    assert rows[0]["runs"] == 84 and rows[1]["runs"] == 84 + 7  # seed 0 of l at every k, within one base's budget
