@@ -226,20 +226,27 @@ def test_the_compute_question_plans_training_runs_that_launch_as_is(tmp_path):
     assert keys == by_hand
 
 
+def _bench():
+    """benchmarks/bench_plan.py as a module (the benchmarks are scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_plan", Path(__file__).resolve().parents[1] / "benchmarks/bench_plan.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
 def test_the_shipped_multi_family_table_is_the_attributed_file_and_backtests():
     """Gadre et al.'s over-training grid (from Choshen et al.'s dataset): the file is the one its attribution
     names, each corpus gives its grid of runs at 6 N D FLOPs, and a planned round on it runs."""
     import hashlib
-    import importlib.util
     import re
 
     root = Path(__file__).resolve().parents[1]
     folder = root / "benchmarks/data/gadre_overtrain"
     want = re.search(r"sha256\s+`([0-9a-f]{64})`", (folder / "ATTRIBUTION.md").read_text()).group(1)
     assert hashlib.sha256((folder / "overtrain_downstreams.csv").read_bytes()).hexdigest() == want
-    spec = importlib.util.spec_from_file_location("bench_plan", root / "benchmarks/bench_plan.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _bench()
     sizes = {}
     for corpus, n in (("c4", 34), ("rpj", 35), ("rw", 35)):
         full, start, _ = bench.compute_table(f"gadre-{corpus}", 0.3)
@@ -371,16 +378,11 @@ def test_the_one_seed_backtest_prices_each_seeds_base_and_the_grid_goes_seed_by_
     """bench_plan --one-seed: a pick is one run and a base model costs once per (size, seed), by hand from the cost
     model (the default accounting prices a size once, whatever its seeds); the grid order's first batch is seed 0
     of the next size at every k."""
-    import importlib.util
-
     import pandas as pd
 
     from analysis.plan import cost_model, scheme_runs
 
-    root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("bench_plan", root / "benchmarks/bench_plan.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    root, bench = Path(__file__).resolve().parents[1], _bench()
     full = scheme_runs(pd.read_csv(root / KBIT))
     known = full[full["size"].isin(["xs", "s", "ms", "m"])]
     cm, n = cost_model(full), full.groupby("size")["n_params"].median()
