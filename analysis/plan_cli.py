@@ -337,7 +337,8 @@ def summary(problem: Any, batch: dict, args: argparse.Namespace, unit: str, pres
         else:
             laws[law] = {"median": float(np.median(part))}
     return {"question": args.question, "target": problem.describe, "budget": args.budget, "unit": unit,
-            "now": now, "laws": laws, "laws_left_out": problem.laws.get("left_out") or {}, "spread_now": batch["spread_now"], "spread_after": batch["spread_after"],
+            "now": now, "laws": laws, "laws_left_out": problem.laws.get("left_out") or {},
+            "spread_now": batch["spread_now"], "spread_after": batch["spread_after"],
             "cost": batch["cost"], "runs": rows, "noise": problem.sigma, "replicates": int(problem.pred.shape[0]),
             "candidates": len(cands), "seed": args.seed, "preset": str(preset) if preset else None,
             "launch": f"ksir-run -m --config-dir {conf} experiment=plan_{name}" if preset else None}
