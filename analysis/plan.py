@@ -321,17 +321,15 @@ def bits_problem(runs, budget_bits: float | None, *, candidates_nk: list[tuple[s
         else:
             t = fit.predict({"n_params": [target_n], "bits": [k]}, r)[:, 0]
         sets[name] = (cand_pred, t)
-    kept = {}
     for name, (pr, t) in sets.items():
         ok = np.isfinite(pr).all(axis=1) & np.isfinite(t)
-        kept[name] = (pr[ok], t[ok])
-    per_law = min(len(t) for _, t in kept.values())  # equal prior mass: as many particles from every law
-    if len(kept) > 1 and per_law < 2:
+        sets[name] = (pr[ok], t[ok])
+    per_law = min(len(t) for _, t in sets.values())  # equal prior mass: as many particles from every law
+    if len(sets) > 1 and per_law < 2:
         raise ValueError(f"too few converged replicates to plan from ({per_law} in one law)")
-    pred = np.concatenate([pr[:per_law] for pr, _ in kept.values()]) if len(kept) > 1 else kept["power_bits"][0]
-    target = np.concatenate([t[:per_law] for _, t in kept.values()]) if len(kept) > 1 else kept["power_bits"][1]
-    spans = {name: (i * per_law, (i + 1) * per_law) for i, name in enumerate(kept)} if len(kept) > 1 else \
-        {"power_bits": (0, len(target))}
+    pred = np.concatenate([pr[:per_law] for pr, _ in sets.values()])
+    target = np.concatenate([t[:per_law] for _, t in sets.values()])
+    spans = {name: (i * per_law, (i + 1) * per_law) for i, name in enumerate(sets)}
     return Problem(pred, target, categorical, sigma, cands, describe, fits,
                    unit="s" if cm["s_per_flop"] else "FLOPs", laws={"particles": spans, "left_out": left_out})
 

@@ -49,14 +49,15 @@ def answer(runs: pd.DataFrame, budget_bits: float, n_boot: int, seed: int) -> tu
     return float(vals[np.argmax(counts)]), target
 
 
+def _keys(d: pd.DataFrame, by_seed: bool = False) -> list[tuple]:
+    """Each row's (size, k), or with `by_seed` its single run (size, k, seed)."""
+    return [(str(r[0]), float(r[1]), *([int(r[2])] if by_seed else []))
+            for r in d[["size", "bits", "seed"] if by_seed else ["size", "bits"]].itertuples(index=False)]
+
+
 def _pool(full: pd.DataFrame, known: pd.DataFrame, by_seed: bool = False) -> list[tuple]:
     """What is left to run: (size, k) configurations, or with `by_seed` single runs (size, k, seed)."""
-    cols = ["size", "bits", "seed"] if by_seed else ["size", "bits"]
-
-    def keys(d: pd.DataFrame) -> set[tuple]:
-        return {(str(r[0]), float(r[1]), *([int(r[2])] if by_seed else [])) for r in d[cols].itertuples(index=False)}
-
-    return sorted(keys(full) - keys(known))
+    return sorted(set(_keys(full, by_seed)) - set(_keys(known, by_seed)))
 
 
 def _cost(full: pd.DataFrame, known: pd.DataFrame, picks: list[tuple]) -> float:
@@ -99,9 +100,7 @@ def run_order(full: pd.DataFrame, start: list[str], order: str, budget_bits: flo
             break
         if order == "planned":
             n = full.groupby(full["size"].astype(str))["n_params"].median()
-            configs = sorted({c[:2] for c in pool} - ({(str(s), float(k)) for s, k in zip(known["size"], known["bits"],
-                                                                                         strict=True)} if one_seed else set()))
-            cands = [(s, float(n[s]), k) for s, k in configs]
+            cands = [(s, float(n[s]), k) for s, k in _pool(full, known)]  # configurations not run at any seed
             picks = []
             if cands:
                 pb = bits_problem(known, budget_bits, candidates_nk=cands, existing_bases=set(known["size"].astype(str)),
@@ -122,10 +121,8 @@ def run_order(full: pd.DataFrame, start: list[str], order: str, budget_bits: flo
                     break
                 picks.append(c)
         spent += _cost(full, known, picks)
-        cols = ["size", "bits", "seed"] if one_seed else ["size", "bits"]
         chosen = set(picks)
-        add = full[[(str(x[0]), float(x[1]), *([int(x[2])] if one_seed else [])) in chosen
-                    for x in full[cols].itertuples(index=False)]]
+        add = full[[key in chosen for key in _keys(full, one_seed)]]
         known = pd.concat([known, add])
     return rows
 

@@ -123,14 +123,12 @@ class _JobConfigs:
 
 class ValidatingSweeper(BasicSweeper):
     _specs: dict[tuple[str, ...], JobSpec]
-    _bases: dict[tuple[str, ...], tuple[dict[str, Any], frozenset[str]]]
-    _job_bases: dict[tuple[str, ...], tuple[Any, frozenset[str]]]
+    _bases: dict[tuple[str, ...], tuple[Any, dict[str, Any], frozenset[str]]]
     _parsed: dict[str, Any]
     _sources: frozenset[str]
 
     def setup(self, *, hydra_context: Any, task_function: Any, config: Any) -> None:
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
-        self._job_bases = {}
         if isinstance(self.launcher, BasicLauncher):  # jobs in this process: their configs composed by job_config
             self.launcher.hydra_context = dataclasses.replace(
                 hydra_context, config_loader=_JobConfigs(hydra_context.config_loader, self))
@@ -149,12 +147,7 @@ class ValidatingSweeper(BasicSweeper):
         keys = [o.key_or_group for o in parsed]
         if not fast or len(set(keys)) < len(keys):
             return None
-        rest = tuple(o.input_line for o in parsed if o not in fast)
-        if rest not in self._job_bases:
-            base = self.hydra_context.config_loader.load_sweep_config(master, list(rest))
-            self._job_bases[rest] = (base, interpolation_sources(OmegaConf.masked_copy(
-                base, [k for k in base if k != "hydra"])))
-        base, sources = self._job_bases[rest]
+        base, _, sources = self._base(tuple(o.input_line for o in parsed if o not in fast))
         if not all(self._is_plain(o, sources) for o in fast):
             return None
         cfg = copy.deepcopy(base)
@@ -177,7 +170,7 @@ class ValidatingSweeper(BasicSweeper):
         assert self.hydra_context is not None and self.config is not None
         parsed = [self._parse(o) for o in overrides]
         fast = [o for o in parsed if self._is_plain(o, self._sources)]
-        base, sources = self._base(tuple(o.input_line for o in parsed if o not in fast))
+        _, base, sources = self._base(tuple(o.input_line for o in parsed if o not in fast))
         if not all(self._is_plain(o, sources) for o in fast):  # this base computes a value from a key the job sets
             return self._full(overrides)
         cfg = copy.deepcopy(base)
@@ -205,17 +198,21 @@ class ValidatingSweeper(BasicSweeper):
                 and not o.is_force_add() and "${" not in str(o.get_value_element_as_str())
                 and not any(s == key or s.startswith(key + ".") or key.startswith(s + ".") for s in sources))
 
-    def _base(self, lines: tuple[str, ...]) -> tuple[dict[str, Any], frozenset[str]]:
+    def _base(self, lines: tuple[str, ...]) -> tuple[Any, dict[str, Any], frozenset[str]]:
+        """Hydra's composition of a base (the overrides that are not plain values), once per sweep for both the
+        checks (`compose`) and the in-process jobs (`job_config`): the full config, hydra node included; its
+        resolved plain dict without hydra; the keys its interpolations read."""
         if lines not in self._bases:
-            cfg = self._full(lines, resolve=False)
-            self._bases[lines] = (plain_config(cfg), interpolation_sources(cfg))
+            assert self.hydra_context is not None and self.config is not None
+            full = self.hydra_context.config_loader.load_sweep_config(self.config, list(lines))
+            cfg = OmegaConf.masked_copy(full, [k for k in full if k != "hydra"])
+            self._bases[lines] = (full, plain_config(cfg), interpolation_sources(cfg))
         return self._bases[lines]
 
-    def _full(self, overrides: Sequence[str], resolve: bool = True) -> Any:
+    def _full(self, overrides: Sequence[str]) -> dict[str, Any]:
         assert self.hydra_context is not None and self.config is not None
         full = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-        cfg = OmegaConf.masked_copy(full, [k for k in full if k != "hydra"])
-        return plain_config(cfg) if resolve else cfg
+        return plain_config(OmegaConf.masked_copy(full, [k for k in full if k != "hydra"]))
 
     def spec_of(self, overrides: Sequence[str]) -> JobSpec:
         key = tuple(overrides)
@@ -305,7 +302,7 @@ class ValidatingSweeper(BasicSweeper):
     def sweep(self, arguments: list[str]) -> Any:
         """BasicSweeper.sweep, plus pre-flight validation, dependency waves, progress and a summary table."""
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
-        self._specs, self._bases, self._parsed, self._job_bases = {}, {}, {}, {}
+        self._specs, self._bases, self._parsed = {}, {}, {}
         # Keys that interpolations read in the config as composed from the command line (`hydra.*` overrides
         # apply to every composition, so no composition without this sweep's launcher may be tried).
         self._sources = interpolation_sources(OmegaConf.masked_copy(self.config, [k for k in self.config

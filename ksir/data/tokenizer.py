@@ -45,11 +45,10 @@ def _wrap(tok: Tokenizer) -> PreTrainedTokenizerFast:
 
 def cached_byte_bpe(texts: Iterable[str], vocab_size: int, cache_dir: str | Path, corpus: str) -> PreTrainedTokenizerFast:
     """`train_byte_bpe(texts, vocab_size)`, trained once per corpus (`corpus`: the documents' fingerprint),
-    vocabulary size and `tokenizers` version, then read from `cache_dir`."""
+    vocabulary size and `tokenizers` version, then read from `cache_dir` (a bad vocabulary size fails in the
+    training, so it is never cached)."""
     from ksir.data.cache import memo
 
-    if vocab_size < N_BYTES + 1:
-        raise ConfigError("data.tokenizer.vocab_size", vocab_size, f">= {N_BYTES + 1} (256 bytes + end-of-text)")
     key = hashlib.sha256(f"{corpus}|{vocab_size}|{tokenizers.__version__}".encode()).hexdigest()[:16]
     path = Path(cache_dir) / f"tokenizer-{key}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
