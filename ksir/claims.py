@@ -702,16 +702,19 @@ def _plan_reach(claim: Mapping[str, Any], report: Mapping[str, Any], runs: pd.Da
         return Verdict(None, INCONCLUSIVE, f"{replicates} seed: needs >= 2 seeds (the loop's noise is the seeds' "
                        "scatter)", replicates=replicates)
 
-    def answer(d: pd.DataFrame) -> np.ndarray | None:
+    def answer(d: pd.DataFrame) -> tuple[np.ndarray, dict] | tuple[None, dict]:
         try:
             _, fits, reps = fit_bits(d, n_boot, seed)
         except ValueError:
-            return None
-        return best_k(fits, reps, budget)
+            return None, {}
+        return best_k(fits, reps, budget), fits
 
-    grid = answer(sel)
+    grid, grid_fits = answer(sel)
     if grid is None:
         return Verdict(None, INCONCLUSIVE, "not measurable here: the grid's runs fit no per-k laws")
+    unidentified = [f"{k:g}" for k, f in sorted(grid_fits.items()) if f.verdict().get("status") == "unidentified"]
+    flag = (f"; flagged: the grid's per-k laws at k = {', '.join(unidentified)} are unidentified, so the replicates' "
+            "agreement is the planner's criterion, not an answer the data pin down") if unidentified else ""
     values, counts = np.unique(grid, return_counts=True)
     k_grid, grid_share = float(values[np.argmax(counts)]), float(counts.max() / len(grid))
     grid_flops = run_flops(sel)
@@ -719,7 +722,7 @@ def _plan_reach(claim: Mapping[str, Any], report: Mapping[str, Any], runs: pd.Da
     path, reached = [], None
     for r in sorted(rounds.dropna().unique()):
         sub = sel[rounds <= r]
-        ks = answer(sub)
+        ks, _ = answer(sub)
         share = float(np.mean(ks == k_grid)) if ks is not None else 0.0
         path.append({"round": int(r), "runs": len(sub), "flops": run_flops(sub), "share": share})
         if reached is None and share >= need:
@@ -731,14 +734,14 @@ def _plan_reach(claim: Mapping[str, Any], report: Mapping[str, Any], runs: pd.Da
     extra = {"path": path, "k_grid": k_grid, "grid_share": grid_share, "grid_flops": grid_flops}
     if grid_share < need:
         return Verdict(None, INCONCLUSIVE, f"{head}: the grid itself does not settle the answer (needs {need:.0%}); "
-                       + trail, replicates=replicates, extra=extra)
+                       + trail + flag, replicates=replicates, extra=extra)
     m = claim["_margin"]["value"]
     if reached is None:
         last = path[-1]["flops"] / grid_flops if path else float("nan")
         return Verdict(None, FAILS, f"{head}; the planned runs never reach {need:.0%} agreement ({trail}; "
-                       f"{last:.0%} of the grid's FLOPs spent)", replicates=replicates, extra=extra)
+                       f"{last:.0%} of the grid's FLOPs spent){flag}", replicates=replicates, extra=extra)
     ratio = reached["flops"] / grid_flops
     verdict = HOLDS if ratio <= m else FAILS
     return Verdict(ratio, verdict, f"{head}; the planned runs reach it at round {reached['round']} with "
-                   f"{ratio:.3g} of the grid's FLOPs (claim: <= {m:g}): {trail}", replicates=replicates,
+                   f"{ratio:.3g} of the grid's FLOPs (claim: <= {m:g}): {trail}{flag}", replicates=replicates,
                    extra=extra)

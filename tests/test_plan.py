@@ -300,6 +300,10 @@ def test_the_plan_claim_compares_the_loops_compute_at_the_grids_answer_with_the_
             assert v.ksir == pytest.approx(reached["flops"] / by_hand)
             assert v.verdict == ("holds" if v.ksir <= limit else "fails"), (v.ksir, limit)
         assert v.replicates == 3
+        fits = fit_bits(grid, 60, 0)[1]
+        unidentified = [f"{k:g}" for k, f in sorted(fits.items()) if f.verdict()["status"] == "unidentified"]
+        assert unidentified and f"flagged: the grid's per-k laws at k = {', '.join(unidentified)} are unidentified" \
+            in v.reason  # kbit's per-k laws are unidentified on the whole grid: the verdict says so
     one_seed = evaluate(claim, {}, grid[grid["seed"] == 0], {"m": {"value": 0.5, "source": "test"}})
     assert one_seed.verdict == "inconclusive" and "needs >= 2 seeds" in one_seed.reason
 
