@@ -276,14 +276,21 @@ def joint_law_particles(runs, names: Sequence[str] | None, n_boot: int, seed: in
     return fits, out
 
 
-def bits_problem(runs, budget_bits: float | None, *, candidates_nk: list[tuple[str, float, float]],
+def base_key(size: str, seed: int | None = None) -> str:
+    """The base model a post-training run quantizes: its size, and its training seed where seeds are planned."""
+    return size if seed is None else f"{size}/seed {seed}"
+
+
+def bits_problem(runs, budget_bits: float | None, *, candidates_nk: list[tuple],
                  existing_bases: set[str], n_boot: int = 200, seed: int = 0, target_n: float | None = None,
                  target_k: float | None = None, laws: Sequence[str] | None = None) -> Problem:
     """The bits question (k* at `budget_bits`) or the size question (the loss at `target_n` parameters and
     `target_k` bits), from per-k power laws L_k(total bits) and their bootstrap replicates, joined by the joint
     laws' (`joint_law_particles`; `laws=()` for the per-k laws alone).
 
-    candidates_nk: (size name, n_params, k) of the runs that could be added."""
+    candidates_nk: (size name, n_params, k[, seed]) of the runs that could be added; with a seed, a candidate may
+    repeat a configuration at a new seed (a replicate: the same prediction, measured once more with the seed-to-seed
+    noise) and its base model is (size, seed). existing_bases: `base_key`s of the base models trained already."""
     groups, fits, reps = fit_bits(runs, n_boot, seed, need=2 if target_n is None else 1)
     bpp = bits_per_param(runs)
     sigma = measurement_noise(runs, groups, fits)
@@ -299,14 +306,17 @@ def bits_problem(runs, budget_bits: float | None, *, candidates_nk: list[tuple[s
         target = fits[k].predict({"total_bits": [target_n * bpp[k]]}, reps[k])[:, 0]
         describe, categorical = f"the loss of a {target_n:.3g}-parameter model at {k:g} bits", False
     cands, cols = [], []
-    for size, n, k in candidates_nk:
+    for size, n, k, *more in candidates_nk:
         if float(k) not in fits:
             continue
+        run_seed = more[0] if more else None
+        base = base_key(size, run_seed)
         flops = 2 * n * cm["eval_tokens"] if np.isfinite(cm["eval_tokens"]) else 2 * n * 1e5
-        base_flops = 0.0 if size in existing_bases else 6 * n * (cm["tokens_per_param"] * n)
+        base_flops = 0.0 if base in existing_bases else 6 * n * (cm["tokens_per_param"] * n)
         rate, train_rate = cm["s_per_flop"] or 1.0, cm["s_per_train_flop"] or 1.0
-        cands.append(Candidate(n, float(k), cost=flops * rate, base=size, base_cost=base_flops * train_rate,
-                               label=f"{size} {k:g}-bit", extra={"size": size}))
+        cands.append(Candidate(n, float(k), cost=flops * rate, base=base, base_cost=base_flops * train_rate,
+                               label=f"{size} {k:g}-bit" + ("" if run_seed is None else f" seed {run_seed}"),
+                               extra={"size": size, **({} if run_seed is None else {"seed": int(run_seed)})}))
         cols.append(fits[float(k)].predict({"total_bits": [n * bpp.get(float(k), float(k))]}, reps[float(k)])[:, 0])
     if not cands:
         raise ValueError("no candidate run: every (size, k) asked for is run already or has no fitted curve")

@@ -5,9 +5,10 @@
     ksir-plan outputs/train/results --question compute --target 1e15 --budget 2h --tokens-per-param 10,40
 
 Fits the runs (per-k power laws with bootstrap replicates), values every candidate run (a size x k not run yet,
-from the family's sizes) by how much it is expected to narrow the target (analysis.plan), and writes the chosen
-batch: plan.md (each run, its cost, its expected effect and why), plan.json, plan.png (where the runs sit on the
-current fit) and a Hydra preset that launches the batch as is:
+from the family's sizes, or on ksir's own family a replicate at a new training seed) by how much it is expected
+to narrow the target (analysis.plan), and writes the chosen batch: plan.md (each run, its cost, its expected
+effect and why), plan.json, plan.png (where the runs sit on the current fit) and a Hydra preset that launches the
+batch as is:
 
     ksir-run -m --config-dir <out>/conf experiment=plan_<name>
 """
@@ -24,7 +25,15 @@ from typing import Any
 
 import numpy as np
 
-from analysis.plan import QUESTIONS, bits_problem, compute_problem, cost_model, greedy_batch, scheme_runs
+from analysis.plan import (
+    QUESTIONS,
+    base_key,
+    bits_problem,
+    compute_problem,
+    cost_model,
+    greedy_batch,
+    scheme_runs,
+)
 
 UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -94,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", help="candidate sizes of the family, comma-separated (default: all)")
     p.add_argument("--max-size", help="largest candidate size (a size name)")
     p.add_argument("--bits", help="candidate bit-widths, comma-separated (default: those already fitted)")
+    p.add_argument("--seeds", type=int, default=3, help="bits and size questions on ksir's own family: replicates "
+                   "(training seeds) a configuration may reach; a new seed trains a new base model (default 3; "
+                   "1: only configurations not run yet)")
     p.add_argument("--dtype", help="the scheme's data type (default: the most common in the runs)")
     p.add_argument("--tokens-per-param", help="compute question: candidate D / N, comma-separated (default 5,10,20,40,80)")
     p.add_argument("--vocab-size", type=int, default=257, help="to count parameters of unrun own-family sizes")
@@ -124,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(e))
     if args.bootstrap < 20 or args.draws < 16:
         return _fail("--bootstrap needs >= 20 replicates and --draws >= 16 to value a run")
+    if args.seeds < 1:
+        return _fail(f"--seeds {args.seeds}: needs >= 1 (replicates per configuration)")
     try:
         laws = parse_laws(args.laws)
     except ValueError as e:
@@ -155,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             runs = scheme_runs(runs, args.dtype)
             cands = candidate_space(runs, families[0], args)
-            existing = set(runs["size"].astype(str))
+            existing = {base_key(str(c[0]), c[1]) for c in _bases(runs, any(c[3] is not None for c in cands))}
             problem = bits_problem(runs, target.get("budget_bits"), candidates_nk=cands, existing_bases=existing,
                                    n_boot=args.bootstrap, seed=args.seed, target_n=target.get("n_params"),
                                    target_k=target.get("bits"), laws=laws)
@@ -199,8 +213,28 @@ def load_runs(sources: list[str]) -> Any:
     return pd.concat(parts, ignore_index=True)
 
 
-def candidate_space(runs: Any, family: str, args: argparse.Namespace) -> list[tuple[str, float, float]]:
-    """(size, n_params, k) not run yet, from the family's sizes and the asked bit-widths."""
+def _bases(runs: Any, by_seed: bool) -> set[tuple[str, int | None]]:
+    """The base models the runs quantized: (size, training seed), or (size, None) where seeds are not planned."""
+    if not by_seed:
+        return {(str(x), None) for x in runs["size"]}
+    return {(str(x), int(d)) for x, d in zip(runs["size"], runs["seed"], strict=True)}
+
+
+def seed_pool(runs: Any, family_kind: str, n: int) -> list[int | None]:
+    """The seeds a configuration may be run at: the runs' own seeds, then the next integers, `n` in all. [None]
+    where a seed changes nothing that is measured (a hub family's base model is the same whatever the seed)."""
+    if family_kind != "own" or "seed" not in runs or runs["seed"].isna().all():
+        return [None]
+    seeds = sorted({int(x) for x in runs["seed"].dropna()})
+    while len(seeds) < n:
+        seeds.append(max(seeds) + 1)
+    return seeds
+
+
+def candidate_space(runs: Any, family: str, args: argparse.Namespace) -> list[tuple[str, float, float, int | None]]:
+    """(size, n_params, k, seed) worth proposing: each (size, k) of the asked sizes and bit-widths at its lowest
+    seed not run yet, while it has fewer than --seeds replicates. A new seed of ksir's own family is a new base
+    model (its cost is paid once per (size, seed)); a hub family's configuration is run once (seed None)."""
     from ksir.families import get_family
 
     fam = get_family(family)
@@ -218,7 +252,10 @@ def candidate_space(runs: Any, family: str, args: argparse.Namespace) -> list[tu
     ks = sorted({float(k) for k in runs["bits"] if float(k) < 16}) if not args.bits else \
         [float(k) for k in args.bits.split(",")]
     known = runs.groupby(runs["size"].astype(str))["n_params"].median().to_dict()
-    done = {(str(s), float(k)) for s, k in zip(runs["size"], runs["bits"], strict=True)}
+    seeds = seed_pool(runs, fam.kind, getattr(args, "seeds", 1))
+    by_seed = seeds != [None]
+    done = {(str(s), float(k), int(d) if by_seed else None) for s, k, d in
+            zip(runs["size"], runs["bits"], runs["seed"] if by_seed else [None] * len(runs), strict=True)}
     out = []
     for size in names:
         n = known.get(size)
@@ -226,18 +263,22 @@ def candidate_space(runs: Any, family: str, args: argparse.Namespace) -> list[tu
             n = own_params(fam, size, args.vocab_size) if fam.kind == "own" else None
         if n is None:
             continue
-        out += [(size, float(n), k) for k in ks if (size, k) not in done]
+        for k in ks:
+            left = [d for d in seeds if (size, k, d) not in done]
+            if left and (not by_seed or len(seeds) - len(left) < args.seeds):
+                out.append((size, float(n), k, left[0]))
     return out
 
 
 def train_candidates(runs: Any, family: str, args: argparse.Namespace) -> list[tuple[str, float, float]]:
     """(label, N, D) training runs not run yet: the family's sizes x --tokens-per-param."""
-    sizes = candidate_space(runs.assign(bits=16.0), family, argparse.Namespace(**{**vars(args), "bits": "16"}))
+    sizes = candidate_space(runs.assign(bits=16.0), family, argparse.Namespace(**{**vars(args), "bits": "16",
+                                                                                  "seeds": 1}))
     tpps = [float(x) for x in (args.tokens_per_param or "5,10,20,40,80").split(",")]
     done = {(str(s), round(float(d) / float(n), 3)) for s, n, d in zip(runs["size"], runs["n_params"],
                                                                       runs["train_tokens"], strict=True)}
     out = []
-    for size, n, _ in sizes + [(s, float(n), 16.0) for s, n in runs.groupby(runs["size"].astype(str))["n_params"]
+    for size, n, *_ in sizes + [(s, float(n), 16.0) for s, n in runs.groupby(runs["size"].astype(str))["n_params"]
                                                                   .median().items()]:
         for tpp in tpps:
             if (size, round(tpp, 3)) not in done and (f"{size}@{tpp:g}", n, n * tpp) not in out:
@@ -287,11 +328,15 @@ def write_preset(conf: Path, name: str, picks: list[Any], experiment: str | None
         (base.get("hydra") or {}).get("sweeper", {}).pop("params", None)
         body.update({k: v for k, v in base.items() if k != "out_dir"})
     train = any("tokens_per_param" in c.extra for c in picks)
+    seeded = any("seed" in c.extra for c in picks)
     points = {f"p{i}": {"size": c.extra["size"], **({"tokens_per_param": c.extra["tokens_per_param"]} if train
-                                                    else {"bits": c.bits})} for i, c in enumerate(picks)}
+                                                    else {"bits": c.bits}),
+                        **({"seed": c.extra["seed"]} if seeded else {})} for i, c in enumerate(picks)}
     body["job"] = "train" if train else "quantize"
     body["plan"] = {"point": "p0", "points": points}
     body.setdefault("model", {})["size"] = "${plan.points.${plan.point}.size}"
+    if seeded:  # a replicate: the base model's training seed
+        body["seed"] = "${plan.points.${plan.point}.seed}"
     if train:
         body.setdefault("trainer", {})["tokens_per_param"] = "${plan.points.${plan.point}.tokens_per_param}"
     else:
@@ -314,7 +359,8 @@ def summary(problem: Any, batch: dict, args: argparse.Namespace, unit: str, pres
     for p in batch["picks"]:
         c = cands[p["index"]]
         pr = problem.pred[:, p["index"]]
-        rows.append({"size": c.extra["size"], "n_params": c.n_params, "bits": c.bits, "cost": p["cost"],
+        rows.append({"size": c.extra["size"], "n_params": c.n_params, "bits": c.bits, "seed": c.extra.get("seed"),
+                     "cost": p["cost"],
                      "tokens_per_param": c.extra.get("tokens_per_param"),
                      "new_base": c.base_cost > 0 and p["cost"] > c.cost + c.base_cost / 2, "spread_after": p["spread_after"],
                      "why": f"the fit's replicates disagree there by {np.std(pr):.3g} (sd of predicted loss; "
@@ -364,13 +410,15 @@ def markdown(r: dict[str, Any]) -> list[str]:
                  f"{law} {json.dumps(v)}" for law, v in r.get("laws", {}).items())
                 + "".join(f"; not {law}: {why}" for law, why in (r.get("laws_left_out") or {}).items()) + ".", ""]
                if r.get("laws") else []),
-             "| # | size | k (or D/N) | cost | new base model | spread after | why |", "|---|---|---|---|---|---|---|"]
+             "| # | size | k (or D/N) | seed | cost | new base model | spread after | why |",
+             "|---|---|---|---|---|---|---|---|"]
     for i, row in enumerate(r["runs"], 1):
         what = f"D/N {row['tokens_per_param']:g}" if row.get("tokens_per_param") else f"{row['bits']:g}"
-        lines.append(f"| {i} | {row['size']} | {what} | {row['cost']:.3g} {r['unit']} | "
+        seed = "" if row.get("seed") is None else row["seed"]
+        lines.append(f"| {i} | {row['size']} | {what} | {seed} | {row['cost']:.3g} {r['unit']} | "
                      f"{'yes' if row['new_base'] else 'no'} | {row['spread_after']:.4g} | {row['why']} |")
     if not r["runs"]:
-        lines.append("| - | | | | | | no candidate run narrows the target within the budget |")
+        lines.append("| - | | | | | | | no candidate run narrows the target within the budget |")
     lines += ["", f"Launch: `{r['launch']}`" if r["launch"] else "Nothing to launch: no preset written."]
     return lines
 

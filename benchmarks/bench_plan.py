@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from analysis.headline import log_n_opt  # noqa: E402
 from analysis.plan import (  # noqa: E402
+    base_key,
     best_k,
     bits_problem,
     compute_problem,
@@ -84,7 +85,8 @@ def run_order(full: pd.DataFrame, start: list[str], order: str, budget_bits: flo
     """One order's path from the start sizes: after each batch, the share of the fit's replicates that give the
     full table's answer. By default a pick adds every seed of a (size, k) and a base model costs once per size.
     With `one_seed`, a pick is one run and a base model costs once per (size, seed), as ksir-plan proposes runs:
-    the planner's picks run at the lowest seed not run yet, the grid goes seed by seed (every size and k at seed 0
+    the planner picks among every configuration at its lowest seed not run yet (a replicate where the configuration
+    has run, as ksir-plan proposes on ksir's own family), the grid goes seed by seed (every size and k at seed 0
     first, then seed 1, ...), and random draws single runs."""
     known = full[full["size"].astype(str).isin(start)]
     rng = np.random.default_rng(seed)
@@ -100,16 +102,23 @@ def run_order(full: pd.DataFrame, start: list[str], order: str, budget_bits: flo
             break
         if order == "planned":
             n = full.groupby(full["size"].astype(str))["n_params"].median()
-            cands = [(s, float(n[s]), k) for s, k in _pool(full, known)]  # configurations not run at any seed
+            if one_seed:  # each configuration at its lowest seed not run yet: a new one, or a replicate
+                lowest = {}
+                for c in pool:
+                    lowest.setdefault(c[:2], c)
+                cands = [(s, float(n[s]), k, d) for s, k, d in lowest.values()]
+                bases = {base_key(str(s), int(d)) for s, d in zip(known["size"], known["seed"], strict=True)}
+            else:  # configurations not run at any seed; a pick runs every seed
+                cands = [(s, float(n[s]), k) for s, k in pool]
+                bases = set(known["size"].astype(str))
             picks = []
             if cands:
-                pb = bits_problem(known, budget_bits, candidates_nk=cands, existing_bases=set(known["size"].astype(str)),
-                                  n_boot=n_boot, seed=seed, laws=laws)
+                pb = bits_problem(known, budget_bits, candidates_nk=cands, existing_bases=bases, n_boot=n_boot,
+                                  seed=seed, laws=laws)
                 batch = greedy_batch(pb.pred, pb.target, pb.candidates, per_round, pb.sigma, categorical=True,
                                      draws=128, seed=seed)
-                picks = [(pb.candidates[p["index"]].extra["size"], pb.candidates[p["index"]].bits) for p in batch["picks"]]
-                if one_seed:  # each picked configuration at its lowest seed not run yet
-                    picks = [min(c for c in pool if c[:2] == pick) for pick in picks]
+                chosen = [pb.candidates[p["index"]] for p in batch["picks"]]
+                picks = [(c.extra["size"], c.bits, *([c.extra["seed"]] if one_seed else [])) for c in chosen]
             if not picks:  # nothing narrows the target: spend the round on the cheapest run left
                 picks = [min(pool, key=lambda c: _cost(full, known, [c]))]
         else:

@@ -108,8 +108,6 @@ def _plan(table, out, *extra):
 def test_a_plan_is_ranked_by_value_per_cost_reproducible_and_launches_as_is(small_table, tmp_path):
     import json
 
-    from ksir.config import compose_spec
-    from ksir.identity import run_key
     from tests.helpers import run_here
 
     r = _plan(small_table, tmp_path / "a")
@@ -131,10 +129,54 @@ def test_a_plan_is_ranked_by_value_per_cost_reproducible_and_launches_as_is(smal
                  f"out_dir={tmp_path / 'o'}", cwd=tmp_path)
     assert d.returncode == 0, d.stderr[-2000:]
     keys = {ln.split()[0] for ln in d.stdout.splitlines() if ln.strip().startswith("q-")}
-    by_hand = {run_key(compose_spec(["experiment=kbit_own_family", "job=quantize", f"model.size={x['size']}",
-                                     f"quant.bits={x['bits']:g}", "quant.dtype=int", "quant.granularity=block",
-                                     f"out_dir={tmp_path / 'o'}"])) for x in runs}
-    assert keys == by_hand
+    assert keys == _by_hand(runs, tmp_path / "o")
+
+
+def _by_hand(runs: list[dict], out: Path) -> set[str]:
+    """The run keys of the planned runs, each composed as a user would write its job."""
+    from ksir.config import compose_spec
+    from ksir.identity import run_key
+
+    return {run_key(compose_spec(["experiment=kbit_own_family", "job=quantize", f"model.size={x['size']}",
+                                  f"quant.bits={x['bits']:g}", "quant.dtype=int", "quant.granularity=block",
+                                  f"seed={x['seed']}", f"out_dir={out}"])) for x in runs}
+
+
+def test_replicates_at_a_new_seed_are_candidates_with_their_own_base_and_launch_as_is(tmp_path):
+    """On ksir's own family a seed trains a new base model, so a configuration run at one seed is a candidate again
+    at the next (up to --seeds replicates), its base paid once per (size, seed); on the committed table with l at
+    seed 0 only, the plan replicates l before it buys xl, and its preset runs each at its seed."""
+    import argparse
+    import json
+
+    import pandas as pd
+
+    from analysis.plan_cli import candidate_space
+    from ksir.config import CONF_DIR
+    from tests.helpers import run_here
+
+    d = pd.read_csv(Path(CONF_DIR).parent / KBIT)
+    d = d[d["size"].isin(["xs", "s", "ms", "m"]) | ((d["size"] == "l") & (d["seed"] == 0) & (d["bits"] <= 4))]
+    args = argparse.Namespace(sizes=None, max_size="xl", bits=None, vocab_size=257, seeds=3)
+    cands = {(s, k): seed for s, _, k, seed in candidate_space(d, "llama", args)}
+    assert cands == {**{("l", k): 1 for k in (2.0, 3.0, 4.0)}, **{("l", k): 0 for k in (5.0, 6.0, 8.0)},
+                     **{("xl", k): 0 for k in (2.0, 3.0, 4.0, 5.0, 6.0, 8.0)}}  # xs..m have their 3 seeds
+    assert {(s, k) for s, _, k, _ in candidate_space(d, "llama", argparse.Namespace(**{**vars(args), "seeds": 1}))} \
+        == {("l", k) for k in (5.0, 6.0, 8.0)} | {("xl", k) for k in (2.0, 3.0, 4.0, 5.0, 6.0, 8.0)}
+    table = tmp_path / "l0.csv"
+    d.to_csv(table, index=False)
+    r = _plan(table, tmp_path / "p")
+    assert r.returncode == 0, r.stderr
+    runs = json.loads((tmp_path / "p" / "plan.json").read_text())["runs"]
+    replicates = [x for x in runs if x["seed"] == 1]
+    assert replicates and all(x["size"] == "l" and x["bits"] <= 4 for x in replicates)
+    assert sum(x["new_base"] for x in runs) == len({(x["size"], x["seed"]) for x in runs} - {("l", 0)})
+    assert "| # | size | k (or D/N) | seed |" in (tmp_path / "p" / "plan.md").read_text()
+    dry = run_here("ksir-run", "-m", "--config-dir", str(tmp_path / "p" / "conf"), "experiment=plan_bits",
+                   "dry_run=true", f"out_dir={tmp_path / 'o'}", cwd=tmp_path)
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    assert {ln.split()[0] for ln in dry.stdout.splitlines() if ln.strip().startswith("q-")} == \
+        _by_hand(runs, tmp_path / "o")
 
 
 @pytest.mark.parametrize("extra,needle", [
