@@ -442,3 +442,6 @@ def test_the_one_seed_backtest_prices_each_seeds_base_and_the_grid_goes_seed_by_
     rows = bench.run_order(full, ["xs", "s", "ms", "m"], "grid", 1e7, 3.0, 1.01 * (base + 7 * run), 1, 20, 0,
                            one_seed=True)
     assert rows[0]["runs"] == 84 and rows[1]["runs"] == 84 + 7  # seed 0 of l at every k, within one base's budget
+    path = [{"cost": c, "agree": a} for c, a in ((0, 0.9), (10, 0.96), (20, 0.93), (30, 0.95), (40, 0.99))]
+    assert bench.reach(path, 0.95) == 10 and bench.reach_to_stay(path, 0.95) == 30  # a first touch can fall back
+    assert bench.reach_to_stay(path[:3], 0.95) is None
