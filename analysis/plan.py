@@ -281,6 +281,12 @@ def base_key(size: str, seed: int | None = None) -> str:
     return size if seed is None else f"{size}/seed {seed}"
 
 
+def trained_bases(runs, by_seed: bool) -> set[str]:
+    """The `base_key`s of the base models the runs quantized: per (size, training seed), or per size."""
+    seeds = runs["seed"] if by_seed else [None] * len(runs)
+    return {base_key(str(x), None if d is None else int(d)) for x, d in zip(runs["size"], seeds, strict=True)}
+
+
 def bits_problem(runs, budget_bits: float | None, *, candidates_nk: list[tuple],
                  existing_bases: set[str], n_boot: int = 200, seed: int = 0, target_n: float | None = None,
                  target_k: float | None = None, laws: Sequence[str] | None = None) -> Problem:

@@ -27,12 +27,12 @@ import numpy as np
 
 from analysis.plan import (
     QUESTIONS,
-    base_key,
     bits_problem,
     compute_problem,
     cost_model,
     greedy_batch,
     scheme_runs,
+    trained_bases,
 )
 
 UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             runs = scheme_runs(runs, args.dtype)
             cands = candidate_space(runs, families[0], args)
-            existing = {base_key(str(c[0]), c[1]) for c in _bases(runs, any(c[3] is not None for c in cands))}
+            existing = trained_bases(runs, by_seed=any(c[3] is not None for c in cands))
             problem = bits_problem(runs, target.get("budget_bits"), candidates_nk=cands, existing_bases=existing,
                                    n_boot=args.bootstrap, seed=args.seed, target_n=target.get("n_params"),
                                    target_k=target.get("bits"), laws=laws)
@@ -213,13 +213,6 @@ def load_runs(sources: list[str]) -> Any:
     return pd.concat(parts, ignore_index=True)
 
 
-def _bases(runs: Any, by_seed: bool) -> set[tuple[str, int | None]]:
-    """The base models the runs quantized: (size, training seed), or (size, None) where seeds are not planned."""
-    if not by_seed:
-        return {(str(x), None) for x in runs["size"]}
-    return {(str(x), int(d)) for x, d in zip(runs["size"], runs["seed"], strict=True)}
-
-
 def seed_pool(runs: Any, family_kind: str, n: int) -> list[int | None]:
     """The seeds a configuration may be run at: the runs' own seeds, then the next integers, `n` in all. [None]
     where a seed changes nothing that is measured (a hub family's base model is the same whatever the seed)."""
@@ -252,7 +245,7 @@ def candidate_space(runs: Any, family: str, args: argparse.Namespace) -> list[tu
     ks = sorted({float(k) for k in runs["bits"] if float(k) < 16}) if not args.bits else \
         [float(k) for k in args.bits.split(",")]
     known = runs.groupby(runs["size"].astype(str))["n_params"].median().to_dict()
-    seeds = seed_pool(runs, fam.kind, getattr(args, "seeds", 1))
+    seeds = seed_pool(runs, fam.kind, args.seeds)
     by_seed = seeds != [None]
     done = {(str(s), float(k), int(d) if by_seed else None) for s, k, d in
             zip(runs["size"], runs["bits"], runs["seed"] if by_seed else [None] * len(runs), strict=True)}

@@ -31,7 +31,6 @@ sys.path.insert(0, str(ROOT))
 
 from analysis.headline import log_n_opt  # noqa: E402
 from analysis.plan import (  # noqa: E402
-    base_key,
     best_k,
     bits_problem,
     compute_problem,
@@ -39,6 +38,7 @@ from analysis.plan import (  # noqa: E402
     fit_bits,
     greedy_batch,
     scheme_runs,
+    trained_bases,
 )
 
 
@@ -107,14 +107,12 @@ def run_order(full: pd.DataFrame, start: list[str], order: str, budget_bits: flo
                 for c in pool:
                     lowest.setdefault(c[:2], c)
                 cands = [(s, float(n[s]), k, d) for s, k, d in lowest.values()]
-                bases = {base_key(str(s), int(d)) for s, d in zip(known["size"], known["seed"], strict=True)}
             else:  # configurations not run at any seed; a pick runs every seed
                 cands = [(s, float(n[s]), k) for s, k in pool]
-                bases = set(known["size"].astype(str))
             picks = []
             if cands:
-                pb = bits_problem(known, budget_bits, candidates_nk=cands, existing_bases=bases, n_boot=n_boot,
-                                  seed=seed, laws=laws)
+                pb = bits_problem(known, budget_bits, candidates_nk=cands, existing_bases=trained_bases(known, one_seed),
+                                  n_boot=n_boot, seed=seed, laws=laws)
                 batch = greedy_batch(pb.pred, pb.target, pb.candidates, per_round, pb.sigma, categorical=True,
                                      draws=128, seed=seed)
                 chosen = [pb.candidates[p["index"]] for p in batch["picks"]]
