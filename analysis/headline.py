@@ -329,6 +329,19 @@ def log_n_opt(params: np.ndarray, flops: np.ndarray | float) -> np.ndarray:
         return (np.log(alpha) + a - np.log(beta) - b) / (alpha + beta) + beta / (alpha + beta) * np.log(flops / 6)
 
 
+def log_n_opt_kaplan(params: np.ndarray, flops: np.ndarray | float) -> np.ndarray:
+    """log N_opt at C FLOPs for Kaplan et al.'s L(N, D) rows [..., (log N_c, log D_c, alpha_N, alpha_D)]. With
+    D = C / (6 N) the loss rises with (N_c / N)^r + 6 D_c N / C (r = alpha_N / alpha_D), whose minimum is at
+    N^(r + 1) = r N_c^r C / (6 D_c)."""
+    lnc, ldc, an, ad = np.moveaxis(np.asarray(params), -1, 0)
+    with np.errstate(all="ignore"):
+        r = an / ad
+        return (np.log(r) + r * lnc + np.log(flops / 6) - ldc) / (r + 1)
+
+
+LOG_N_OPT = {"chinchilla": log_n_opt, "kaplan": log_n_opt_kaplan}  # law -> its compute-optimal log N
+
+
 def compute_optimal(fit: FitResult, flops: np.ndarray) -> list[dict[str, Any]]:
     """N_opt (`log_n_opt`) and D_opt = (C/6) / N_opt (Hoffmann et al. 2022, Approach 3), with bootstrap
     intervals."""
@@ -379,7 +392,7 @@ def numeric_compute_optimal(fit: FitResult, flops: np.ndarray, points: int = 600
             bn = np.array([r[0][j] for r in reps])
             bl = np.array([r[1][j] for r in reps])
             row.update(n_opt_ci95=tuple(np.percentile(bn, [2.5, 97.5]).tolist()),
-                       d_opt_ci95=tuple(np.percentile(c / 6 / bn, [2.5, 97.5]).tolist()[::-1]),
+                       d_opt_ci95=tuple(np.percentile(c / 6 / bn, [2.5, 97.5]).tolist()),
                        loss_ci95=tuple(np.percentile(bl[np.isfinite(bl)], [2.5, 97.5]).tolist()))
         rows.append(row)
     return rows

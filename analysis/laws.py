@@ -164,6 +164,25 @@ def _chinchilla(p: Array, x: dict[str, Array], ctx: dict[str, Any], jac: bool):
     return _lse([t0, t1, np.broadcast_to(e, sh)], [J0, J1, _onehot(sh, P, 2)])
 
 
+def _kaplan(p: Array, x: dict[str, Array], ctx: dict[str, Any], jac: bool):
+    """log L = alpha_D * log((N_c / N)^(alpha_N / alpha_D) + D_c / D), in log N_c and log D_c."""
+    lnc, ldc, an, ad = (_col(p, i) for i in range(4))
+    ln, ld = np.log(x["n_params"])[None, :], np.log(x["train_tokens"])[None, :]
+    u, v = an / ad * (lnc - ln), ldc - ld
+    if not jac:
+        g, _ = _lse([u, v], None)
+        return ad * g, None
+    sh, P = np.broadcast_shapes(u.shape, v.shape), p.shape[1]
+    Ju = np.zeros((*sh, P))
+    Ju[..., 0] = np.broadcast_to(an / ad, sh)
+    Ju[..., 2] = np.broadcast_to((lnc - ln) / ad, sh)
+    Ju[..., 3] = np.broadcast_to(-u / ad, sh)
+    g, Jg = _lse([np.broadcast_to(u, sh), np.broadcast_to(v, sh)], [Ju, _onehot(sh, P, 1)])
+    J = ad[..., None] * Jg
+    J[..., 3] += g
+    return ad * g, J
+
+
 def _lse_with_data_term(terms: list[Array], jacs: list[Array] | None, p: Array, x: dict[str, Array],
                         ctx: dict[str, Any], ib: int) -> tuple[Array, Array | None]:
     """_lse of the terms plus, when the law has one (ctx["data_term"]), the data term b - beta log D, whose
@@ -405,6 +424,13 @@ LAWS: dict[str, Law] = {law.name: law for law in [
         ("a", "b", "e", "alpha", "beta"), ("n_params", "train_tokens"), _chinchilla,
         {"a": np.arange(0.0, 25.1, 5.0), "b": np.arange(0.0, 25.1, 5.0), "e": np.arange(-1.0, 1.01, 0.5),
          "alpha": np.arange(0.0, 2.01, 0.5), "beta": np.arange(0.0, 2.01, 0.5)}, report=LOG_SCALES),
+    Law("kaplan", "L(N, D) = ((N_c / N)^(alpha_N / alpha_D) + D_c / D)^alpha_D  [Kaplan et al. 2020, eq. 1.5; no "
+        "irreducible loss]", ("log_nc", "log_dc", "alpha_n", "alpha_d"), ("n_params", "train_tokens"), _kaplan,
+        {"log_nc": [15.0, 25.0, 35.0], "log_dc": [15.0, 25.0, 35.0], "alpha_n": [0.05, 0.1, 0.3],
+         "alpha_d": [0.05, 0.1, 0.3]},
+        report={"log_nc": ("N_c", np.exp), "log_dc": ("D_c", np.exp)},
+        bounds={"log_nc": (0.0, 80.0), "log_dc": (0.0, 80.0), "alpha_n": (1e-3, 5.0), "alpha_d": (1e-3, 5.0)},
+        size_params=2),
     Law("quant_degradation", "dL(N, D, k) = c * D^beta / (N^alpha * k^gamma) on paired differences (quantized - "
         "16-bit)  [Ouyang et al. 2024]", ("log_c", "alpha", "beta", "gamma"), ("n_params", "train_tokens", "bits"),
         _degradation, {"log_c": [-8.0, -4.0, 0.0], "alpha": [0.1, 0.5], "beta": [0.1, 0.5], "gamma": [1.0, 5.0]},

@@ -350,32 +350,60 @@ def bits_problem(runs, budget_bits: float | None, *, candidates_nk: list[tuple],
                    unit="s" if cm["s_per_flop"] else "FLOPs", laws={"particles": spans, "left_out": left_out})
 
 
+COMPUTE_LAWS = ("kaplan",)  # L(N, D) laws whose replicates join Chinchilla's as particles of the compute question
+
+
 def compute_problem(runs, flops: float, candidates_nd: list[tuple[str, float, float]], *, n_boot: int = 200,
-                    seed: int = 0) -> Problem:
-    """The compute question: the compute-optimal N at `flops` (its log, per bootstrap replicate of Chinchilla's
-    law). Candidates are training runs (label, N, D), each costing 6 N D FLOPs."""
+                    seed: int = 0, laws: Sequence[str] | None = None) -> Problem:
+    """The compute question: the compute-optimal N at `flops` (its log, per bootstrap replicate), from Chinchilla's
+    law joined, with equal prior mass, by the replicates of every other L(N, D) law (`COMPUTE_LAWS`: Kaplan et
+    al.'s) that the runs identify well, or of the `laws` named (() for Chinchilla's alone): the laws part most
+    where they are extrapolated, and a run that tells them apart is worth what it settles. Candidates are
+    training runs (label, N, D), each costing 6 N D FLOPs."""
     from analysis.fit import FitError, fit_law
-    from analysis.headline import log_n_opt
+    from analysis.headline import LOG_N_OPT
     from analysis.settings import FitSettings
 
+    settings = FitSettings(n_boot=n_boot, seed=seed, holdout=0)
     try:
-        fit = fit_law(runs, "chinchilla", "val_loss", FitSettings(n_boot=n_boot, seed=seed, holdout=0))
+        fit = fit_law(runs, "chinchilla", "val_loss", settings)
     except FitError as e:
         raise ValueError(f"Chinchilla's law cannot be fitted on these runs: {e}") from None
-    reps = fit.boot_ok()
-    if len(reps) < 2:
+    if len(fit.boot_ok()) < 2:
         raise ValueError("the fit has no bootstrap replicates to plan from (use --bootstrap 100 or more)")
-    target = log_n_opt(reps, flops)
+    fits, left_out = {"chinchilla": fit}, {}
+    for name in (COMPUTE_LAWS if laws is None else laws):
+        try:
+            other = fit_law(runs, name, "val_loss", settings)
+        except FitError as e:
+            left_out[name] = str(e).splitlines()[0]
+            continue
+        status = other.verdict().get("status")
+        if laws is None and status != "ok":
+            left_out[name] = f"its fit is {status}"
+        elif len(other.boot_ok()) < 2:
+            left_out[name] = "no bootstrap replicates"
+        else:
+            fits[name] = other
     resid = runs["val_loss"].to_numpy(float) - fit.predict(runs)
     sigma = max(float(np.sqrt(np.mean(resid ** 2))), 1e-4)
-    cands, cols = [], []
-    for label, n, d in candidates_nd:
-        cands.append(Candidate(n, 16.0, cost=6 * n * d, base=label, label=label,
-                               extra={"size": label.split("@")[0], "tokens_per_param": d / n}))
-        cols.append(fit.predict({"n_params": [n], "train_tokens": [d]}, reps)[:, 0])
+    cands = [Candidate(n, 16.0, cost=6 * n * d, base=label, label=label,
+                       extra={"size": label.split("@")[0], "tokens_per_param": d / n}) for label, n, d in candidates_nd]
     if not cands:
         raise ValueError("no candidate run: every (N, D) asked for is run already")
-    pred = np.stack(cols, axis=1)
-    keep = np.isfinite(pred).all(axis=1) & np.isfinite(target)
-    return Problem(pred[keep], target[keep], False, sigma, cands, f"log N_opt at {flops:.3g} FLOPs",
-                   {"chinchilla": fit}, unit="FLOPs")
+    sets = {}
+    for name, f in fits.items():
+        reps = f.boot_ok()
+        pred = f.predict({"n_params": [c.n_params for c in cands],
+                          "train_tokens": [c.n_params * c.extra["tokens_per_param"] for c in cands]}, reps)
+        target = LOG_N_OPT[name](reps, flops)
+        keep = np.isfinite(pred).all(axis=1) & np.isfinite(target)
+        sets[name] = (pred[keep], target[keep])
+    per_law = min(len(t) for _, t in sets.values())  # equal prior mass: as many particles from every law
+    if per_law < 2:
+        raise ValueError(f"too few converged replicates to plan from ({per_law} in one law)")
+    pred = np.concatenate([pr[:per_law] for pr, _ in sets.values()])
+    target = np.concatenate([t[:per_law] for _, t in sets.values()])
+    spans = {name: (i * per_law, (i + 1) * per_law) for i, name in enumerate(sets)}
+    return Problem(pred, target, False, sigma, cands, f"log N_opt at {flops:.3g} FLOPs", fits, unit="FLOPs",
+                   laws={"particles": spans, "left_out": left_out})

@@ -79,18 +79,20 @@ def parse_target(question: str, text: str | None) -> dict[str, float]:
     return out
 
 
-def parse_laws(text: str | None) -> tuple[str, ...] | None:
-    """--laws: None (the joint laws the runs identify well), () for 'none', or the named joint laws."""
-    from analysis.plan import JOINT_LAWS
+def parse_laws(text: str | None, question: str = "bits") -> tuple[str, ...] | None:
+    """--laws: None (the other laws the runs identify well), () for 'none', or the named laws: joint laws L(N, k)
+    for the bits and size questions, L(N, D) laws beside Chinchilla's for the compute question."""
+    from analysis.plan import COMPUTE_LAWS, JOINT_LAWS
 
     if text is None:
         return None
     names = tuple(x.strip() for x in text.split(",") if x.strip())
     if names == ("none",):
         return ()
-    bad = [x for x in names if x not in JOINT_LAWS]
+    allowed = COMPUTE_LAWS if question == "compute" else JOINT_LAWS
+    bad = [x for x in names if x not in allowed]
     if bad or not names:
-        raise ValueError(f"--laws {text!r}: expected 'none' or joint laws from {', '.join(JOINT_LAWS)}")
+        raise ValueError(f"--laws {text!r}: expected 'none' or laws from {', '.join(allowed)} (the {question} question)")
     return names
 
 
@@ -109,8 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", help="the scheme's data type (default: the most common in the runs)")
     p.add_argument("--tokens-per-param", help="compute question: candidate D / N, comma-separated (default 5,10,20,40,80)")
     p.add_argument("--vocab-size", type=int, default=257, help="to count parameters of unrun own-family sizes")
-    p.add_argument("--laws", help="bits and size questions: the joint laws L(N, k) whose replicates join the per-k "
-                   "laws' (precision, efficiency; 'none': the per-k laws alone; default: those the runs identify well)")
+    p.add_argument("--laws", help="the other laws whose replicates join the particles: bits and size questions, joint "
+                   "laws L(N, k) beside the per-k laws (precision, efficiency); compute question, L(N, D) laws beside "
+                   "Chinchilla's (kaplan); 'none': no other law; default: those the runs identify well")
     p.add_argument("--bootstrap", type=int, default=200)
     p.add_argument("--draws", type=int, default=256, help="fantasised outcomes per candidate")
     p.add_argument("--seed", type=int, default=0)
@@ -139,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.seeds < 1:
         return _fail(f"--seeds {args.seeds}: needs >= 1 (replicates per configuration)")
     try:
-        laws = parse_laws(args.laws)
+        laws = parse_laws(args.laws, args.question)
     except ValueError as e:
         return _fail(str(e))
     if args.experiment:
@@ -161,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"the runs mix families {families}: plan one family at a time")
         if args.question == "compute":
             problem = compute_problem(runs, target["flops"], train_candidates(runs, families[0], args),
-                                      n_boot=args.bootstrap, seed=args.seed)
+                                      n_boot=args.bootstrap, seed=args.seed, laws=laws)
             rate = cost_model(runs)["s_per_train_flop"]  # measured seconds per training FLOP, where records have them
             problem.unit = "s" if rate else "FLOPs"
             if rate:

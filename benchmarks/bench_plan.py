@@ -144,7 +144,7 @@ def compute_answer(runs: pd.DataFrame, flops: float, n_boot: int, seed: int) -> 
 
 
 def run_compute_order(full: pd.DataFrame, start: pd.Series, order: str, flops: float, truth: float,
-                      per_round: float, rounds: int, n_boot: int, seed: int) -> list[dict]:
+                      per_round: float, rounds: int, n_boot: int, seed: int, laws: tuple[str, ...] | None = ()) -> list[dict]:
     """One order on a table of training runs: each pick reveals one run (its measured loss) for 6 N D FLOPs."""
     known, pool = full[start], full[~start]
     rng = np.random.default_rng(seed)
@@ -158,7 +158,7 @@ def run_compute_order(full: pd.DataFrame, start: pd.Series, order: str, flops: f
             break
         if order == "planned":
             cands = [(str(i), float(x.n_params), float(x.train_tokens)) for i, x in pool.iterrows()]
-            pb = compute_problem(known, flops, cands, n_boot=n_boot, seed=seed)
+            pb = compute_problem(known, flops, cands, n_boot=n_boot, seed=seed, laws=laws)
             batch = greedy_batch(pb.pred, pb.target, pb.candidates, per_round, pb.sigma, categorical=False,
                                  draws=128, seed=seed)
             idx = [pool.index[p["index"]] for p in batch["picks"]] or [pool["train_flops"].idxmin()]
@@ -216,8 +216,11 @@ def compute_main(a: argparse.Namespace) -> int:
           f"{flops:.3g} FLOPs = {truth:.3f} (N_opt {np.exp(truth):.3g}), 95% CI half-width {goal:.3f}; start: "
           f"{known} ({int(start.sum())} runs, {full.loc[start, 'train_flops'].sum():.3g} FLOPs)")
     per_round = a.round_flops or float(full["train_flops"].sum()) / 8
+    from analysis.plan_cli import parse_laws
+
+    laws = parse_laws(a.laws, "compute")
     curves, rand = run_orders(lambda order, seed: run_compute_order(full, start, order, flops, truth, per_round,
-                                                                     a.rounds, a.bootstrap, seed), a.random_seeds)
+                                                                     a.rounds, a.bootstrap, seed, laws), a.random_seeds)
     print("| order | round | FLOPs spent | runs | |log N_opt - full| | 95% width |\n|---|---|---|---|---|---|")
     for name, rows in curves.items():
         for r in rows:
@@ -320,8 +323,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--one-seed", action="store_true", help="bits question: a pick is one run (ksir-plan's unit) and a "
                    "base model costs once per (size, seed); the grid goes seed by seed (default: a pick adds every "
                    "seed of a configuration, and a base costs once per size)")
-    p.add_argument("--laws", default="none", help="bits question: joint laws whose replicates join the planner's "
-                   "particles (ksir-plan's --laws; default here: none, the per-k laws alone, as before)")
+    p.add_argument("--laws", default="none", help="the other laws whose replicates join the planner's particles "
+                   "(ksir-plan's --laws: joint laws for the bits question, kaplan for the compute question; default "
+                   "here: none, the per-k laws or Chinchilla's alone, as before)")
     p.add_argument("--flops", type=float, help="compute question: the FLOP budget (default: Chinchilla's 5.76e23, else the table's "
                    "largest run)")
     p.add_argument("--start-share", type=float, default=0.3, help="compute question: share of the cheapest runs known")

@@ -1,6 +1,7 @@
 """The laws the quantization-scaling literature fits, each recovering its constants from noisy data drawn
 from it: Ouyang et al.'s and Kumar et al.'s degradation laws (on paired differences), Quartet's forward and
-backward precisions, Kumar et al.'s N_eff with one factor per precision, and a user's law from a file."""
+backward precisions, Kumar et al.'s N_eff with one factor per precision, Kaplan et al.'s L(N, D), and a user's
+law from a file."""
 
 from __future__ import annotations
 
@@ -92,6 +93,44 @@ def test_unpaired_runs_and_non_positive_differences_are_counted_not_hidden(tmp_p
     assert len(fit["paired"]["unpaired"]) == 3 and fit["paired"]["not_positive"] == 1
     assert fit["laws"]["quant_degradation"]["n_points"] == 60 - 3 - 1
     assert any("<= 0 left out" in w for w in fit["laws"]["quant_degradation"]["warnings"])
+
+
+def test_kaplan_recovers_its_published_constants_and_its_compute_optimal_size():
+    """L(N, D) = ((N_c / N)^(alpha_N / alpha_D) + D_c / D)^alpha_D with Kaplan et al.'s (2020) eq. 1.5 constants:
+    the fit gives them back, the law's Jacobian equals central differences, and the closed-form N_opt at a FLOP
+    budget is where the loss along C = 6 N D is lowest (a grid search)."""
+    from analysis.headline import log_n_opt_kaplan
+    from analysis.laws import get_law
+
+    nc, dc, an, ad = 8.8e13, 5.4e13, 0.076, 0.095
+    rng = np.random.default_rng(5)
+    rows = [{"n_params": n, "train_tokens": n * tpp, "val_loss": ((nc / n) ** (an / ad) + dc / (n * tpp)) ** ad *
+             np.exp(rng.normal(0, 0.002))} for n, tpp in product(SIZES, TOKENS_PER_PARAM)]
+    fit = fit_law(pd.DataFrame(rows), "kaplan", n_boot=40, holdout=1)
+    p = fit.params
+    assert p["alpha_n"] == pytest.approx(an, rel=0.1) and p["alpha_d"] == pytest.approx(ad, rel=0.1)
+    assert p["log_nc"] == pytest.approx(np.log(nc), abs=1.5) and p["log_dc"] == pytest.approx(np.log(dc), abs=1.5)
+    assert fit.verdict()["status"] == "ok", fit.verdict()
+    law, x = get_law("kaplan"), {"n_params": np.array(SIZES, float), "train_tokens": 20 * np.array(SIZES, float)}
+    q = np.array([[np.log(nc), np.log(dc), an, ad], [25.0, 28.0, 0.3, 0.2]])
+    _, jac = law.fn(q, x, {}, True)
+    for i in range(4):
+        step = np.zeros(4)
+        step[i] = 1e-5
+        (hi, _), (lo, _) = law.fn(q + step, x, {}, False), law.fn(q - step, x, {}, False)
+        np.testing.assert_allclose(jac[..., i], (hi - lo) / 2e-5, rtol=1e-5, atol=1e-9)
+    for c in (1e20, 1e23):
+        n = np.geomspace(1e6, 1e14, 200001)
+        loss = law.predict(q[0], {"n_params": n, "train_tokens": c / (6 * n)}, {})
+        assert log_n_opt_kaplan(q[0], c) == pytest.approx(np.log(n[np.argmin(loss)]), abs=1e-3)
+    # ksir-fit's report answers any (N, D) law numerically: the same N_opt, and intervals in order (lo <= hi).
+    from analysis.headline import numeric_compute_optimal
+
+    for row in numeric_compute_optimal(fit, np.array([1e19, 1e21])):
+        assert row["n_opt"] == pytest.approx(np.exp(log_n_opt_kaplan(fit.vector(), row["flops"])), rel=0.02)
+        for key in ("n_opt_ci95", "d_opt_ci95", "loss_ci95"):
+            assert row[key][0] <= row[key][1], (key, row[key])
+        assert row["d_opt_ci95"][0] <= row["d_opt"] <= row["d_opt_ci95"][1]
 
 
 def test_quartet_recovers_forward_and_backward_efficiencies():

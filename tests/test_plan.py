@@ -204,9 +204,9 @@ def test_ksir_plan_as_a_process_says_what_is_wrong_in_one_line(tmp_path):
 
 def test_the_compute_question_targets_the_reports_compute_optimal_size():
     """log N_opt per replicate is the report's compute-optimal N (analysis.headline), and a training run's cost is
-    6 N D; the Chinchilla table Epoch extracted."""
+    6 N D; the Chinchilla table Epoch extracted, where Kaplan et al.'s law joins the particles."""
     from analysis.collect import load_table
-    from analysis.headline import compute_optimal, log_n_opt
+    from analysis.headline import compute_optimal, log_n_opt, log_n_opt_kaplan
     from analysis.plan import compute_problem
     from ksir.config import CONF_DIR
 
@@ -219,6 +219,18 @@ def test_the_compute_question_targets_the_reports_compute_optimal_size():
     assert np.exp(log_n_opt(fit.vector(), 5.76e23)) == pytest.approx(row["n_opt"], rel=1e-9)
     assert [c.cost for c in pb.candidates] == pytest.approx([6 * 1e9 * 2e10, 6 * 7e10 * 1.4e12])
     assert pb.pred.shape == (len(pb.target), 2) and not pb.categorical
+    # Kaplan et al.'s L(N, D) fits these runs well ("ok"), so its replicates join Chinchilla's with equal mass,
+    # each slice holding its own law's predictions and N_opt; laws=() leaves Chinchilla's alone.
+    (a0, a1), (b0, b1) = pb.laws["particles"]["chinchilla"], pb.laws["particles"]["kaplan"]
+    assert a0 == 0 and a1 == b0 and b1 - b0 == a1 - a0 == len(pb.target) // 2
+    kap = pb.fits["kaplan"]
+    assert kap.verdict()["status"] == "ok"
+    r = kap.boot_ok()[: b1 - b0]
+    np.testing.assert_allclose(pb.target[b0:b1], log_n_opt_kaplan(r, 5.76e23))
+    np.testing.assert_allclose(pb.pred[b0:b1], kap.predict({"n_params": [1e9, 7e10], "train_tokens": [2e10, 1.4e12]}, r))
+    alone = compute_problem(t, 5.76e23, [("a", 1e9, 2e10), ("b", 7e10, 1.4e12)], n_boot=30, laws=())
+    assert set(alone.laws["particles"]) == {"chinchilla"}
+    np.testing.assert_array_equal(alone.target[: a1 - a0], pb.target[a0:a1])  # the same Chinchilla replicates
 
 
 def test_a_numeric_target_gets_the_gaussian_posterior_variance():
@@ -411,7 +423,7 @@ def test_ksir_plan_names_its_laws_and_refuses_an_unknown_one(tmp_path, capsys):
             "--draws", "32", "--sizes", "2xl", "--out", str(tmp_path / "p")]
     assert main([*args, "--laws", "chinchilla"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--laws 'chinchilla': expected 'none' or joint laws from precision, efficiency" in err[0]
+    assert len(err) == 1 and "--laws 'chinchilla': expected 'none' or laws from precision, efficiency (the size question)" in err[0]
     assert main([*args, "--laws", "precision"]) == 0
     plan = json.loads((tmp_path / "p" / "plan.json").read_text())
     assert set(plan["laws"]) == {"power_bits", "precision"} and plan["replicates"] % 2 == 0
