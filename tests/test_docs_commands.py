@@ -332,3 +332,15 @@ def test_the_examples_in_help_parse(module, prog):
             mod.parser().parse_args(args)
         except SystemExit:
             pytest.fail(f"{prog} --help shows an example its parser refuses: {line}")
+
+
+def test_the_readme_opens_with_the_two_commands_and_reads_in_five_minutes():
+    """Issue 26's README: the two commands a fresh machine runs come first (each a Makefile target), and it
+    stays at most 150 lines; the rest lives in docs/."""
+    lines = (REPO_ROOT / "README.md").read_text().splitlines()
+    assert len(lines) <= 150, f"README.md has {len(lines)} lines (at most 150: move detail into docs/)"
+    block = lines[lines.index("```bash") + 1:]
+    first = [ln.split("#")[0].strip() for ln in block[:block.index("```")]]
+    assert first == ["make demo", "make test"] and lines.index("```bash") < 5
+    targets = set(re.findall(r"^([a-z-]+):", (REPO_ROOT / "Makefile").read_text(), re.M))
+    assert {"demo", "test"} <= targets
