@@ -253,14 +253,16 @@ def best_k(fits: dict, reps: dict, budget_bits: float) -> np.ndarray:
 JOINT_LAWS = ("precision", "efficiency")  # L(N, k) laws whose replicates join the per-k laws' as particles
 
 
-def joint_law_particles(runs, names: Sequence[str] | None, n_boot: int, seed: int) -> tuple[dict, dict]:
-    """({law: FitResult} whose replicates join the particles, {law: why not}) for the joint laws: `names`, or
-    None for every joint law whose fit is identified and good."""
+def joint_law_particles(runs, names: Sequence[str] | None, n_boot: int, seed: int,
+                        default: Sequence[str] = JOINT_LAWS) -> tuple[dict, dict]:
+    """({law: FitResult} whose replicates join the particles, {law: why not}) for the other laws: `names`, or
+    None for every law of `default` (the joint laws L(N, k); COMPUTE_LAWS for the compute question) whose fit is
+    identified and good."""
     from analysis.fit import FitError, fit_law
     from analysis.settings import FitSettings
 
     fits, out = {}, {}
-    for name in (JOINT_LAWS if names is None else names):
+    for name in (default if names is None else names):
         try:
             fit = fit_law(runs, name, "val_loss", FitSettings(n_boot=n_boot, seed=seed, holdout=0))
         except FitError as e:
@@ -371,20 +373,8 @@ def compute_problem(runs, flops: float, candidates_nd: list[tuple[str, float, fl
         raise ValueError(f"Chinchilla's law cannot be fitted on these runs: {e}") from None
     if len(fit.boot_ok()) < 2:
         raise ValueError("the fit has no bootstrap replicates to plan from (use --bootstrap 100 or more)")
-    fits, left_out = {"chinchilla": fit}, {}
-    for name in (COMPUTE_LAWS if laws is None else laws):
-        try:
-            other = fit_law(runs, name, "val_loss", settings)
-        except FitError as e:
-            left_out[name] = str(e).splitlines()[0]
-            continue
-        status = other.verdict().get("status")
-        if laws is None and status != "ok":
-            left_out[name] = f"its fit is {status}"
-        elif len(other.boot_ok()) < 2:
-            left_out[name] = "no bootstrap replicates"
-        else:
-            fits[name] = other
+    others, left_out = joint_law_particles(runs, laws, n_boot, seed, default=COMPUTE_LAWS)
+    fits = {"chinchilla": fit, **others}
     resid = runs["val_loss"].to_numpy(float) - fit.predict(runs)
     sigma = max(float(np.sqrt(np.mean(resid ** 2))), 1e-4)
     cands = [Candidate(n, 16.0, cost=6 * n * d, base=label, label=label,
