@@ -289,6 +289,21 @@ def trained_bases(runs, by_seed: bool) -> set[str]:
     return {base_key(str(x), None if d is None else int(d)) for x, d in zip(runs["size"], seeds, strict=True)}
 
 
+def equal_mass(sets: dict[str, tuple[np.ndarray, np.ndarray]], need: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Each law's particles ({law: (predictions [S, C], target [S])}), finite ones only, joined with equal prior
+    mass: as many from every law. Returns (pred, target, {law: its rows}); fewer than `need` per law is an error."""
+    kept = {}
+    for name, (pr, t) in sets.items():
+        ok = np.isfinite(pr).all(axis=1) & np.isfinite(t)
+        kept[name] = (pr[ok], t[ok])
+    per_law = min(len(t) for _, t in kept.values())
+    if per_law < need:
+        raise ValueError(f"too few converged replicates to plan from ({per_law} in one law)")
+    spans = {name: (i * per_law, (i + 1) * per_law) for i, name in enumerate(kept)}
+    return (np.concatenate([pr[:per_law] for pr, _ in kept.values()]),
+            np.concatenate([t[:per_law] for _, t in kept.values()]), spans)
+
+
 def bits_problem(runs, budget_bits: float | None, *, candidates_nk: list[tuple],
                  existing_bases: set[str], n_boot: int = 200, seed: int = 0, target_n: float | None = None,
                  target_k: float | None = None, laws: Sequence[str] | None = None) -> Problem:
@@ -339,15 +354,7 @@ def bits_problem(runs, budget_bits: float | None, *, candidates_nk: list[tuple],
         else:
             t = fit.predict({"n_params": [target_n], "bits": [k]}, r)[:, 0]
         sets[name] = (cand_pred, t)
-    for name, (pr, t) in sets.items():
-        ok = np.isfinite(pr).all(axis=1) & np.isfinite(t)
-        sets[name] = (pr[ok], t[ok])
-    per_law = min(len(t) for _, t in sets.values())  # equal prior mass: as many particles from every law
-    if len(sets) > 1 and per_law < 2:
-        raise ValueError(f"too few converged replicates to plan from ({per_law} in one law)")
-    pred = np.concatenate([pr[:per_law] for pr, _ in sets.values()])
-    target = np.concatenate([t[:per_law] for _, t in sets.values()])
-    spans = {name: (i * per_law, (i + 1) * per_law) for i, name in enumerate(sets)}
+    pred, target, spans = equal_mass(sets, need=2 if len(sets) > 1 else 0)
     return Problem(pred, target, categorical, sigma, cands, describe, fits,
                    unit="s" if cm["s_per_flop"] else "FLOPs", laws={"particles": spans, "left_out": left_out})
 
@@ -386,14 +393,7 @@ def compute_problem(runs, flops: float, candidates_nd: list[tuple[str, float, fl
         reps = f.boot_ok()
         pred = f.predict({"n_params": [c.n_params for c in cands],
                           "train_tokens": [c.n_params * c.extra["tokens_per_param"] for c in cands]}, reps)
-        target = LOG_N_OPT[name](reps, flops)
-        keep = np.isfinite(pred).all(axis=1) & np.isfinite(target)
-        sets[name] = (pred[keep], target[keep])
-    per_law = min(len(t) for _, t in sets.values())  # equal prior mass: as many particles from every law
-    if per_law < 2:
-        raise ValueError(f"too few converged replicates to plan from ({per_law} in one law)")
-    pred = np.concatenate([pr[:per_law] for pr, _ in sets.values()])
-    target = np.concatenate([t[:per_law] for _, t in sets.values()])
-    spans = {name: (i * per_law, (i + 1) * per_law) for i, name in enumerate(sets)}
+        sets[name] = (pred, LOG_N_OPT[name](reps, flops))
+    pred, target, spans = equal_mass(sets, need=2)
     return Problem(pred, target, False, sigma, cands, f"log N_opt at {flops:.3g} FLOPs", fits, unit="FLOPs",
                    laws={"particles": spans, "left_out": left_out})
